@@ -1,0 +1,1 @@
+"""Catalog and judgment loaders, the query split, and public dataset layouts."""

@@ -1,0 +1,55 @@
+"""Ranking metrics against graded judgments, per query.
+
+Standard measures come from ir-measures (trec_eval through pytrec_eval): nDCG@k
+(linear gain; unjudged = 0), recall@k at the relevance threshold, judged@k. The
+judgment-pool-aware ones are defined here on top: condensed nDCG@k (nDCG after
+dropping unjudged items from the ranking), the share of grade-0 items among the
+judged top k, and the average grade of the judged top k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import ir_measures
+import numpy as np
+from ir_measures import R, Judged, nDCG
+
+Qrels = Mapping[str, Mapping[str, int]]
+Rankings = Mapping[str, Sequence[str]]
+
+
+def _as_run(rankings: Rankings) -> dict[str, dict[str, float]]:
+    """Rank order as strictly decreasing scores so that trec_eval keeps our order."""
+    return {q: {item: float(len(items) - i) for i, item in enumerate(items)} for q, items in rankings.items() if items}
+
+
+def metric_names(k: int) -> list[str]:
+    return [f"ndcg@{k}", f"condensed_ndcg@{k}", f"judged@{k}", f"grade0_share@{k}", f"recall@{k}", f"avg_grade@{k}"]
+
+
+def per_query_metrics(rankings: Rankings, qrels: Qrels, k: int = 10, relevance_threshold: int = 2) -> dict[str, dict[str, float]]:
+    """{metric: {query: value}} over every query of ``qrels`` (a query with no ranking scores 0).
+
+    ``grade0_share@k`` and ``avg_grade@k`` are NaN for a query with no judged item in its top k.
+    """
+    queries = list(qrels)
+    qrels_plain = {q: {d: int(g) for d, g in qrels[q].items()} for q in queries}
+    run = _as_run({q: list(rankings.get(q, []))[:k] for q in queries})
+    condensed = _as_run({q: [d for d in rankings.get(q, []) if d in qrels_plain[q]][:k] for q in queries})
+    out: dict[str, dict[str, float]] = {name: {q: 0.0 for q in queries} for name in metric_names(k)}
+    measures = {nDCG @ k: f"ndcg@{k}", Judged @ k: f"judged@{k}", R(rel=relevance_threshold) @ k: f"recall@{k}"}
+    for m in ir_measures.iter_calc(list(measures), qrels_plain, run):
+        out[measures[m.measure]][m.query_id] = float(m.value)
+    for m in ir_measures.iter_calc([nDCG @ k], qrels_plain, condensed):
+        out[f"condensed_ndcg@{k}"][m.query_id] = float(m.value)
+    for q in queries:
+        grades = [qrels_plain[q][d] for d in list(rankings.get(q, []))[:k] if d in qrels_plain[q]]
+        out[f"grade0_share@{k}"][q] = float(np.mean([g == 0 for g in grades])) if grades else float("nan")
+        out[f"avg_grade@{k}"][q] = float(np.mean(grades)) if grades else float("nan")
+    return out
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric over queries (NaN-aware)."""
+    return {name: float(np.nanmean(list(values.values()))) if values else float("nan") for name, values in per_query.items()}
