@@ -1,0 +1,48 @@
+# unisup: `make` lists the targets. Targets that need the environment create .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NAME ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU build (an unpinned torch pulls multi-GB CUDA wheels)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[triton,dev]"
+	touch $(STAMP)
+
+venv: $(STAMP) ## create the Python environment in .venv
+
+demo: $(STAMP) ## run the main job on the bundled sample
+	$(PY) -m unisup.demo
+
+test: $(STAMP) ## run the whole test suite
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+compile: $(STAMP) ## compile the pipelines to pipelines/compiled/
+	$(PY) -m pipelines.compile
+
+bench: $(STAMP) ## run benchmarks (all, or NAME=...); figures in bench/results/
+	$(PY) -m bench $(NAME)
+
+lint: $(STAMP) ## ruff over the code
+	$(VENV)/bin/ruff check unisup components pipelines bench tests
+
+images: ## build the container images (needs a Docker engine)
+	bash containers/build.sh
+
+clean: ## remove caches, run outputs and the environment
+	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help venv demo test compile bench lint images clean

@@ -1,0 +1,1 @@
+"""KFP pipeline definitions, their compile entry point and compiled YAML."""

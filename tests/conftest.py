@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny models, a small subsample of the bundled data, the GCS emulator."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_path(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with the packaged MiniLM tokenizer, randomly initialized."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from unisup.channels import packaged_minilm_path
+
+    path = tmp_path_factory.mktemp("tiny_encoder")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(packaged_minilm_path())).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sample(tmp_path_factory) -> dict[str, Path]:
+    """A deterministic subsample of the bundled sample: 12 judged queries (6 train,
+    3 validation, 3 test), their judged products, and 300 other products."""
+    from unisup.data.sample import write_split
+
+    out = tmp_path_factory.mktemp("tiny_sample")
+    judgments = pacsv.read_csv(SAMPLE / "judgments.csv", convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()}))
+    queries = sorted(set(judgments["query"].to_pylist()))
+    rng = np.random.default_rng(7)
+    chosen = sorted(rng.choice(queries, size=12, replace=False).tolist())
+    judgments = judgments.filter(pc.is_in(judgments["query"], value_set=pa.array(chosen)))
+    catalog = pq.read_table(SAMPLE / "products.parquet")
+    judged = pc.is_in(catalog["product_id"], value_set=pc.unique(judgments["product_id"]))
+    others = np.flatnonzero(~np.asarray(judged))
+    keep = np.zeros(catalog.num_rows, dtype=bool)
+    keep[np.asarray(judged)] = True
+    keep[rng.choice(others, size=300, replace=False)] = True
+    catalog = catalog.filter(pa.array(keep))
+    pq.write_table(catalog, out / "products.parquet")
+    pacsv.write_csv(judgments, out / "judgments.csv")
+    split = {"train": chosen[:6], "validation": chosen[6:9], "test": chosen[9:]}
+    write_split(split, str(out / "split.json"), seed=7, fractions=[0.5, 0.25, 0.25])
+    return {"catalog": out / "products.parquet", "judgments": out / "judgments.csv", "split": out / "split.json", "dir": out}
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(tiny_sample, tiny_encoder_path, tmp_path_factory) -> list[str]:
+    """Config overrides that point a run at the tiny sample and the tiny encoder."""
+    cache = tmp_path_factory.mktemp("embedding_cache")
+    return [
+        f"data.catalog_uri={tiny_sample['catalog']}",
+        f"data.judgments_uri={tiny_sample['judgments']}",
+        f"data.split_uri={tiny_sample['split']}",
+        f"channels.dense_model={tiny_encoder_path}",
+        f"channels.cache_dir={cache}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """gcp-storage-emulator in-process on a free port; yields the bucket name.
+
+    Sets STORAGE_EMULATOR_HOST so that google-cloud-storage (and unisup.storage) talk to it.
+    """
+    from gcp_storage_emulator.server import create_server
+
+    from unisup import storage
+
+    port = free_port()
+    bucket = "unisup-test"
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+    server.start()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    storage.gcs_client.cache_clear()
+    try:
+        yield bucket
+    finally:
+        server.stop()
+        storage.gcs_client.cache_clear()
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous

@@ -1,0 +1,142 @@
+"""One tower of the bi-encoder, and the on-disk layout of a trained bi-encoder.
+
+A tower is a Hugging Face encoder, mean pooling over the attention mask, an optional
+linear projection, and L2 normalization; scores are dot products of unit vectors.
+
+A bi-encoder folder holds ``biencoder.json`` plus one folder per distinct tower:
+
+    model/
+      biencoder.json        {"query_tower": "query_tower", "item_tower": "item_tower", ...}
+      query_tower/          HF save_pretrained (config, weights, tokenizer) + tower.json
+                            [+ projection.safetensors]
+      item_tower/           same; absent when the towers share weights (both name one folder)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unisup.channels import mean_pool
+
+MANIFEST = "biencoder.json"
+TOWER_CONFIG = "tower.json"
+PROJECTION_FILE = "projection.safetensors"
+
+
+class Tower(nn.Module):
+    """Encoder + mean pooling + optional projection + L2 normalization."""
+
+    def __init__(self, encoder: nn.Module, tokenizer, max_length: int = 64, projection_dim: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        hidden = encoder.config.hidden_size
+        self.projection = nn.Linear(hidden, projection_dim, bias=False) if projection_dim else None
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, max_length: int = 64, projection_dim: int | None = None, seed: int = 0) -> Tower:
+        """A fresh tower on an HF encoder folder (e.g. the packaged MiniLM)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.manual_seed(seed)
+        return cls(AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)), max_length, projection_dim)
+
+    @property
+    def dim(self) -> int:
+        return self.projection.out_features if self.projection is not None else self.encoder.config.hidden_size
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        pooled = mean_pool(hidden, attention_mask)
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        return nn.functional.normalize(pooled, dim=-1)
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False, desc: str = "encoding") -> np.ndarray:
+        """Unit-norm float32 embeddings, batched by length to limit padding."""
+        from tqdm.auto import tqdm
+
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        texts = list(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, unit="batch"):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in self.tokenize([texts[i] for i in idx]).items()}
+            out[idx] = self(**batch).float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """HF ``save_pretrained`` of encoder and tokenizer, plus tower.json and the projection."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        config = {"max_length": self.max_length, "pooling": "mean", "normalize": True, "dim": self.dim,
+                  "projection_dim": self.projection.out_features if self.projection is not None else None}
+        (path / TOWER_CONFIG).write_text(json.dumps(config, indent=1))
+        if self.projection is not None:
+            save_file({"weight": self.projection.weight.detach().cpu().contiguous()}, str(path / PROJECTION_FILE))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> Tower:
+        """Load a tower written by :meth:`save`."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        config = json.loads((path / TOWER_CONFIG).read_text())
+        tower = cls(AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)), config["max_length"], config["projection_dim"])
+        if tower.projection is not None:
+            tower.projection.weight.data.copy_(load_file(str(path / PROJECTION_FILE))["weight"])
+        return tower.to(device or "cpu").eval()
+
+
+def save_biencoder(query_tower: Tower, item_tower: Tower, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write a bi-encoder folder; one tower folder when both towers are the same module."""
+    path = Path(path)
+    shared = query_tower is item_tower
+    query_tower.save(path / "query_tower")
+    if not shared:
+        item_tower.save(path / "item_tower")
+    manifest = {"query_tower": "query_tower", "item_tower": "query_tower" if shared else "item_tower",
+                "shared": shared, "dim": query_tower.dim, **(metadata or {})}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def load_biencoder(path: str | Path, device: str | None = None) -> tuple[Tower, Tower]:
+    """(query tower, item tower) from a bi-encoder folder; the same object when shared."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{path}: not a bi-encoder folder ({MANIFEST} missing)")
+    manifest = json.loads(manifest_path.read_text())
+    query = Tower.load(path / manifest["query_tower"], device)
+    item = query if manifest["item_tower"] == manifest["query_tower"] else Tower.load(path / manifest["item_tower"], device)
+    return query, item
+
+
+def off_the_shelf_biencoder(path: str | Path, encoder_path: str | Path | None = None, max_length: int = 64) -> Path:
+    """Write an untrained shared-weights bi-encoder folder around an encoder (default: the
+    packaged MiniLM): the off-the-shelf baseline in the bi-encoder layout."""
+    from unisup.channels import packaged_minilm_path
+
+    tower = Tower.from_pretrained(encoder_path or packaged_minilm_path(), max_length=max_length)
+    return save_biencoder(tower, tower, path, {"trained": False})
