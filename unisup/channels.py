@@ -31,16 +31,17 @@ class Channel(Protocol):
 
 
 class BM25Channel:
-    """Lexical BM25 (bm25s, Lucene variant, English stopwords)."""
+    """Lexical BM25 (bm25s, Lucene variant, English stopwords, Snowball English stemming)."""
 
     name = "bm25"
 
     def __init__(self, item_ids: Sequence[str], texts: Sequence[str], k1: float = 1.5, b: float = 0.75):
         import bm25s
+        import Stemmer
         from bm25s.tokenization import Tokenizer
 
         self.item_ids = list(item_ids)
-        self.tokenizer = Tokenizer(stopwords="en", lower=True)
+        self.tokenizer = Tokenizer(stopwords="en", lower=True, stemmer=Stemmer.Stemmer("english"))
         corpus = self.tokenizer.tokenize(list(texts), return_as="ids", show_progress=False)
         self.model = bm25s.BM25(k1=k1, b=b)
         self.model.index(corpus, show_progress=False)

@@ -56,11 +56,136 @@ class ChannelsConfig:
 
 
 @dataclass
+class FusionConfig:
+    preset: str = _f(
+        "unified",
+        "named preset: unified | relevance_only | engagement_only | unified_no_prior | unified_no_engagement "
+        "(presets override the weights below; see unisup.fusion.PRESETS)",
+    )
+    split: str = _f("train", "queries that get a training list: train | validation | test | all")
+    grade_gains: list[float] = _f([0.0, 1.0, 2.0, 3.0], "g(grade): target gain of each grade 0 .. K-1")
+    expected_gain: bool = _f(True, "g = expected gain under the teacher's per-grade probs instead of gain[grade]")
+    unlabeled_grade: int = _f(0, "grade assumed for items without a teacher label (random negatives)")
+    prior_weight: float = _f(0.5, "a: weight of the multichannel prior in the target")
+    engagement_weight: float = _f(1.0, "b: weight of engagement, applied only at grade >= data.relevance_threshold")
+    hard_negative_weight: float = _f(1.0, "c: penalty on the prior of items below the relevance threshold")
+    prior_rrf_k: int = _f(60, "k of the prior's reciprocal-rank term w_c / (k + rank_c)")
+    prior_channel_weights: dict[str, float] = _f({}, "w_c per channel name; channels not listed weigh 1.0")
+    prior_agreement_weight: float = _f(0.005, "weight of the agreement term (number of channels retrieving the item)")
+    prior_normalization: str = _f("max", "per-query prior normalization: max | sum | minmax | none")
+    engagement_conversion_weight: float = _f(1.0, "e = ctr_smoothed + w * ctr_smoothed * cvr_smoothed, before normalization")
+    engagement_normalization: str = _f("max", "per-query engagement normalization: max | minmax | none")
+    list_size: int = _f(32, "maximum items per training list")
+    max_impressions: int = _f(12, "at most this many impressed items per list")
+    max_hard_negatives: int = _f(6, "at most this many mined hard negatives per list")
+    max_under_impressions: int = _f(8, "at most this many under-impressions per list")
+    max_teacher: int = _f(8, "at most this many other teacher-labeled candidates per list")
+    num_random: int = _f(4, "random catalog negatives per list (reserved within list_size)")
+    hard_negative_max_rank: int = _f(10, "an item below the relevance threshold ranked this high by some channel is a hard negative")
+    min_list_size: int = _f(4, "lists with fewer items are skipped (and counted in the report)")
+    require_positive: bool = _f(True, "skip lists without a positive (relevant item; clicked item for engagement_only)")
+    seed: int = _f(0, "seed of list sampling and random negatives")
+
+
+@dataclass
+class TrainingConfig:
+    encoder_path: str = _f("", "HF encoder folder the towers start from; empty = the packaged MiniLM")
+    shared_towers: bool = _f(True, "one encoder for queries and items (else two separate copies)")
+    projection_dim: int = _f(0, "linear projection after pooling; 0 = none")
+    query_max_length: int = _f(16, "max tokens of a query")
+    item_max_length: int = _f(32, "max tokens of an item text")
+    item_fields: list[str] = _f(["title", "brand"], "catalog fields joined into the item text")
+    loss: str = _f("listwise_ce", "listwise_ce | listwise_kl | moppr")
+    score_temperature: float = _f(0.05, "T_s: softmax(s / T_s) over cosine scores")
+    target_temperature: float = _f(0.5, "T_t: softmax(t / T_t) over fused targets")
+    in_batch_negatives: bool = _f(True, "add the other lists' items of the batch as negatives")
+    moppr_weights: dict[str, float] = _f(
+        {"relevance": 1.0, "click": 0.5, "conversion": 0.25},
+        "MOPPR objective weights (relevance > click > conversion)",
+    )
+    lists_per_batch: int = _f(8, "query lists per optimizer step")
+    items_per_list: int = _f(24, "items sampled per list each step (seeded)")
+    learning_rate: float = _f(5e-5, "AdamW learning rate")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_fraction: float = _f(0.1, "linear warmup share of the total steps, then linear decay")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm; 0 = off")
+    max_epochs: int = _f(10, "passes over the training lists")
+    max_steps: int = _f(0, "stop after this many optimizer steps; 0 = no limit")
+    patience: int = _f(3, "early stopping: epochs without validation improvement")
+    validation_k: int = _f(10, "cutoff of the validation nDCG")
+    validation_distractors: int = _f(1000, "random catalog items added to the validation queries' judged items; -1 = full catalog")
+    checkpoint_every: int = _f(20, "steps between checkpoints")
+    keep_checkpoints: int = _f(2, "most recent step checkpoints kept")
+    seed: int = _f(0, "seed of initialization, list order, sampling and dropout")
+    device: str = _f("auto", "auto | cpu | cuda")
+    amp: bool = _f(True, "mixed precision (bfloat16 autocast) on CUDA")
+    encode_batch_size: int = _f(128, "texts per batch when encoding for validation")
+    triton_model_name: str = _f("query_encoder", "name of the exported query-encoder Triton model")
+    triton_max_batch_size: int = _f(64, "max_batch_size of the Triton model")
+    triton_queue_delay_us: int = _f(1000, "dynamic batching max queue delay (microseconds)")
+    triton_instances: int = _f(1, "Triton model instances")
+
+
+@dataclass
+class IndexConfig:
+    factory: str = _f("HNSW32", "FAISS index factory string: Flat, HNSW32, IVF1024,PQ48, SQ8, ...")
+    metric: str = _f("inner_product", "inner_product (unit vectors: cosine) or l2")
+    search_params: str = _f("efSearch=128", "FAISS ParameterSpace string applied at search time, e.g. nprobe=16; empty = defaults")
+    batch_size: int = _f(64, "catalog texts per item-tower batch")
+    shard_size: int = _f(4096, "catalog items per embedding shard (a crashed build resumes from its shards)")
+    work_dir: str = _f(".cache/index_shards", "local folder for the embedding shards, keyed by model and catalog")
+    train_size: int = _f(100000, "at most this many vectors train an index that needs training (IVF, PQ, SQ)")
+    recall_queries: int = _f(200, "queries sampled to measure recall@10/@100 against exact search")
+    use_gpu: bool = _f(True, "build on the GPU with faiss-gpu when one is present (HNSW stays on the CPU)")
+    seed: int = _f(0, "seed of the training and recall samples")
+
+
+@dataclass
+class EvaluationConfig:
+    cutoffs: list[int] = _f([10, 25, 100], "k of every metric@k; the first is the main cutoff")
+    depth: int = _f(100, "items retrieved per query by every system (at least the largest cutoff)")
+    split: str = _f("test", "judged split evaluated by default (train, validation, test)")
+    baseline_channels: list[str] = _f(["bm25"], "non-model baselines from unisup.channels: bm25, minilm, rrf")
+    n_bootstrap: int = _f(2000, "paired bootstrap resamples per (metric, baseline)")
+    confidence: float = _f(0.95, "confidence level of the bootstrap intervals")
+    seed: int = _f(0, "seed of the bootstrap")
+    head_fraction: float = _f(0.3, "share of queries, most frequent first, in the head slice")
+    max_engagement_queries: int = _f(2000, "at most this many held-out engagement queries (most frequent first)")
+    gate_metric: str = _f("ndcg@10", "metric whose delta CI gates the blessing")
+    gate_min_delta_ci_low: float = _f(0.0, "bless only if the lower CI bound of the gate metric's delta is >= this")
+    gate_max_grade0_increase: float = _f(0.0, "bless only if grade0_share@k (main k) rises by at most this")
+    gate_max_engagement_drop: float = _f(0.05, "bless only if engagement_recall@k (main k) drops by at most this fraction")
+    gate_baselines: list[str] = _f([], "baselines the gates apply to; empty = every baseline")
+    gate_min_queries: int = _f(1, "bless only with at least this many judged queries")
+
+
+@dataclass
+class PromotionConfig:
+    model_repository: str = _f("serving/triton_models", "serving Triton model repository (local folder or gs://)")
+    model_name: str = _f("query_encoder", "Triton model name of the query encoder")
+    serve_versions: int = _f(2, "Triton version policy: serve the latest N versions (control and treatment)")
+    max_batch_size: int = _f(64, "max_batch_size of the query-encoder Triton model")
+    index_root: str = _f("serving/indexes", "serving location of the indexes; version N goes to <root>/<model_name>/<N>")
+    config_root: str = _f("serving/experiments", "A/B config location; <root>/experiments/<id>/v000N.json + current.json")
+    experiment_id: str = _f("unisup-retrieval", "A/B experiment id")
+    treatment_traffic: float = _f(0.1, "share of traffic sent to the treatment, 0..1")
+    control_model_uri: str = _f("", "served control model; empty = the control of the current config")
+    control_index_uri: str = _f("", "served control index; empty = the control of the current config")
+    max_attempts: int = _f(20, "attempts of a conditional write lost to a concurrent push before a conflict error")
+    transient_attempts: int = _f(5, "attempts of a storage call that failed with a transient 5xx / 429 / connection error")
+
+
+@dataclass
 class Config:
     """The whole configuration: one section per concern."""
 
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "inputs and grade scale"})
     channels: ChannelsConfig = field(default_factory=ChannelsConfig, metadata={"help": "retrieval channels"})
+    fusion: FusionConfig = field(default_factory=FusionConfig, metadata={"help": "prior, fused targets, training lists"})
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"help": "bi-encoder training and export"})
+    index: IndexConfig = field(default_factory=IndexConfig, metadata={"help": "FAISS index of the item tower"})
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, metadata={"help": "offline evaluation and blessing gates"})
+    promotion: PromotionConfig = field(default_factory=PromotionConfig, metadata={"help": "model promotion and A/B config push"})
 
 
 # ---------------------------------------------------------------- loading

@@ -1,0 +1,118 @@
+"""The Dockerfiles: COPY sources exist, bases and packages are pinned and agree with
+pyproject, the images run as a non-root user, and build.sh tags with the image constant."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE, TRITON_IMAGE
+
+REPO = Path(__file__).resolve().parents[2]
+CONTAINERS = REPO / "containers"
+DOCKERFILES = sorted(CONTAINERS.glob("Dockerfile.*[!e]"), key=lambda p: p.name)
+PIN = re.compile(r"(?<![\w.-])([A-Za-z0-9][A-Za-z0-9._-]*(?:\[[\w,]+\])?)==([\w.+-]+)")
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            rows.append((word.upper(), rest.strip()))
+    return rows
+
+
+def pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        specs.extend(extra)
+    pins = {}
+    for spec in specs:
+        name, _, version = spec.partition("==")
+        pins[re.sub(r"\[.*\]", "", name).lower().replace("_", "-")] = version
+    return pins
+
+
+def test_the_three_images_have_dockerfiles():
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile.components", "Dockerfile.trainer", "Dockerfile.triton"]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
+    ignore = (CONTAINERS / f"{dockerfile.name}.dockerignore").read_text().splitlines()
+    allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    copies = [args for word, args in instructions(dockerfile) if word in ("COPY", "ADD")]
+    assert copies, f"{dockerfile.name} copies nothing"
+    for args in copies:
+        parts = [p for p in args.split() if not p.startswith("--")]
+        for source in parts[:-1]:
+            assert (REPO / source).exists(), f"{dockerfile.name}: COPY source {source} does not exist"
+            assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), (
+                f"{dockerfile.name}: COPY source {source} is excluded by {dockerfile.name}.dockerignore"
+            )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_base_images_are_pinned(dockerfile):
+    bases = [args.split()[0] for word, args in instructions(dockerfile) if word == "FROM"]
+    assert bases
+    for base in bases:
+        name, _, tag = base.rpartition(":")
+        assert name and "/" not in tag, f"{dockerfile.name}: base image {base} has no tag"
+        assert tag != "latest" and re.search(r"\d", tag), f"{dockerfile.name}: base {base} is not pinned"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_package_pins_agree_with_pyproject(dockerfile):
+    pins = pyproject_pins()
+    installs = [args for word, args in instructions(dockerfile) if word == "RUN" and "pip install" in args]
+    assert installs, f"{dockerfile.name} installs no Python packages"
+    found = 0
+    for args in installs:
+        for name, version in PIN.findall(args):
+            key = re.sub(r"\[.*\]", "", name).lower().replace("_", "-")
+            assert key in pins, f"{dockerfile.name}: {name}=={version} is not pinned in pyproject.toml"
+            assert pins[key] == version, f"{dockerfile.name}: {name}=={version}, pyproject pins {pins[key]}"
+            found += 1
+        unpinned = re.findall(r"pip install(?:\s+--\S+(?:\s+\"?\$?\w+\"?)?)*\s+(?:-U|--upgrade)\b", args)
+        assert not unpinned, f"{dockerfile.name}: pip install --upgrade is not reproducible"
+    assert found, f"{dockerfile.name}: no pinned package (torch must be pinned to pyproject's version)"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_runs_as_non_root(dockerfile):
+    users = [args for word, args in instructions(dockerfile) if word == "USER"]
+    assert users, f"{dockerfile.name} sets no USER"
+    assert users[-1].split(":")[0] not in ("root", "0"), f"{dockerfile.name} runs as root"
+
+
+def test_build_script_tags_with_the_image_constant():
+    out = subprocess.run(["bash", str(CONTAINERS / "build.sh"), "--print"], capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3
+    for line, tag, dockerfile in zip(
+        lines, (COMPONENTS_IMAGE, TRAINER_IMAGE, TRITON_IMAGE), DOCKERFILES, strict=True
+    ):
+        assert f"--tag {tag} " in line and f"--file containers/{dockerfile.name}" in line
+
+
+def test_build_script_fails_clearly_without_docker(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("python3", "dirname", "bash"):
+        (bindir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    env = {**os.environ, "PATH": str(bindir)}
+    out = subprocess.run(["bash", str(CONTAINERS / "build.sh")], capture_output=True, text=True, env=env)
+    assert out.returncode != 0
+    assert "no 'docker' command" in out.stderr

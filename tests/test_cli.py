@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from unisup.cli import build_parser, main
+
+STAGES = ["train-teacher", "label", "fuse", "train", "build-index", "evaluate", "push", "rollback", "extract-logs"]
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for name in ("config", "data", "channels"):
+        assert name in out
+
+
+def test_validate_reports_accounting(tmp_path, capsys):
+    path = tmp_path / "judgments.csv"
+    path.write_text("query,product_id,rating\ntv,3920564,3\ntv,3920564,2\nhub,2101957,9\n")
+    quarantine = tmp_path / "q.parquet"
+    assert main(["data", "validate", "judgments", str(path), "--quarantine", str(quarantine)]) == 0
+    out = capsys.readouterr().out
+    assert "rows in 3 = accepted 1 + quarantined 2" in out and quarantine.exists()
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    path = tmp_path / "judgments.csv"
+    path.write_text("query,product_id\ntv,1\n")
+    assert main(["data", "validate", "judgments", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unisup: error: judgments (") and "column 'rating'" in err and "Traceback" not in err
+
+
+def test_bad_config_key(capsys):
+    assert main(["config", "show", "-o", "data.nope=1"]) == 2
+    assert "data.nope: unknown key" in capsys.readouterr().err
+
+
+def test_channels_on_tiny_sample(tiny_overrides, tmp_path, capsys):
+    args = ["channels", "--split", "train", "--json", str(tmp_path / "c.json")]
+    for item in tiny_overrides:
+        args += ["-o", item]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "bm25" in out and "rrf(bm25,minilm)" in out
+    figures = json.loads((tmp_path / "c.json").read_text())
+    assert 0 < figures["bm25"]["metrics"]["ndcg@10"] <= 1
+
+
+def test_every_stage_name_is_reserved_for_a_subcommand():
+    """Stage subcommands that exist use the agreed names (no near-miss spellings)."""
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    assert commands <= set(STAGES) | {"config", "data", "channels", "demo"}

@@ -1,0 +1,47 @@
+import pytest
+
+from unisup.config import ConfigError, describe, load_config, to_dict
+
+
+def test_profiles_load():
+    local, cluster = load_config("local"), load_config("cluster")
+    assert local.data.catalog_uri.startswith("data/sample/")
+    assert cluster.data.catalog_uri.startswith("gs://")
+    assert to_dict(local)["data"]["num_grades"] == 4
+
+
+def test_overrides_are_typed():
+    cfg = load_config("local", ["data.num_grades=5", "channels.bm25_k1=2", "data.split_fractions=[0.6, 0.2, 0.2]"])
+    assert cfg.data.num_grades == 5 and cfg.channels.bm25_k1 == 2.0 and cfg.data.split_fractions == [0.6, 0.2, 0.2]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.num_grade=5", r"data.num_grade: unknown key; DataConfig has: catalog_uri"),
+        ("data.num_grades=four", r"data.num_grades: expected an integer, got 'four'"),
+        ("channels.top_k=true", r"channels.top_k: expected an integer, got True"),
+        ("data.split_fractions=0.5", r"data.split_fractions: expected a list"),
+        ("nosection.x=1", r"nosection: unknown key; Config has"),
+    ],
+)
+def test_bad_keys_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("local", [override])
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    good = tmp_path / "good.yaml"
+    good.write_text("data:\n  relevance_threshold: 1\n")
+    assert load_config(good).data.relevance_threshold == 1
+
+
+def test_every_key_has_help():
+    rows = describe()
+    assert rows and all(help_text for _, _, help_text in rows)

@@ -1,0 +1,157 @@
+"""The ordinal cross-encoder teacher and its on-disk folder.
+
+A teacher reads a (query, item text) pair through a transformer encoder, mean-pools
+it into one relevance score ``s`` and compares it with K-1 ordered thresholds: the
+cumulative logits ``s - theta_k`` model P(grade > k). Thresholds are increasing by
+construction (first threshold + cumulative softplus gaps), so P(grade > k) never
+increases with k and the per-grade probabilities are never negative. A calibration
+temperature divides the cumulative logits.
+
+A teacher folder holds the Hugging Face encoder + tokenizer (``save_pretrained``),
+``ordinal_head.safetensors`` and ``teacher.json`` (grades, max length, item text
+fields, temperature, training record).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from unisup.channels import mean_pool
+
+TEACHER_CONFIG = "teacher.json"
+HEAD_FILE = "ordinal_head.safetensors"
+
+
+def grade_probabilities(cumulative_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-grade probabilities (n, K) from cumulative logits (n, K-1) of P(grade > k)."""
+    if cumulative_logits.ndim != 2 or cumulative_logits.shape[1] < 1:
+        raise ValueError(f"expected cumulative logits of shape (n, K-1), got {tuple(cumulative_logits.shape)}")
+    above = torch.sigmoid(cumulative_logits / temperature)
+    ones = torch.ones_like(above[:, :1])
+    zeros = torch.zeros_like(above[:, :1])
+    upper = torch.cat([ones, above], dim=1)
+    lower = torch.cat([above, zeros], dim=1)
+    return (upper - lower).clamp_min(0.0)
+
+
+class OrdinalHead(nn.Module):
+    """Score + K-1 ordered thresholds -> K-1 cumulative logits."""
+
+    def __init__(self, hidden_size: int, num_grades: int):
+        super().__init__()
+        if num_grades < 2:
+            raise ValueError(f"an ordinal head needs at least 2 grades, got {num_grades}")
+        self.score = nn.Linear(hidden_size, 1)
+        self.first_threshold = nn.Parameter(torch.zeros(1))
+        self.threshold_gaps = nn.Parameter(torch.zeros(num_grades - 2))
+
+    def thresholds(self) -> torch.Tensor:
+        gaps = nn.functional.softplus(self.threshold_gaps)
+        return torch.cat([self.first_threshold, self.first_threshold + torch.cumsum(gaps, 0)])
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.score(pooled) - self.thresholds()
+
+
+class OrdinalCrossEncoder(nn.Module):
+    """Encoder + mean pooling + ordinal head; see the module docstring."""
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, num_grades: int, max_length: int,
+                 item_fields: Sequence[str] = ("title", "brand"), attributes: int = 0, temperature: float = 1.0,
+                 record: dict | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.num_grades = num_grades
+        self.max_length = max_length
+        self.item_fields = tuple(item_fields)
+        self.attributes = attributes
+        self.temperature = temperature
+        self.record = dict(record or {})
+        self.head = OrdinalHead(encoder.config.hidden_size, num_grades)
+
+    @classmethod
+    def from_encoder(cls, path: str | Path, num_grades: int, max_length: int, num_layers: int = 0,
+                     item_fields: Sequence[str] = ("title", "brand"), attributes: int = 0, seed: int = 0) -> OrdinalCrossEncoder:
+        """A fresh teacher on an HF encoder folder, keeping its first ``num_layers`` layers (0 = all)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.manual_seed(seed)
+        encoder = AutoModel.from_pretrained(str(path))
+        total = encoder.config.num_hidden_layers
+        if num_layers < 0 or num_layers > total:
+            raise ValueError(f"num_layers must be 0 (all) or 1..{total} for {path}, got {num_layers}")
+        if num_layers:
+            encoder.encoder.layer = encoder.encoder.layer[:num_layers]
+            encoder.config.num_hidden_layers = num_layers
+        return cls(encoder, AutoTokenizer.from_pretrained(str(path)), num_grades, max_length, item_fields, attributes)
+
+    def tokenize(self, queries: Sequence[str], items: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(list(queries), list(items), padding=True, truncation="longest_first",
+                              max_length=self.max_length, return_tensors="pt")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        """Cumulative logits (n, K-1), before temperature."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        return self.head(mean_pool(hidden, attention_mask))
+
+    @torch.inference_mode()
+    def cumulative_logits(self, queries: Sequence[str], items: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Uncalibrated cumulative logits (n, K-1), batched by length to limit padding."""
+        if len(queries) != len(items):
+            raise ValueError(f"got {len(queries)} queries but {len(items)} item texts")
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = np.zeros((len(queries), self.num_grades - 1), dtype=np.float32)
+        order = np.argsort([-(len(q) + len(t)) for q, t in zip(queries, items)], kind="stable")
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenize([queries[i] for i in idx], [items[i] for i in idx])
+            out[idx] = self(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+        self.train(was_training)
+        return out
+
+    def predict_probs(self, queries: Sequence[str], items: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Calibrated per-grade probabilities (n, K), float32."""
+        logits = torch.from_numpy(self.cumulative_logits(queries, items, batch_size))
+        return grade_probabilities(logits, self.temperature).numpy().astype(np.float32)
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
+        config = {"kind": "ordinal_cross_encoder", "num_grades": self.num_grades, "max_length": self.max_length,
+                  "item_fields": list(self.item_fields), "attributes": self.attributes,
+                  "temperature": self.temperature, "num_layers": self.encoder.config.num_hidden_layers,
+                  "record": self.record}
+        (path / TEACHER_CONFIG).write_text(json.dumps(config, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> OrdinalCrossEncoder:
+        """Load a teacher folder written by :meth:`save`."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        config_path = path / TEACHER_CONFIG
+        if not config_path.exists():
+            raise FileNotFoundError(f"{path}: not a teacher folder ({TEACHER_CONFIG} missing)")
+        config = json.loads(config_path.read_text())
+        teacher = cls(AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)),
+                      config["num_grades"], config["max_length"], config["item_fields"], config["attributes"],
+                      config["temperature"], config.get("record"))
+        teacher.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        return teacher.to(device or "cpu").eval()
