@@ -112,3 +112,52 @@ def gcs_emulator():
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_fusion_inputs(tiny_sample, tmp_path_factory) -> dict[str, Path]:
+    """Labels and engagement files for the tiny sample's queries, made by hand: the human
+    grades stand in for teacher labels, and seeded impressions, clicks (mostly on relevant
+    items) and channel ranks stand in for the logs."""
+    from unisup.data.tables import write_table
+    from unisup.schemas import ENGAGEMENT, LABELS, validate
+
+    out = tmp_path_factory.mktemp("fusion_inputs")
+    judgments = pacsv.read_csv(tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()}))
+    rng = np.random.default_rng(11)
+    queries, items, grades = judgments["query"].to_pylist(), judgments["product_id"].to_pylist(), judgments["rating"].to_pylist()
+    n = len(queries)
+    probs = [np.eye(4, dtype=np.float32)[g].tolist() for g in grades]
+    labels = pa.table({"query": queries, "item_id": items, "grade": pa.array(grades, pa.int8()),
+                       "probs": pa.array(probs, pa.list_(pa.float32())), "stage": ["human"] * n,
+                       "stage_scores": pa.array([[p] for p in probs], pa.list_(pa.list_(pa.float32())))})
+    shown = rng.random(n) < 0.6
+    impressions = np.where(shown, rng.integers(1, 20, n), 0)
+    click_rate = np.where(np.asarray(grades) >= 2, 0.4, 0.1)
+    clicks = np.minimum(impressions, rng.binomial(impressions, click_rate))
+    conversions = rng.binomial(clicks, 0.3)
+    ranks = [pa.array(np.where(rng.random(n) < 0.7, rng.integers(1, 60, n), 0), pa.int32()) for _ in range(2)]
+    ranks = [pc.if_else(pc.equal(r, 0), pa.scalar(None, pa.int32()), r) for r in ranks]
+    engagement = pa.table({
+        "query": queries, "item_id": items, "impressions": impressions, "clicks": clicks, "conversions": conversions,
+        "revenue": conversions * 10.0, "under_impressions": np.where(shown, 0, 2),
+        "ctr_debiased": clicks / np.maximum(impressions, 1), "ctr_smoothed": (clicks + 1) / (impressions + 10),
+        "cvr_smoothed": (conversions + 1) / (clicks + 3), "n_channels": pa.array([int(a is not None) + int(b is not None)
+                                                                                  for a, b in zip(ranks[0].to_pylist(), ranks[1].to_pylist())], pa.int8()),
+        "best_rank_bm25": ranks[0], "best_rank_dense": ranks[1],
+    })
+    write_table(validate(labels, LABELS).accepted, str(out / "labels.parquet"))
+    write_table(validate(engagement, ENGAGEMENT).accepted, str(out / "engagement.parquet"))
+    return {"labels": out / "labels.parquet", "engagement": out / "engagement.parquet"}
+
+
+@pytest.fixture(scope="session")
+def tiny_training_lists(tiny_fusion_inputs, tiny_overrides, tmp_path_factory) -> Path:
+    """Unified training lists of the tiny sample's train queries (``unisup.fusion.fuse``)."""
+    from unisup.config import load_config
+    from unisup.fusion import fuse
+
+    out = tmp_path_factory.mktemp("training_lists") / "lists.parquet"
+    fuse(str(tiny_fusion_inputs["labels"]), str(tiny_fusion_inputs["engagement"]), str(out), None,
+         load_config("local", tiny_overrides + ["fusion.list_size=16"]))
+    return out

@@ -1,12 +1,17 @@
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from unisup.channels import (
+    AttributeChannel,
     BM25Channel,
     DenseChannel,
     DenseEncoder,
     FusedChannel,
     cached_encode,
+    catalog_facets,
+    facet_tokens,
+    mine_product_types,
     reciprocal_rank_fusion,
     top_k_inner_product,
 )
@@ -75,3 +80,50 @@ def test_packaged_minilm_embeds_meaningfully():
     vectors = encoder.encode(["wireless bluetooth headphones", "bluetooth headset with microphone", "black toner cartridge"])
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+# ---------------------------------------------------------------- attribute match
+
+
+def _catalog() -> pa.Table:
+    rows = [
+        ("1", "HP 83 toner cartridge Original Black", "HP", '{"product_colour": "Black"}'),
+        ("2", "Canon C-EXV16 toner cartridge Yellow", "Canon", '{"product_colour": "Yellow"}'),
+        ("3", "Xerox 106R01433 toner cartridge Cyan", "Xerox", "{}"),
+        ("4", "HP LaserJet usb cable Black 2 m", "HP", '{"product_colour": "Black"}'),
+        ("5", "C2G usb cable White 3 m", "C2G", '{"product_colour": "White"}'),
+        ("6", "StarTech.com usb cable Grey", "StarTech.com", None),
+    ]
+    names = ["product_id", "title", "brand", "attributes"]
+    return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)})
+
+
+def test_facet_tokens_fold_plurals():
+    assert facet_tokens("Toner Cartridges, USB-cables") == ["toner", "cartridge", "usb-cable"]
+
+
+def test_product_types_need_several_brands():
+    catalog = _catalog()
+    types = mine_product_types(catalog["title"].to_pylist(), catalog["brand"].to_pylist(), size=10)
+    assert "toner cartridge" in types and "usb cable" in types
+    assert "laserjet" not in types  # one brand only: a product line, not a type
+
+
+def test_attribute_channel_ranks_brand_and_type_matches_first():
+    catalog = _catalog()
+    types = mine_product_types(catalog["title"].to_pylist(), catalog["brand"].to_pylist(), size=10)
+    facets = catalog_facets(catalog, types, ["product_colour"])
+    assert facets[0] == {"brand": ["hp"], "type": ["toner cartridge"], "attribute": ["black"]}
+    channel = AttributeChannel(catalog["product_id"].to_pylist(), facets, {"type": 2.0, "brand": 1.0, "attribute": 0.5})
+    hp_toner, usb, nothing = channel.search(["hp toner cartridges", "black usb cable", "garden hose"], k=10)
+    assert [i for i, _ in hp_toner][:1] == ["1"] and {i for i, _ in hp_toner} == {"1", "2", "3", "4"}
+    assert [i for i, _ in usb][:1] == ["4"] and {i for i, _ in usb[:3]} == {"4", "5", "6"}
+    assert nothing == []
+    assert len(channel.search(["hp toner cartridge"], k=2)[0]) == 2
+
+
+def test_popularity_breaks_ties():
+    catalog = _catalog()
+    facets = catalog_facets(catalog, ["usb cable"], [])
+    channel = AttributeChannel(catalog["product_id"].to_pylist(), facets, {"type": 1.0}, popularity=[0, 0, 0, 1, 3, 2])
+    assert [i for i, _ in channel.search(["usb cable"], k=3)[0]] == ["5", "6", "4"]

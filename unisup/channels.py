@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Ranking = list[tuple[str, float]]
 log = logging.getLogger(__name__)
@@ -207,3 +211,152 @@ class FusedChannel:
 
     def search(self, queries: Sequence[str], k: int) -> list[Ranking]:
         return reciprocal_rank_fusion([c.search(queries, k) for c in self.channels], self.k, depth=k)
+
+
+# ---------------------------------------------------------------- attribute match
+
+_WORD = re.compile(r"[a-z][a-z0-9+\-]*")
+FACET_STOPWORDS = frozenset(
+    "a an and the for with of to in on by from or pc pcs set kit pack original compatible new "
+    "black white grey gray silver blue red green yellow cyan magenta brown pink purple orange gold "
+    "mm cm m ft in inch gb mb tb kg g w v mah hz ghz mhz x "
+    "high low premium standard pixel dpi ppm matt glossy core window serie flat large format".split()
+)
+
+
+def facet_tokens(text: str) -> list[str]:
+    """Lower-case word tokens with a light plural folding (cables -> cable)."""
+    out = []
+    for token in _WORD.findall(str(text).lower()):
+        if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
+            token = token[:-1]
+        out.append(token)
+    return out
+
+
+def mine_product_types(titles: Sequence[str], brands: Sequence[str | None], size: int, min_brands: int = 3) -> list[str]:
+    """The ``size`` most frequent product-type phrases (one or two words) in catalog titles.
+
+    Candidates are runs of alphabetic title words that are neither stopwords, colours,
+    units nor brand names; a phrase must occur with at least ``min_brands`` brands (so
+    product lines such as "laserjet" are not types). Two-word phrases come first.
+    """
+    brand_words = {t for b in brands if b for t in facet_tokens(b)}
+    df: dict[str, int] = {}
+    seen_brands: dict[str, set[str]] = {}
+    for title, brand in zip(titles, brands):
+        words = [t if t.isalpha() and t not in FACET_STOPWORDS and t not in brand_words and len(t) > 2 else "" for t in facet_tokens(title)]
+        phrases = {w for w in words if w}
+        phrases |= {f"{a} {b}" for a, b in zip(words, words[1:]) if a and b}
+        for phrase in phrases:
+            df[phrase] = df.get(phrase, 0) + 1
+            seen_brands.setdefault(phrase, set()).add(brand or "")
+    eligible = [p for p in df if len(seen_brands[p]) >= min_brands]
+    ranked = sorted(eligible, key=lambda p: (-(p.count(" ") + 1), -df[p], p))
+    bigrams = [p for p in ranked if " " in p][: size // 2]
+    unigrams = [p for p in ranked if " " not in p][: size - len(bigrams)]
+    return sorted(bigrams + unigrams, key=lambda p: (-df[p], p))
+
+
+def catalog_facets(
+    catalog: pa.Table, product_types: Sequence[str], attribute_keys: Sequence[str]
+) -> list[dict[str, list[str]]]:
+    """Per item: its brand, its product type (the first mined type phrase of its title,
+    two-word phrases first) and the text values of ``attribute_keys``, all lower case."""
+    import json
+
+    two_word = {p for p in product_types if " " in p}
+    one_word = set(product_types) - two_word
+    titles = catalog["title"].to_pylist()
+    brands = catalog["brand"].to_pylist() if "brand" in catalog.column_names else [None] * catalog.num_rows
+    attrs = catalog["attributes"].to_pylist() if "attributes" in catalog.column_names else [None] * catalog.num_rows
+    facets = []
+    for title, brand, raw in zip(titles, brands, attrs):
+        words = facet_tokens(title)
+        item_type = next((f"{a} {b}" for a, b in zip(words, words[1:]) if f"{a} {b}" in two_word), None)
+        item_type = item_type or next((w for w in words if w in one_word), None)
+        values: list[str] = []
+        if raw:
+            try:
+                parsed = json.loads(raw)
+            except json.JSONDecodeError:
+                parsed = {}
+            for key in attribute_keys:
+                value = parsed.get(key)
+                if isinstance(value, str) and 0 < len(facet_tokens(value)) <= 3:
+                    values.append(" ".join(facet_tokens(value)))
+        facets.append(
+            {
+                "brand": [" ".join(facet_tokens(brand))] if brand else [],
+                "type": [item_type] if item_type else [],
+                "attribute": sorted(set(values)),
+            }
+        )
+    return facets
+
+
+class AttributeChannel:
+    """Structured match: an item scores the weights of its facets (brand, product type,
+    attribute values) whose every word occurs in the query; popularity breaks ties.
+
+    ``facets`` holds one ``{kind: [phrase, ...]}`` per item (see :func:`catalog_facets`);
+    ``weights`` maps a kind to the score of one matched phrase of that kind.
+    """
+
+    name = "attribute"
+
+    def __init__(
+        self,
+        item_ids: Sequence[str],
+        facets: Sequence[dict[str, list[str]]],
+        weights: dict[str, float],
+        popularity: Sequence[float] | None = None,
+    ):
+        from scipy import sparse
+
+        if len(facets) != len(item_ids):
+            raise ValueError(f"{len(item_ids)} item ids but {len(facets)} facet entries")
+        self.item_ids = list(item_ids)
+        self.phrases: list[tuple[str, ...]] = []
+        phrase_index: dict[tuple[str, str], int] = {}
+        rows, cols, values = [], [], []
+        for item, item_facets in enumerate(facets):
+            for kind, phrases in item_facets.items():
+                weight = float(weights.get(kind, 0.0))
+                for phrase in phrases:
+                    tokens = tuple(facet_tokens(phrase))
+                    if not tokens or weight == 0.0:
+                        continue
+                    key = (kind, " ".join(tokens))
+                    if key not in phrase_index:
+                        phrase_index[key] = len(self.phrases)
+                        self.phrases.append(tokens)
+                    rows.append(phrase_index[key])
+                    cols.append(item)
+                    values.append(weight)
+        self.matrix = sparse.csr_matrix((values, (rows, cols)), shape=(len(self.phrases), len(self.item_ids)))
+        self.by_token: dict[str, list[int]] = {}
+        for index, tokens in enumerate(self.phrases):
+            self.by_token.setdefault(tokens[0], []).append(index)
+        pop = np.zeros(len(self.item_ids)) if popularity is None else np.asarray(popularity, dtype=np.float64)
+        span = float(pop.max() - pop.min()) if len(pop) else 0.0
+        self.tie_break = 1e-3 * (pop - pop.min()) / span if span > 0 else np.zeros(len(self.item_ids))
+
+    def matched_phrases(self, query: str) -> list[int]:
+        """Indices of the phrases whose every word is in the query."""
+        words = set(facet_tokens(query))
+        return [i for w in words for i in self.by_token.get(w, ()) if set(self.phrases[i]) <= words]
+
+    def search(self, queries: Sequence[str], k: int) -> list[Ranking]:
+        out = []
+        for query in queries:
+            matched = self.matched_phrases(query)
+            if not matched:
+                out.append([])
+                continue
+            row = self.matrix[matched].sum(axis=0).A1
+            hits = np.flatnonzero(row > 0)
+            scores = row[hits] + self.tie_break[hits]
+            top = hits[np.lexsort((hits, -scores))][:k]
+            out.append([(self.item_ids[i], float(row[i] + self.tie_break[i])) for i in top])
+        return out

@@ -126,6 +126,181 @@ def _channels(args: argparse.Namespace) -> None:
         storage.write_text(args.json, json.dumps(payload, indent=1))
 
 
+# ---------------------------------------------------------------- logs
+
+
+def _data_simulate_logs(args: argparse.Namespace) -> None:
+    from unisup.data.sample import load_dataset
+    from unisup.simulator import simulate_logs
+
+    cfg = _config(args)
+    summary = simulate_logs(
+        load_dataset(cfg.data), cfg.simulator, cfg.channels, cfg.data.num_grades,
+        cfg.data.relevance_threshold, out_uri=args.out, progress=True,
+    )
+    print(f"simulated {summary['requests']} requests, {summary['rows']} rows -> {summary['logs_uri']}")
+    print(json.dumps({k: summary[k] for k in ("impressions", "clicks", "conversions", "malformed", "bias")}, indent=1))
+
+
+def _extract_logs(args: argparse.Namespace) -> None:
+    from unisup.logs import extract_logs
+
+    cfg = _config(args)
+    report = extract_logs(
+        args.logs or cfg.extraction.logs_uri, args.out or cfg.extraction.out_uri, cfg.extraction, cfg.data.catalog_uri,
+        quarantine_uri=args.quarantine, report_uri=args.report, start_date=args.start, end_date=args.end,
+    )
+    print(
+        f"rows in {report['rows_in']} = accepted {report['rows_accepted']} + quarantined {report['rows_quarantined']}; "
+        f"bot filtered {report['rows_bot_filtered']} ({report['bot_users']} users); {report['pairs']} (query, item) pairs"
+        f" -> {report['engagement_uri']} in {report['seconds']} s"
+    )
+    for reason, count in report["quarantined_by_reason"].items():
+        print(f"  quarantined {count:>8}  {reason}")
+
+
+# ---------------------------------------------------------------- fusion and training
+
+
+def _fuse(args: argparse.Namespace) -> None:
+    from unisup.fusion import fuse
+
+    cfg = _config(args)
+    report = fuse(args.labels, args.engagement, args.out, args.report, cfg)
+    print(
+        f"{report['preset']}: {report['lists']} lists, {report['rows']} items -> {args.out}; "
+        f"per source {report['items_per_source']}; skipped {report['skipped_lists'] or 'none'}"
+    )
+    for name, counts in report["inputs"].items():
+        print(f"  {name}: rows in {counts['rows_in']} = accepted {counts['accepted']} + quarantined {counts['quarantined']}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from unisup.biencoder.train import train
+
+    cfg = _config(args)
+    result = train(args.lists, args.out, cfg, triton_repository=args.triton_repository, work_dir=args.work_dir,
+                   resume=not args.no_resume)
+    print(
+        f"{result.steps} steps, {result.epochs} epochs{' (stopped early)' if result.stopped_early else ''}; best validation "
+        f"nDCG@{cfg.training.validation_k} {result.best_metric:.4f} at step {result.best_step}; "
+        f"{result.lists_per_second:.2f} lists/s, {result.items_per_second:.1f} items/s -> {result.model_dir}"
+        + (f"; Triton model {result.triton_model}" if result.triton_model else "")
+    )
+    if args.json:
+        from unisup import storage
+
+        storage.write_text(args.json, json.dumps(result.to_dict(), indent=1))
+
+
+# ---------------------------------------------------------------- index, evaluation, promotion
+
+
+def _build_index(args: argparse.Namespace) -> None:
+    from unisup.index import build_catalog_index
+
+    meta = build_catalog_index(args.model, args.out, _config(args)).metadata
+    print(
+        f"{meta['factory']} ({meta['metric']}, dim {meta['dimension']}): {meta['num_items']} items, built in "
+        f"{meta['build_seconds']:.2f} s (embedding {meta['embed_seconds']:.1f} s); recall@10 {meta['recall@10']:.4f}, "
+        f"recall@100 {meta['recall@100']:.4f} vs exact search on {meta['recall_queries']} -> {args.out}"
+    )
+
+
+def _parse_baseline(text: str) -> tuple[str, str, str]:
+    name, _, paths = text.partition("=")
+    model, _, index = paths.partition(",")
+    if not (name and model and index):
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL,INDEX, got {text!r}")
+    return name, model, index
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from unisup.evaluation import run_evaluation
+
+    cfg = _config(args)
+    try:
+        result = run_evaluation(cfg, args.model, args.index, args.out, args.baseline, args.judgments, args.split, args.engagement)
+    except ValueError as err:
+        print(f"unisup: error: {err}", file=sys.stderr)
+        return 2
+    k = cfg.evaluation.cutoffs[0]
+    for system in result.systems:
+        row = result.value(f"ndcg@{k}", system)
+        low, high = (float("nan") if x is None else x for x in (row["ci_low"], row["ci_high"]))
+        print(f"{system:24} ndcg@{k} {row['value']:.4f} [{low:.4f}, {high:.4f}]  "
+              f"grade0_share@{k} {result.value(f'grade0_share@{k}', system)['value']:.4f}")
+    print(("BLESSED" if result.blessing["blessed"] else "NOT BLESSED") + f" -> {args.out}")
+    for reason in result.blessing["reasons"]:
+        print(f"  {reason}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from unisup.promotion import NotBlessedError, PushConflict, push
+
+    try:
+        result = push(args.blessing, args.model, args.index, _config(args))
+    except (NotBlessedError, PushConflict, ValueError) as err:
+        print(f"unisup: error: {err}", file=sys.stderr)
+        return 2
+    print(f"experiment {result.experiment_id} v{result.version:04d} -> {result.config_uri}; model version "
+          f"{result.model_version} at {result.model_uri}; index at {result.index_uri}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from unisup.promotion import PushConflict, rollback
+
+    try:
+        result = rollback(_config(args), args.experiment)
+    except (PushConflict, ValueError) as err:
+        print(f"unisup: error: {err}", file=sys.stderr)
+        return 2
+    print(f"experiment {result.experiment_id} v{result.version:04d} restores v{result.config['restored_version']:04d} "
+          f"(rolled back v{result.config['rolled_back_version']:04d}) -> {result.config_uri}")
+    return 0
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def _train_teacher(args: argparse.Namespace) -> None:
+    from unisup.teachers.audit import format_audit, quality_audit, write_audit
+    from unisup.teachers.backends import InProcessBackend
+    from unisup.teachers.training import train_teachers
+
+    cfg = _config(args)
+    out = args.out or cfg.teachers.repository_uri
+    report = train_teachers(cfg.teachers, cfg.data, out)
+    for name, record in report["stages"].items():
+        print(f"{name}: {record['steps']} steps ({record['stop_reason']}), validation NLL "
+              f"{record['validation_nll_calibrated']:.4f} at temperature {record['temperature']:.2f}, {record['seconds']} s")
+    print(f"teachers exported to the Triton repository {out}")
+    if args.audit:
+        from unisup import storage
+
+        with storage.local_copy(out) as repository:
+            audit = quality_audit(cfg, InProcessBackend(repository, cfg.labeling.batch_size))
+        write_audit(audit, args.audit)
+        print(format_audit(audit), end="")
+
+
+def _label(args: argparse.Namespace) -> None:
+    from unisup import storage
+    from unisup.teachers.labeling import label_pairs, make_backend
+
+    cfg = _config(args)
+    with storage.local_copy(args.teachers or cfg.teachers.repository_uri) as repository:
+        backend = make_backend(cfg, str(repository))
+        report = label_pairs(args.pairs, args.out, cfg, backend)
+    print(f"{args.pairs}: rows in {report['rows_in']} = labeled {report['labeled']} + quarantined {report['quarantined']}"
+          f" ({report['shards_resumed']} of {report['shards']} shards resumed) -> {args.out}")
+    for name in report["stages"]:
+        print(f"  {name:12} reached {report['pairs_per_stage'][name]:>8}  decided {report['decided_per_stage'][name]:>8}"
+              f"  {report['seconds_per_stage'][name]:.1f} s")
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -168,13 +343,96 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (local or gs://)")
     p.add_argument("--locale", default="us", help="ESCI product locale [us]")
     p.set_defaults(handler=_data_import)
+    p = data_sub.add_parser(
+        "simulate-logs",
+        help="SIMULATOR: write synthetic sponsored-search logs (queries, 3 retrieval channels, ad auction, users, bots)",
+        description="Simulate sponsored-search request logs over the catalog: query stream (training queries of the split "
+        "and catalog-derived queries; never validation/test queries), BM25 + dense + attribute retrieval, an ad auction "
+        "with budgets and pacing, position-biased clicks driven by relevance and non-relevance factors, conversions, bots "
+        "and malformed rows. Writes date-partitioned Parquet and _simulation.json (parameters + bias report). Resumable.",
+    )
+    _common(p)
+    p.add_argument("--out", help="output folder or gs:// prefix [simulator.out_uri]")
+    p.set_defaults(handler=_data_simulate_logs)
 
+    p = sub.add_parser(
+        "extract-logs",
+        help="validate raw logs (quarantine), filter bots, aggregate per (query, item) engagement",
+        description="Read date-partitioned raw logs (local or gs://) for a window with DuckDB, quarantine rows that break "
+        "the raw_logs rules, drop bot users, estimate position propensities and write the engagement table.",
+    )
+    _common(p)
+    p.add_argument("--logs", help="raw logs folder or gs:// prefix [extraction.logs_uri]")
+    p.add_argument("--out", help="engagement Parquet [extraction.out_uri]")
+    p.add_argument("--quarantine", help="quarantine Parquet [beside --out]")
+    p.add_argument("--report", help="JSON report [beside --out]")
+    p.add_argument("--start", help="first day YYYY-MM-DD [extraction.start_date, else first partition]")
+    p.add_argument("--end", help="last day YYYY-MM-DD, inclusive [extraction.end_date, else last partition]")
+    p.set_defaults(handler=_extract_logs)
     p = sub.add_parser("channels", help="evaluate the retrieval channels (BM25, MiniLM, RRF) on judged queries")
     _common(p)
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("-k", type=int, default=10, help="cutoff of the metrics [10]")
     p.add_argument("--json", help="also write the figures as JSON here")
     p.set_defaults(handler=_channels)
+    p = sub.add_parser("fuse", help="multichannel prior + fused targets -> per-query training lists")
+    _common(p)
+    p.add_argument("--labels", required=True, help="teacher labels (labels schema), Parquet or CSV, local or gs://")
+    p.add_argument("--engagement", required=True, help="engagement table (engagement schema)")
+    p.add_argument("--out", required=True, help="training lists Parquet")
+    p.add_argument("--report", help="JSON report (lists, items per source, target stats, parameters)")
+    p.set_defaults(handler=_fuse)
+
+    p = sub.add_parser("train", help="train the bi-encoder on training lists; export both towers and the Triton query encoder")
+    _common(p)
+    p.add_argument("--lists", required=True, help="training lists Parquet (from `unisup fuse`)")
+    p.add_argument("--out", required=True, help="bi-encoder folder (local or gs://)")
+    p.add_argument("--triton-repository", help="also export the query tower into this Triton model repository")
+    p.add_argument("--work-dir", help="checkpoints folder [<out>.work beside --out]")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--json", help="write the training result (history, throughput) as JSON here")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("build-index", help="embed the catalog with the item tower and build the FAISS index")
+    _common(p)
+    p.add_argument("--model", required=True, help="bi-encoder folder (local or gs://)")
+    p.add_argument("--out", required=True, help="index folder (local or gs://)")
+    p.set_defaults(handler=_build_index)
+
+    p = sub.add_parser("evaluate", help="candidate vs baselines on judged queries and engagement; report and blessing")
+    _common(p)
+    p.add_argument("--model", required=True, help="candidate bi-encoder folder")
+    p.add_argument("--index", required=True, help="candidate index folder")
+    p.add_argument("--out", required=True, help="output folder: results.parquet, results.json, report.html, blessing.json")
+    p.add_argument("--baseline", action="append", default=[], type=_parse_baseline, metavar="NAME=MODEL,INDEX",
+                   help="a bi-encoder baseline (repeatable); channel baselines come from evaluation.baseline_channels")
+    p.add_argument("--judgments", help="judgments file [data.judgments_uri]")
+    p.add_argument("--split", choices=["train", "validation", "test"], help="judged split [evaluation.split]")
+    p.add_argument("--engagement", help="held-out engagement table (engagement schema)")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("push", help="promote a blessed candidate and write the next A/B experiment config")
+    _common(p)
+    p.add_argument("--blessing", required=True, help="blessing.json from `unisup evaluate`")
+    p.add_argument("--model", required=True, help="bi-encoder folder of the candidate")
+    p.add_argument("--index", required=True, help="index folder of the candidate")
+    p.set_defaults(handler=_push)
+
+    p = sub.add_parser("rollback", help="restore the previous A/B experiment config as a new version")
+    _common(p)
+    p.add_argument("--experiment", help="experiment id [promotion.experiment_id]")
+    p.set_defaults(handler=_rollback)
+    p = sub.add_parser("train-teacher", help="fine-tune the cascade's ordinal teachers and export them to a Triton repository")
+    _common(p)
+    p.add_argument("--out", help="Triton model repository to write [teachers.repository_uri]")
+    p.add_argument("--audit", help="also write the quality audit (JSON, plus .md) here")
+    p.set_defaults(handler=_train_teacher)
+    p = sub.add_parser("label", help="label (query, item) pairs with the teacher cascade, in resumable shards")
+    _common(p)
+    p.add_argument("pairs", help="Parquet or CSV with query and item_id (or product_id) columns")
+    p.add_argument("--out", required=True, help="output folder: labels.parquet, quarantine.parquet, report.json")
+    p.add_argument("--teachers", help="Triton repository of the in-process backend [teachers.repository_uri]")
+    p.set_defaults(handler=_label)
     return parser
 
 

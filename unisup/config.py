@@ -161,18 +161,154 @@ class EvaluationConfig:
 
 @dataclass
 class PromotionConfig:
-    model_repository: str = _f("serving/triton_models", "serving Triton model repository (local folder or gs://)")
+    model_repository: str = _f("runs/serving/triton_models", "serving Triton model repository (local folder or gs://)")
     model_name: str = _f("query_encoder", "Triton model name of the query encoder")
-    serve_versions: int = _f(2, "Triton version policy: serve the latest N versions (control and treatment)")
-    max_batch_size: int = _f(64, "max_batch_size of the query-encoder Triton model")
-    index_root: str = _f("serving/indexes", "serving location of the indexes; version N goes to <root>/<model_name>/<N>")
-    config_root: str = _f("serving/experiments", "A/B config location; <root>/experiments/<id>/v000N.json + current.json")
+    serve_versions: int = _f(2, "Triton version policy: serve the latest N versions (control and treatment); "
+                             "batching and instances come from the training section's triton_* keys")
+    index_root: str = _f("runs/serving/indexes", "serving location of the indexes; version N goes to <root>/<model_name>/<N>")
+    config_root: str = _f("runs/serving/experiments", "A/B config location; <root>/experiments/<id>/v000N.json + current.json")
     experiment_id: str = _f("unisup-retrieval", "A/B experiment id")
     treatment_traffic: float = _f(0.1, "share of traffic sent to the treatment, 0..1")
     control_model_uri: str = _f("", "served control model; empty = the control of the current config")
     control_index_uri: str = _f("", "served control index; empty = the control of the current config")
     max_attempts: int = _f(20, "attempts of a conditional write lost to a concurrent push before a conflict error")
     transient_attempts: int = _f(5, "attempts of a storage call that failed with a transient 5xx / 429 / connection error")
+
+
+@dataclass
+class TeacherStageConfig:
+    name: str = _f("fast", "stage name: the Triton model name and the value of labels.stage")
+    kind: str = _f("ordinal_cross_encoder", "ordinal_cross_encoder (trained here) | served (already in the Triton repository, e.g. an LLM judge)")
+    base_model: str = _f("", "encoder folder to fine-tune from; empty = the packaged MiniLM")
+    num_layers: int = _f(0, "transformer layers kept from the base encoder (0 = all)")
+    max_length: int = _f(32, "max tokens of the (query, item text) pair")
+    item_fields: list[str] = _f(["title", "brand"], "catalog fields joined into the item text this stage reads")
+    attributes: int = _f(0, "key: value attributes appended to the item text")
+    epochs: int = _f(3, "training epochs (upper bound; early stopping may end sooner)")
+    batch_size: int = _f(16, "training pairs per step")
+    learning_rate: float = _f(5e-5, "AdamW learning rate of the encoder")
+    max_steps: int = _f(0, "stop after this many steps (0 = no limit)")
+    max_seconds: float = _f(0.0, "stop training after this many seconds (0 = no limit)")
+    patience: int = _f(1, "epochs without a better validation NLL before stopping")
+
+
+def _default_teacher_stages() -> list[TeacherStageConfig]:
+    return [
+        TeacherStageConfig("fast", num_layers=2, max_length=32, item_fields=["title", "brand"], epochs=4, batch_size=32),
+        TeacherStageConfig("precise", num_layers=0, max_length=128, item_fields=["title", "brand", "description"],
+                           attributes=5, epochs=2, batch_size=16),
+    ]
+
+
+@dataclass
+class TeachersConfig:
+    stages: list[TeacherStageConfig] = field(default_factory=_default_teacher_stages, metadata={"help": "cascade stages, cheapest first"})
+    repository_uri: str = _f("runs/teachers/repository", "Triton model repository the teachers are exported to (local or gs://)")
+    max_train_pairs: int = _f(0, "subsample the training judgments to this many pairs (0 = all)")
+    max_validation_pairs: int = _f(0, "subsample the validation judgments to this many pairs (0 = all)")
+    class_weight_power: float = _f(0.5, "grade weights (N / (K * count))^power against class imbalance (0 = none)")
+    head_learning_rate: float = _f(1e-3, "AdamW learning rate of the ordinal head")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_fraction: float = _f(0.1, "share of steps with a linear learning-rate warmup")
+    seed: int = _f(0, "seed of initialization, shuffling and subsampling")
+    audit_split: str = _f("test", "held-out split of the quality audit")
+    freeze_embeddings: bool = _f(True, "keep the word embeddings fixed (a large, rarely-seen-vocabulary share of the weights)")
+    torch_threads: int = _f(0, "torch intra-op threads while training (0 = torch default; 1 is faster on a busy shared CPU)")
+    triton_max_batch_size: int = _f(256, "config.pbtxt max_batch_size")
+    triton_instance_count: int = _f(1, "config.pbtxt instance_group count")
+    triton_instance_kind: str = _f("KIND_CPU", "config.pbtxt instance_group kind: KIND_CPU | KIND_GPU")
+    triton_max_queue_delay_us: int = _f(0, "dynamic_batching max_queue_delay_microseconds (0 = Triton's default)")
+    triton_python_paths: str = _f("", "':'-separated folders model.py adds to sys.path (where unisup is installed)")
+
+
+@dataclass
+class LabelingConfig:
+    backend: str = _f("inprocess", "inprocess (teachers loaded from the repository) | triton (gRPC)")
+    stages: list[str] = _f([], "cascade order by stage name; empty = every teachers.stages entry in order")
+    triton_url: str = _f("localhost:8001", "Triton gRPC host:port")
+    batch_size: int = _f(64, "pairs per request (client-side batching)")
+    concurrency: int = _f(8, "requests in flight at once")
+    timeout_s: float = _f(60.0, "per-request timeout in seconds")
+    retries: int = _f(5, "attempts per request on UNAVAILABLE / DEADLINE_EXCEEDED")
+    backoff_s: float = _f(0.5, "first retry wait; doubles per attempt, at most 10 s")
+    ready_timeout_s: float = _f(60.0, "how long to wait for every model to be ready before starting")
+    shard_size: int = _f(2048, "pairs per output shard (the unit of resume)")
+    work_uri: str = _f("", "where shards and the manifest live (stable across retries); empty = inside the output")
+    escalate_rule: str = _f("either", "when a stage passes a pair on: max_prob | boundary | either")
+    max_prob_threshold: float = _f(0.7, "escalate when the highest grade probability is below this")
+    boundary_margin: float = _f(0.3, "escalate when |P(grade >= relevance_threshold) - 0.5| is below this")
+
+
+@dataclass
+class SimulatorConfig:
+    out_uri: str = _f("runs/logs", "where the simulated logs go (folder or gs:// prefix): date=YYYY-MM-DD/part-*.parquet")
+    seed: int = _f(17, "seed of every random draw of the simulator (same seed, same logs)")
+    start_date: str = _f("2024-03-04", "first simulated day (YYYY-MM-DD, UTC)")
+    num_days: int = _f(7, "number of simulated days (one partition and one resumable shard each)")
+    num_requests: int = _f(30000, "search requests over all days (bots included)")
+    num_derived_queries: int = _f(3000, "distinct queries derived from the catalog (brand, product type, attribute)")
+    judged_query_share: float = _f(0.3, "share of requests that carry a training query of the split")
+    zipf_exponent: float = _f(1.05, "head/tail skew of query frequencies (Zipf exponent)")
+    num_users: int = _f(4000, "distinct human users")
+    requests_per_session: float = _f(3.0, "mean requests per user session")
+    channel_depth: int = _f(20, "candidates each production channel retrieves per request (its top k)")
+    product_types: int = _f(400, "size of the product-type vocabulary mined from catalog titles")
+    attribute_keys: list[str] = _f(
+        ["product_colour", "colour", "printing_colours", "print_technology", "material", "connector_1", "processor_family"],
+        "catalog attributes the attribute channel and the derived queries use",
+    )
+    attribute_weights: dict[str, float] = _f(
+        {"type": 2.0, "brand": 1.0, "attribute": 0.5}, "attribute channel: score of a matched product type, brand, attribute value"
+    )
+    num_slots: int = _f(4, "ad slots filled per request by the auction")
+    items_per_campaign: int = _f(40, "items per campaign (an advertiser = a brand, split into campaigns)")
+    bid_mean: float = _f(0.5, "median cost-per-click bid (lognormal)")
+    bid_sigma: float = _f(0.6, "lognormal sigma of bids")
+    daily_budget_mean: float = _f(15.0, "median daily budget of a campaign (lognormal)")
+    daily_budget_sigma: float = _f(1.0, "lognormal sigma of daily budgets")
+    pacing: bool = _f(True, "throttle campaigns that spend faster than the day passes")
+    reserve_price: float = _f(0.002, "minimum bid x predicted CTR to enter an auction")
+    pctr_noise: float = _f(0.5, "lognormal sigma of the platform's predicted CTR around the true attractiveness")
+    auction_jitter: float = _f(0.3, "lognormal sigma of per-request variation of the predicted CTR (context)")
+    position_bias: float = _f(1.0, "eta: probability to examine slot p is (1 / p) ** eta")
+    click_weights: dict[str, float] = _f(
+        {"intercept": -3.0, "relevance": 1.5, "popularity": 0.9, "discount": 3.0, "badge": 1.0, "title": 0.8},
+        "logit of attractiveness: relevance (grade / (K-1)) and factors that are not relevance",
+    )
+    conversion_weights: dict[str, float] = _f(
+        {"intercept": -2.5, "relevance": 1.5, "discount": 1.5}, "logit of P(conversion | click)"
+    )
+    discount_share: float = _f(0.3, "share of items on discount (discount uniform in 5-50%)")
+    badge_share: float = _f(0.15, "share of items with a promotion badge")
+    bot_share: float = _f(0.03, "share of requests issued by bots")
+    num_bot_users: int = _f(12, "distinct bot users")
+    bot_click_rate: float = _f(0.6, "probability a bot clicks a shown ad, whatever its slot and relevance")
+    malformed_rate: float = _f(0.001, "share of rows corrupted (missing ids, impossible positions, duplicates, ...)")
+
+
+@dataclass
+class ExtractionConfig:
+    logs_uri: str = _f("runs/logs", "partitioned raw logs to read (folder or gs:// prefix)")
+    out_uri: str = _f("runs/engagement/engagement.parquet", "engagement table (Parquet); quarantine and report beside it")
+    start_date: str = _f("", "first day of the window (YYYY-MM-DD); empty = the first partition")
+    end_date: str = _f("", "last day of the window, inclusive; empty = the last partition")
+    max_position: int = _f(10, "highest possible ad slot; larger positions are quarantined")
+    filter_bots: bool = _f(True, "drop the rows of users the bot rules flag")
+    bot_user_agent_pattern: str = _f("(?i)(bot|crawler|spider|headless)", "user agents matching this regex are bots")
+    bot_max_requests_per_day: int = _f(150, "a user with more requests on one day is a bot")
+    bot_max_ctr: float = _f(0.5, "a user with a higher click-through rate is a bot ...")
+    bot_min_impressions: int = _f(50, "... once they have at least this many impressions")
+    estimate_propensities: bool = _f(True, "estimate examination propensities from the logs (intervention harvesting)")
+    propensities: list[float] = _f([1.0, 0.5, 0.333, 0.25], "given propensities per slot (used when not estimated, or where data is short)")
+    min_propensity: float = _f(0.05, "propensities are clipped below at this value")
+    min_harvest_pairs: int = _f(20, "fewest (query, item) pairs seen at slot 1 and slot p to estimate p's propensity")
+    ctr_prior_mean: float = _f(0.05, "Beta prior mean of the debiased CTR")
+    ctr_prior_strength: float = _f(20.0, "Beta prior strength (alpha + beta) of the CTR")
+    cvr_prior_mean: float = _f(0.1, "Beta prior mean of conversions per click")
+    cvr_prior_strength: float = _f(10.0, "Beta prior strength (alpha + beta) of the conversion rate")
+    estimate_prior_means: bool = _f(True, "replace both prior means by the log-wide rates")
+    duckdb_memory_limit: str = _f("2GB", "DuckDB memory limit (spills to disk beyond)")
+    duckdb_threads: int = _f(2, "DuckDB threads")
 
 
 @dataclass
@@ -186,6 +322,10 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig, metadata={"help": "FAISS index of the item tower"})
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, metadata={"help": "offline evaluation and blessing gates"})
     promotion: PromotionConfig = field(default_factory=PromotionConfig, metadata={"help": "model promotion and A/B config push"})
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig, metadata={"help": "sponsored-search log simulator"})
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig, metadata={"help": "log extraction: validation, bot filter, engagement"})
+    teachers: TeachersConfig = field(default_factory=TeachersConfig, metadata={"help": "teacher cascade models, training and Triton export"})
+    labeling: LabelingConfig = field(default_factory=LabelingConfig, metadata={"help": "cascade labeling of (query, item) pairs"})
 
 
 # ---------------------------------------------------------------- loading
@@ -228,6 +368,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int and isinstance(value, float) and value.is_integer():
+        # KFP renders integer pipeline parameters inside override strings as 3.0
+        value = int(value)
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp in (float, str) and not isinstance(value, tp):

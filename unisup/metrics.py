@@ -53,3 +53,44 @@ def per_query_metrics(rankings: Rankings, qrels: Qrels, k: int = 10, relevance_t
 def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Mean of each metric over queries (NaN-aware)."""
     return {name: float(np.nanmean(list(values.values()))) if values else float("nan") for name, values in per_query.items()}
+
+
+def per_query_metrics_at(
+    rankings: Rankings, qrels: Qrels, cutoffs: Sequence[int], relevance_threshold: int = 2
+) -> dict[str, dict[str, float]]:
+    """:func:`per_query_metrics` at every cutoff, merged into one {metric@k: {query: value}}."""
+    out: dict[str, dict[str, float]] = {}
+    for k in cutoffs:
+        out.update(per_query_metrics(rankings, qrels, k=k, relevance_threshold=relevance_threshold))
+    return out
+
+
+def engagement_metrics(
+    rankings: Rankings, clicked: Mapping[str, set[str]], converted: Mapping[str, set[str]], k: int
+) -> dict[str, dict[str, float]]:
+    """Engagement recall per query of ``clicked``: the share of its clicked-or-converted
+    items in the top ``k`` (``engagement_recall@k``) and of its converted items
+    (``conversion_recall@k``, NaN for a query without a conversion). Via ir-measures:
+    engaged items are judged 1, converted ones 2."""
+    queries = list(clicked)
+    qrels = {q: {d: 1 for d in clicked[q]} | {d: 2 for d in converted.get(q, ())} for q in queries}
+    run = _as_run({q: list(rankings.get(q, []))[:k] for q in queries})
+    names = {R(rel=1) @ k: f"engagement_recall@{k}", R(rel=2) @ k: f"conversion_recall@{k}"}
+    out = {name: {q: 0.0 for q in queries} for name in names.values()}
+    for m in ir_measures.iter_calc(list(names), qrels, run):
+        out[names[m.measure]][m.query_id] = float(m.value)
+    for q in queries:
+        if not converted.get(q):
+            out[f"conversion_recall@{k}"][q] = float("nan")
+    return out
+
+
+def grade_distribution(rankings: Rankings, qrels: Qrels, k: int, num_grades: int) -> dict[str, float]:
+    """Share of each grade (``"0"`` .. ``"K-1"``) and of unjudged items (``"unjudged"``)
+    among all top-``k`` items of the queries of ``qrels``."""
+    counts = dict.fromkeys([str(g) for g in range(num_grades)] + ["unjudged"], 0)
+    for q, judged in qrels.items():
+        for item in list(rankings.get(q, []))[:k]:
+            counts[str(int(judged[item])) if item in judged else "unjudged"] += 1
+    total = sum(counts.values())
+    return {name: (n / total if total else float("nan")) for name, n in counts.items()}

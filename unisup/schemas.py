@@ -161,7 +161,7 @@ def _missing(column: str) -> Callable[[pa.Table, RuleContext], np.ndarray]:
         col = table[column]
         missing = pc.is_null(col)
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(col), ""))
+            missing = pc.or_(missing, pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), False))
         return _mask(missing)
 
     return bad
@@ -321,7 +321,7 @@ RAW_LOGS = ArtifactSchema(
             "impossible position",
             lambda t, c: _mask(
                 pc.or_(
-                    pc.or_(pc.less(t["position"], 1), pc.greater(t["position"], c.max_position)),
+                    pc.fill_null(pc.or_(pc.less(t["position"], 1), pc.greater(t["position"], c.max_position)), False),
                     pc.xor(pc.is_null(t["position"]), pc.invert(pc.fill_null(t["impression"], False))),
                 )
             ),
@@ -458,6 +458,14 @@ EVAL_RESULTS = ArtifactSchema(
     "eval_results",
     (
         Column("system", STR, help="candidate or baseline name"),
+        Column(
+            "baseline",
+            STR,
+            required=False,
+            nullable=True,
+            help="the system compared against (delta, CI and p-value are of system minus baseline); "
+            "null on a system's own row (value with the CI of its mean)",
+        ),
         Column("metric", STR, help="e.g. ndcg@10"),
         Column("slice", STR, help="all | head | tail"),
         Column("judged_by", STR, help="human | teacher | engagement"),

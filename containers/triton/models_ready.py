@@ -31,7 +31,9 @@ def not_ready(base_url: str, names: list[str], timeout: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("UNISUP_TRITON_HTTP", "http://127.0.0.1:8000"))
+    parser.add_argument(
+        "--url", default=os.environ.get("UNISUP_TRITON_HTTP", "http://127.0.0.1:8000")
+    )
     parser.add_argument("--models", default=os.environ.get("UNISUP_READY_MODELS", ""))
     parser.add_argument("--timeout", type=float, default=2.0)
     args = parser.parse_args(argv)

@@ -94,9 +94,13 @@ def train_stage(stage: TeacherStageConfig, cfg: TeachersConfig, dataset: Dataset
                          f"(got {len(train_y)} and {len(val_y)})")
     teacher = OrdinalCrossEncoder.from_encoder(stage.base_model or packaged_minilm_path(), num_grades, stage.max_length,
                                                stage.num_layers, stage.item_fields, stage.attributes, cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    if cfg.freeze_embeddings:
+        teacher.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     weights = class_weights(train_y, num_grades, cfg.class_weight_power)
     optimizer = torch.optim.AdamW([
-        {"params": teacher.encoder.parameters(), "lr": stage.learning_rate},
+        {"params": [p for p in teacher.encoder.parameters() if p.requires_grad], "lr": stage.learning_rate},
         {"params": teacher.head.parameters(), "lr": cfg.head_learning_rate},
     ], weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_y) / stage.batch_size)
@@ -123,7 +127,7 @@ def train_stage(stage: TeacherStageConfig, cfg: TeachersConfig, dataset: Dataset
             torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if step >= total_steps:
                 stop_reason = "max_steps"
@@ -150,6 +154,7 @@ def train_stage(stage: TeacherStageConfig, cfg: TeachersConfig, dataset: Dataset
     record = {
         "stage": asdict(stage), "train_pairs": int(len(train_y)), "validation_pairs": int(len(val_y)),
         "class_weights": weights.round(4).tolist(), "class_weight_power": cfg.class_weight_power,
+        "freeze_embeddings": cfg.freeze_embeddings, "torch_threads": torch.get_num_threads(),
         "steps": step, "best_epoch": best["epoch"], "stop_reason": stop_reason, "history": history,
         "validation_nll_uncalibrated": nll(val_logits, val_y),
         "validation_nll_calibrated": nll(val_logits, val_y, teacher.temperature),

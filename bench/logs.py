@@ -1,0 +1,117 @@
+"""Log simulator throughput, and extraction throughput and peak memory at 1M and 10M rows.
+
+The simulator runs on the bundled sample with the real MiniLM dense channel (item
+embeddings cached by ``unisup.channels.cached_encode``) for ``BENCH_LOGS_REQUESTS``
+requests (10k by default); its logs are the base. Larger logs are the base replicated
+with DuckDB (event, request, user and session ids suffixed per copy, so ids stay unique and
+users look like the base's to the bot filter; the injected malformed rows are
+replicated with them) up to each size in ``BENCH_LOGS_SIZES``
+(1M and 10M by default), written date-partitioned. Each extraction runs in its own
+process, which reports its wall time and peak RSS (``VmHWM``; ``ru_maxrss`` would
+carry the parent's peak over ``exec``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_LIMIT = "512MB"  # a second run per size under a tighter DuckDB memory limit: RSS stays under it
+
+_EXTRACT = """
+import json, sys, time
+from unisup.config import load_config
+from unisup.logs import extract_logs
+cfg = load_config("local", sys.argv[3:])
+start = time.perf_counter()
+report = extract_logs(sys.argv[1], sys.argv[2], cfg.extraction, cfg.data.catalog_uri)
+print(json.dumps({"seconds": time.perf_counter() - start, "rows_in": report["rows_in"],
+                  "rows_quarantined": report["rows_quarantined"], "pairs": report["pairs"],
+                  "peak_rss_mib": next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024,
+                  "memory_limit": cfg.extraction.duckdb_memory_limit}))
+"""
+
+
+def simulate_base(out: Path, requests: int) -> dict:
+    from unisup.config import load_config
+    from unisup.data.sample import load_dataset
+    from unisup.simulator import simulate_logs
+
+    cfg = load_config("local", [f"simulator.num_requests={requests}", "simulator.num_days=2"])
+    start = time.perf_counter()
+    summary = simulate_logs(load_dataset(cfg.data), cfg.simulator, cfg.channels, cfg.data.num_grades, out_uri=str(out), progress=True)
+    return {
+        "requests": summary["requests"],
+        "rows": summary["rows"],
+        "setup_s": summary["setup_seconds"],
+        "requests_per_s": summary["requests_per_second"],
+        "total_s": round(time.perf_counter() - start, 2),
+        "bias": summary["bias"],
+    }
+
+
+def replicate(base: Path, out: Path, rows: int) -> None:
+    """``rows`` log rows made of copies of the base logs, date-partitioned under ``out``."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    source = f"read_parquet('{base}/date=*/*.parquet', hive_partitioning = true)"  # adds the folders' date
+    base_rows = con.execute(f"SELECT count(*) FROM {source}").fetchall()[0][0]
+    copies = -(-rows // base_rows)
+    con.execute(
+        f"""
+        COPY (
+          SELECT * REPLACE (event_id || '~' || k AS event_id, request_id || '~' || k AS request_id,
+                            user_id || '~' || k AS user_id, session_id || '~' || k AS session_id)
+          FROM {source}, range({copies}) t(k) LIMIT {rows}
+        ) TO '{out}' (FORMAT PARQUET, COMPRESSION ZSTD, PARTITION_BY (date))
+        """
+    )
+    con.close()
+
+
+def extract(logs: Path, out: Path, overrides: tuple[str, ...] = ()) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", _EXTRACT, str(logs), str(out / "engagement.parquet"), *overrides], cwd=REPO, capture_output=True, text=True
+    )
+    if result.returncode:
+        raise RuntimeError(f"extraction of {logs} failed:\n{result.stderr[-3000:]}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["rows_per_s"] = round(figures["rows_in"] / figures["seconds"], 1)
+    figures["seconds"] = round(figures["seconds"], 2)
+    figures["peak_rss_mib"] = round(figures["peak_rss_mib"], 1)
+    return figures
+
+
+def run() -> dict:
+    from bench.harness import machine
+
+    requests = int(os.environ.get("BENCH_LOGS_REQUESTS", 10_000))
+    sizes = [int(s) for s in os.environ.get("BENCH_LOGS_SIZES", "1000000,10000000").split(",")]
+    figures: dict = {"machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="bench-logs-") as tmp:
+        root = Path(tmp)
+        figures["simulator"] = simulate_base(root / "base", requests)
+        figures["extraction_base"] = extract(root / "base", root / "out-base")
+        for size in sizes:
+            start = time.perf_counter()
+            replicate(root / "base", root / f"logs-{size}", size)
+            generated = round(time.perf_counter() - start, 2)
+            figures[f"extraction_{size}"] = {"generate_s": generated, **extract(root / f"logs-{size}", root / f"out-{size}")}
+            figures[f"extraction_{size}_limit_{SMALL_LIMIT}"] = extract(
+                root / f"logs-{size}", root / f"out-{size}-small", (f"extraction.duckdb_memory_limit={SMALL_LIMIT}",)
+            )
+    return figures
+
+
+if __name__ == "__main__":
+    from bench.harness import run as run_named
+
+    run_named("logs")

@@ -1,0 +1,72 @@
+"""Kubernetes placement applied to pipeline tasks: resources, GPU nodes, secrets, caching.
+
+Helpers take a task and return it, so a pipeline reads ``on_gpu(train_op(...))``. They
+only add settings to the compiled pipeline (kfp-kubernetes platform config and task
+resources); ``kfp.local`` ignores them. The pods' Kubernetes service account is a property
+of the run, not of a task: ``pipelines/submit.py`` (``--service-account``) and the
+ScheduledWorkflow in ``manifests/`` set it to :data:`RUNNER_SERVICE_ACCOUNT`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kfp import dsl, kubernetes
+
+RUNNER_SERVICE_ACCOUNT = "pipeline-runner"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
+GCP_KEY_MOUNT = "/var/secrets/google"
+TASK_TIMEOUT_S = 6 * 3600
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Requests (and the memory limit) of one task's container."""
+
+    cpu: str
+    memory: str
+    gpus: int = 0
+
+
+SMALL = Resources(cpu="1", memory="4Gi")
+LARGE = Resources(cpu="4", memory="16Gi")
+GPU = Resources(cpu="8", memory="48Gi", gpus=1)
+
+
+def on_cpu(task: dsl.PipelineTask, resources: Resources = SMALL) -> dsl.PipelineTask:
+    """Request CPU and memory (memory also as the limit, so the pod is never overcommitted)."""
+    task.set_cpu_request(resources.cpu)
+    task.set_memory_request(resources.memory)
+    task.set_memory_limit(resources.memory)
+    kubernetes.set_timeout(task, TASK_TIMEOUT_S)
+    return task
+
+
+def on_gpu(
+    task: dsl.PipelineTask, resources: Resources = GPU, accelerator: str = "nvidia-l4"
+) -> dsl.PipelineTask:
+    """Request GPUs and pin the task to GPU nodes of the given accelerator type."""
+    on_cpu(task, resources)
+    task.set_accelerator_type(GPU_RESOURCE)
+    task.set_accelerator_limit(resources.gpus or 1)
+    kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL, label_value=accelerator)
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="8Gi"
+    )
+    return task
+
+
+def with_gcp_key(task: dsl.PipelineTask, secret_name: str) -> dsl.PipelineTask:
+    """Mount a Google service-account key from a Kubernetes secret (key ``key.json``) and point
+    the Google client libraries at it; for clusters without workload identity."""
+    kubernetes.use_secret_as_volume(task, secret_name=secret_name, mount_path=GCP_KEY_MOUNT)
+    task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCP_KEY_MOUNT}/key.json")
+    return task
+
+
+def never_cached(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Run the task every time (side effects such as a push must not be skipped by a cache hit)."""
+    task.set_caching_options(enable_caching=False)
+    return task

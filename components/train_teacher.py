@@ -1,0 +1,43 @@
+"""KFP component of ``unisup train-teacher``: ordinal teachers -> Triton repository + quality audit."""
+
+from kfp import dsl
+from kfp.dsl import Metrics, Model, Output
+
+from components._image import TRAINER_IMAGE
+
+
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def train_teacher(
+    teachers: Output[Model],
+    audit: Output[Metrics],
+    config: str = "local",
+    overrides: list = [],
+):
+    """Fine-tune every cascade stage on the judgments, export them as a Triton model repository
+    (``teachers``), and audit stages and cascade against held-out human grades (``audit``)."""
+    import json
+    from dataclasses import asdict
+
+    from unisup.config import load_config
+    from unisup.teachers.audit import quality_audit
+    from unisup.teachers.backends import InProcessBackend
+    from unisup.teachers.training import train_teachers
+
+    cfg = load_config(config, overrides)
+    report = train_teachers(cfg.teachers, cfg.data, teachers.path)
+    result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size))
+    with open(audit.path, "w") as handle:
+        json.dump(result, handle, indent=1)
+    teachers.metadata.update({
+        "config": config, "overrides": json.dumps(overrides), "num_grades": cfg.data.num_grades,
+        "stages": json.dumps([asdict(s) for s in cfg.teachers.stages]),
+        "class_weight_power": cfg.teachers.class_weight_power, "seed": cfg.teachers.seed,
+        "max_train_pairs": cfg.teachers.max_train_pairs, "training_seconds": report["seconds"],
+        **{f"{name}_steps": r["steps"] for name, r in report["stages"].items()},
+        **{f"{name}_temperature": r["temperature"] for name, r in report["stages"].items()},
+        **{f"{name}_stop_reason": r["stop_reason"] for name, r in report["stages"].items()},
+    })
+    for who, stats in [*result["stages"].items(), ("cascade", result["cascade"]), ("raters", result["raters"].get("mean", {}))]:
+        for key in ("exact", "within_one", "qwk"):
+            if stats.get(key) is not None:
+                audit.log_metric(f"{who}_{key}", stats[key])

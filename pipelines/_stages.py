@@ -1,0 +1,78 @@
+"""Pieces shared by the pipelines: config overrides built from pipeline parameters, and
+the data half (logs -> engagement -> teacher labels, sharded) that every training run uses."""
+
+from components.label import label
+from components.train_teacher import train_teacher
+from kfp import dsl
+
+from components import _k8s
+from components.extract_logs import extract_logs
+from components.shards import merge_shards, pick_shard, split_shards
+from components.simulate_logs import simulate_logs
+
+LABEL_TABLES = ["labels.parquet", "quarantine.parquet"]
+
+
+def data_overrides(catalog_uri: str, judgments_uri: str, split_uri: str) -> list:
+    """``data.*`` overrides: the GCS (or local) locations of catalog, judgments and split."""
+    return [
+        f"data.catalog_uri={catalog_uri}",
+        f"data.judgments_uri={judgments_uri}",
+        f"data.split_uri={split_uri}",
+    ]
+
+
+def labeled_engagement(
+    config: str,
+    overrides: list,
+    logs_uri: str,
+    log_start_date: str,
+    log_end_date: str,
+    shard_count: int,
+    labeling_backend: str,
+    triton_url: str,
+    max_prob_threshold: float,
+    boundary_margin: float,
+    escalate_rule: str,
+) -> tuple:
+    """Logs (simulated when ``logs_uri`` is empty) -> engagement -> teacher labels of every
+    logged (query, item), labeling fanned out over ``shard_count`` query shards.
+    Returns the (engagement, labels) artifact channels."""
+    window = dict(
+        start_date=log_start_date, end_date=log_end_date, config=config, overrides=overrides
+    )
+    with dsl.If(logs_uri == "", name="simulate-logs"):
+        simulated = _k8s.on_cpu(simulate_logs(config=config, overrides=overrides), _k8s.LARGE)
+        from_simulated = _k8s.on_cpu(
+            extract_logs(logs_uri=simulated.outputs["logs_uri"], **window), _k8s.LARGE
+        )
+    with dsl.Else(name="read-given-logs"):
+        from_given = _k8s.on_cpu(extract_logs(logs_uri=logs_uri, **window), _k8s.LARGE)
+    engagement = dsl.OneOf(from_simulated.outputs["engagement"], from_given.outputs["engagement"])
+    teachers = _k8s.on_gpu(train_teacher(config=config, overrides=overrides))
+    cascade = overrides + [
+        f"labeling.max_prob_threshold={max_prob_threshold}",
+        f"labeling.boundary_margin={boundary_margin}",
+        f"labeling.escalate_rule={escalate_rule}",
+    ]
+    shards = _k8s.on_cpu(split_shards(table=engagement, key_column="query", num_shards=shard_count))
+    with dsl.ParallelFor(shards.outputs["Output"], name="label-shards") as index:
+        shard = _k8s.on_cpu(pick_shard(shards=shards.outputs["shards"], index=index))
+        labeled = _k8s.on_cpu(
+            label(
+                pairs=shard.outputs["shard"],
+                teachers=teachers.outputs["teachers"],
+                config=config,
+                overrides=cascade,
+                backend=labeling_backend,
+                triton_url=triton_url,
+            )
+        )
+    merged = _k8s.on_cpu(
+        merge_shards(
+            parts=dsl.Collected(labeled.outputs["work"]),
+            tables=LABEL_TABLES,
+            main_table=LABEL_TABLES[0],
+        )
+    )
+    return engagement, merged.outputs["merged_table"]

@@ -1,0 +1,71 @@
+"""The push component: its function directly, and through kfp.local."""
+
+import json
+
+import kfp.local
+import pytest
+from kfp import dsl
+
+from components.push import push
+from unisup.promotion import NotBlessedError
+
+
+@pytest.fixture(scope="module")
+def candidate(tiny_encoder_path, tmp_path_factory):
+    import numpy as np
+
+    from unisup.biencoder.tower import Tower, save_biencoder
+    from unisup.index import build_faiss_index, write_index
+
+    root = tmp_path_factory.mktemp("push_component")
+    tower = Tower.from_pretrained(tiny_encoder_path, max_length=16)
+    save_biencoder(tower, tower, root / "model")
+    index, _ = build_faiss_index(np.eye(3, dtype=np.float32), "Flat", "inner_product", 10, use_gpu=False)
+    write_index(index, ["a", "b", "c"], {"factory": "Flat", "search_params": ""}, str(root / "index"))
+    (root / "blessed.json").write_text(json.dumps({"blessed": True, "reasons": ["all gates passed"]}))
+    (root / "unblessed.json").write_text(json.dumps({"blessed": False, "reasons": ["grade-0 share up"]}))
+    return root
+
+
+def _overrides(serving):
+    return [f"promotion.model_repository={serving / 'triton'}", f"promotion.index_root={serving / 'indexes'}",
+            f"promotion.config_root={serving / 'config'}", "promotion.control_model_uri=gs://prod/model/1",
+            "promotion.control_index_uri=gs://prod/index/1", "promotion.treatment_traffic=0.25"]
+
+
+def test_push_function_promotes_and_refuses_unblessed(candidate, tmp_path):
+    out = dsl.Artifact(uri=str(tmp_path / "experiment_config"))
+    args = {"model": dsl.Model(uri=str(candidate / "model")), "index": dsl.Artifact(uri=str(candidate / "index")),
+            "config": "local", "overrides": _overrides(tmp_path / "serving")}
+    push.python_func(blessing=dsl.Artifact(uri=str(candidate / "blessed.json")), experiment_config=out, **args)
+    config = json.loads((tmp_path / "experiment_config").read_text())
+    assert config["version"] == 1 and config["treatment_traffic"] == 0.25
+    assert out.metadata["version"] == 1 and out.metadata["model_version"] == 1
+    assert out.metadata["served_model_uri"] == str(tmp_path / "serving" / "triton" / "query_encoder" / "1")
+    assert json.loads(out.metadata["promotion"])["treatment_traffic"] == 0.25
+    assert (tmp_path / "serving" / "triton" / "query_encoder" / "1" / "model.py").exists()
+
+    with pytest.raises(NotBlessedError, match="grade-0 share up"):
+        push.python_func(blessing=dsl.Artifact(uri=str(candidate / "unblessed.json")),
+                         experiment_config=dsl.Artifact(uri=str(tmp_path / "again")), **args)
+    assert not (tmp_path / "serving" / "triton" / "query_encoder" / "2").exists()
+
+
+def test_push_component_in_kfp_local(candidate, tmp_path):
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    serving = tmp_path / "serving"
+
+    @dsl.pipeline(name="push-only")
+    def pipeline(overrides: list):
+        blessing = dsl.importer(artifact_uri=str(candidate / "blessed.json"), artifact_class=dsl.Artifact)
+        model = dsl.importer(artifact_uri=str(candidate / "model"), artifact_class=dsl.Model)
+        index = dsl.importer(artifact_uri=str(candidate / "index"), artifact_class=dsl.Artifact)
+        push(blessing=blessing.output, model=model.output, index=index.output, overrides=overrides).set_caching_options(False)
+
+    pipeline(overrides=_overrides(serving))
+    pipeline(overrides=_overrides(serving))
+    versions = sorted(p.name for p in (serving / "config" / "experiments" / "unisup-retrieval").glob("v*.json"))
+    assert versions == ["v0001.json", "v0002.json"]
+    [first, second] = sorted(tmp_path.glob("root/push-only-*/push/experiment_config"))
+    assert [json.loads(p.read_text())["version"] for p in (first, second)] == [1, 2]
+    assert json.loads(second.read_text())["treatment_index_uri"].endswith("indexes/query_encoder/2")

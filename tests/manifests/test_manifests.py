@@ -1,0 +1,179 @@
+"""Render the kustomize base and overlays and validate every object: built-in kinds with
+kubernetes-validate (strict, Kubernetes 1.30), the KFP ScheduledWorkflow with the JSON
+schema shipped in manifests/schemas; then check what the Triton service must guarantee."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+
+from components._image import TRITON_IMAGE
+from manifests.render import KustomizeError, render
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
+BUILDS = {
+    "base": MANIFESTS / "base",
+    "dev": MANIFESTS / "overlays" / "dev",
+    "prod": MANIFESTS / "overlays" / "prod",
+}
+CRD_SCHEMAS = {
+    ("kubeflow.org/v1beta1", "ScheduledWorkflow"): MANIFESTS
+    / "schemas"
+    / "scheduledworkflow_v1beta1.json"
+}
+KINDS = {
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ScheduledWorkflow",
+}
+
+
+def validate(doc: dict) -> None:
+    schema_path = CRD_SCHEMAS.get((doc["apiVersion"], doc["kind"]))
+    if schema_path:
+        jsonschema.validate(doc, json.loads(schema_path.read_text()))
+    else:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def build(request) -> tuple[str, list[dict]]:
+    return request.param, render(BUILDS[request.param])
+
+
+def test_every_object_is_valid(build):
+    name, objects = build
+    assert {o["kind"] for o in objects} == KINDS
+    for doc in objects:
+        validate(doc)
+
+
+def test_validation_rejects_unknown_fields_and_bad_crds():
+    deployment = by_kind(render(BUILDS["base"]), "Deployment")[0]
+    deployment["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(deployment)
+    schedule = by_kind(render(BUILDS["base"]), "ScheduledWorkflow")[0]
+    schedule["spec"]["trigger"]["cronSchedule"]["cron"] = "0 3 * * *"  # KFP wants six fields
+    with pytest.raises(jsonschema.ValidationError):
+        validate(schedule)
+
+
+def test_triton_deployment(build):
+    _, objects = build
+    deployment = by_kind(objects, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == TRITON_IMAGE
+    assert (
+        container["resources"]["limits"]["nvidia.com/gpu"]
+        == container["resources"]["requests"]["nvidia.com/gpu"]
+    )
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]) and pod["nodeSelector"]
+    shm_volumes = {
+        v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"
+    }
+    assert any(
+        m["mountPath"] == "/dev/shm" and m["name"] in shm_volumes for m in container["volumeMounts"]
+    )
+    repository = [a for a in container["args"] if a.startswith("--model-repository=")]
+    assert len(repository) == 1 and repository[0].startswith("--model-repository=gs://")
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe[:2] == ["python3", "/opt/unisup/models_ready.py"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert len(env["UNISUP_READY_MODELS"].split(",")) >= 2
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    account = pod["serviceAccountName"]
+    annotations = {
+        a["metadata"]["name"]: a["metadata"].get("annotations", {})
+        for a in by_kind(objects, "ServiceAccount")
+    }
+    assert annotations[account]["iam.gke.io/gcp-service-account"].endswith(
+        ".iam.gserviceaccount.com"
+    )
+
+
+def test_service_hpa_and_pdb_point_at_the_triton_pods(build):
+    _, objects = build
+    deployment = by_kind(objects, "Deployment")[0]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    service = by_kind(objects, "Service")[0]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert {p["port"]: p["name"] for p in service["spec"]["ports"]} == {
+        8000: "http",
+        8001: "grpc",
+        8002: "metrics",
+    }
+    hpa = by_kind(objects, "HorizontalPodAutoscaler")[0]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    pdb = by_kind(objects, "PodDisruptionBudget")[0]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_runner_rbac_binds_the_runner_account_in_its_namespace(build):
+    name, objects = build
+    binding = by_kind(objects, "RoleBinding")[0]
+    role = by_kind(objects, "Role")[0]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    subject = binding["subjects"][0]
+    assert subject["name"] in {a["metadata"]["name"] for a in by_kind(objects, "ServiceAccount")}
+    if name != "base":
+        assert subject["namespace"] == binding["metadata"]["namespace"]
+        assert {o["metadata"]["namespace"] for o in objects} == {binding["metadata"]["namespace"]}
+    schedule = by_kind(objects, "ScheduledWorkflow")[0]
+    assert schedule["spec"]["serviceAccount"] == subject["name"]
+
+
+def test_overlays_differ_where_they_should():
+    dev, prod = render(BUILDS["dev"]), render(BUILDS["prod"])
+    assert by_kind(dev, "ScheduledWorkflow")[0]["spec"]["enabled"] is False
+    assert by_kind(prod, "ScheduledWorkflow")[0]["spec"]["enabled"] is True
+    assert by_kind(prod, "HorizontalPodAutoscaler")[0]["spec"]["minReplicas"] == 2
+    assert by_kind(prod, "PodDisruptionBudget")[0]["spec"] == {
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "triton"}},
+        "minAvailable": 1,
+    }
+    repos = {
+        name: [
+            a
+            for a in by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0][
+                "args"
+            ]
+            if a.startswith("--model-repository")
+        ]
+        for name, objs in (("dev", dev), ("prod", prod))
+    }
+    assert repos["dev"] != repos["prod"]
+
+
+def test_renderer_refuses_what_it_does_not_implement(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nnamePrefix: x-\n")
+    with pytest.raises(KustomizeError, match="namePrefix"):
+        render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(
+        "resources: [../base]\npatches:\n  - target: {kind: Secret}\n    patch: '[]'\n".replace(
+            "../base", str(BUILDS["base"])
+        )
+    )
+    with pytest.raises(KustomizeError, match="matches no object"):
+        render(tmp_path)

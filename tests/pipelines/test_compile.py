@@ -1,0 +1,180 @@
+"""Compile every pipeline with the real KFP compiler: the committed YAML must be current,
+and the compiled specs must carry what the project promises (sharding, the blessing gate,
+no cache on push, one image constant, GPU placement, parameters in the UI)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE
+from manifests.render import render
+from pipelines.compile import COMPILED, compile_all, pipelines
+from unisup.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    """name -> (pipeline spec, platform spec) of a fresh compile."""
+    out = tmp_path_factory.mktemp("compiled")
+    specs = {}
+    for path in compile_all(out):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        specs[path.stem] = (docs[0], docs[1] if len(docs) > 1 else {})
+        specs[path.stem + ":text"] = path.read_text()
+    return specs
+
+
+def test_committed_yaml_is_current(compiled):
+    for name in pipelines():
+        committed = COMPILED / f"{name}.yaml"
+        assert committed.exists(), f"{committed} missing: run `make compile`"
+        assert committed.read_text() == compiled[name + ":text"], (
+            f"{committed} is stale: run `make compile`"
+        )
+
+
+def all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline and its sub-DAGs, by its display name (taskInfo.name)."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {task["taskInfo"]["name"]: task for dag in dags for task in dag["tasks"].values()}
+
+
+def test_every_executor_runs_the_versioned_image(compiled):
+    for name in pipelines():
+        executors = compiled[name][0]["deploymentSpec"]["executors"].values()
+        images = {e["container"]["image"] for e in executors if "container" in e}
+        assert images <= {COMPONENTS_IMAGE, TRAINER_IMAGE}, images
+        assert TRAINER_IMAGE in images
+
+
+def test_labeling_fans_out_over_a_shard_count_parameter(compiled):
+    for name in pipelines():
+        spec = compiled[name][0]
+        tasks = all_tasks(spec)
+        loop = tasks["label-shards"]
+        assert "parameterIterator" in loop and "split-shards" in loop["dependentTasks"]
+        split_inputs = tasks["split-shards"]["inputs"]["parameters"]
+        assert split_inputs["num_shards"]["componentInputParameter"] == "shard_count"
+        assert "merge-shards" in tasks and "label" in tasks
+
+
+def test_push_is_gated_on_the_blessing_and_never_cached(compiled):
+    spec = compiled["unified_supervision"][0]
+    tasks = all_tasks(spec)
+    gate = tasks["blessed"]
+    assert "evaluate" in gate["dependentTasks"]
+    condition = gate["triggerPolicy"]["condition"]
+    assert "pipelinechannel--evaluate-Output" in condition and "true" in condition
+    push = tasks["push"]
+    assert not push.get("cachingOptions", {}).get("enableCache", False)
+    assert tasks["evaluate"]["cachingOptions"]["enableCache"] is True
+
+
+def test_gpu_stages_are_placed_on_gpu_nodes(compiled):
+    spec, platform = compiled["unified_supervision"]
+    executors = spec["deploymentSpec"]["executors"]
+    config = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    gpu = [
+        name
+        for name, e in executors.items()
+        if "accelerator" in e["container"].get("resources", {})
+    ]
+    assert {"exec-train", "exec-build-index", "exec-train-teacher"} <= set(gpu)
+    for name in gpu:
+        assert (
+            executors[name]["container"]["image"] == TRAINER_IMAGE or name == "exec-train-teacher"
+        )
+        assert (
+            config[name]["nodeSelector"]["labels"]
+            and config[name]["tolerations"][0]["key"] == "nvidia.com/gpu"
+        )
+    for name, e in executors.items():
+        assert e["container"]["resources"]["memoryLimit"] > 0, f"{name} has no memory limit"
+
+
+def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
+    params = compiled["unified_supervision"][0]["root"]["inputDefinitions"]["parameters"]
+    for name in (
+        "logs_uri",
+        "log_start_date",
+        "log_end_date",
+        "max_prob_threshold",
+        "boundary_margin",
+        "fusion_preset",
+        "prior_weight",
+        "engagement_weight",
+        "max_epochs",
+        "max_steps",
+        "faiss_factory",
+        "gate_min_delta_ci_low",
+        "triton_url",
+        "catalog_uri",
+        "serving_model_repository",
+        "shard_count",
+    ):
+        assert name in params, name
+    cfg = load_config("local")
+    defaults = {
+        "max_prob_threshold": cfg.labeling.max_prob_threshold,
+        "boundary_margin": cfg.labeling.boundary_margin,
+        "fusion_preset": cfg.fusion.preset,
+        "prior_weight": cfg.fusion.prior_weight,
+        "engagement_weight": cfg.fusion.engagement_weight,
+        "hard_negative_weight": cfg.fusion.hard_negative_weight,
+        "max_epochs": cfg.training.max_epochs,
+        "max_steps": cfg.training.max_steps,
+        "faiss_factory": cfg.index.factory,
+        "gate_metric": cfg.evaluation.gate_metric,
+        "gate_min_delta_ci_low": cfg.evaluation.gate_min_delta_ci_low,
+        "gate_max_grade0_increase": cfg.evaluation.gate_max_grade0_increase,
+        "gate_max_engagement_drop": cfg.evaluation.gate_max_engagement_drop,
+        "catalog_uri": cfg.data.catalog_uri,
+        "judgments_uri": cfg.data.judgments_uri,
+        "split_uri": cfg.data.split_uri,
+        "experiment_id": cfg.promotion.experiment_id,
+        "treatment_traffic": cfg.promotion.treatment_traffic,
+    }
+    for name, value in defaults.items():
+        assert params[name]["defaultValue"] == value, (
+            f"{name}: pipeline default differs from the config's"
+        )
+
+
+def test_ablation_trains_presets_in_parallel_and_compares_them(compiled):
+    spec = compiled["ablation"][0]
+    tasks = all_tasks(spec)
+    presets = tasks["presets"]
+    assert "parameterIterator" in presets
+    assert presets["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--presets"
+    assert {"fuse", "train", "build-index", "evaluate"} <= set(tasks)
+    loop_key = next(k for k, task in spec["root"]["dag"]["tasks"].items() if task["taskInfo"]["name"] == "presets")
+    assert tasks["compare-runs"]["dependentTasks"] == [loop_key]
+    default = spec["root"]["inputDefinitions"]["parameters"]["presets"]["defaultValue"]
+    assert {"unified", "engagement_only"} <= set(default)
+
+
+def test_recurring_run_parameters_exist_in_the_pipeline(compiled):
+    params = compiled["unified_supervision"][0]["root"]["inputDefinitions"]["parameters"]
+    for overlay in ("base", "overlays/dev", "overlays/prod"):
+        schedule = next(
+            o for o in render(REPO / "manifests" / overlay) if o["kind"] == "ScheduledWorkflow"
+        )
+        for parameter in schedule["spec"]["workflow"]["parameters"]:
+            assert parameter["name"] in params, (
+                f"{overlay}: {parameter['name']} is not a pipeline parameter"
+            )
+
+
+def test_ci_workflow_tests_compiles_checks_and_publishes():
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    steps = workflow["jobs"]["test-and-compile"]["steps"]
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert "make test" in runs and "make compile" in runs
+    assert "git diff --exit-code -- pipelines/compiled" in runs
+    upload = next(
+        step for step in steps if step.get("uses", "").startswith("actions/upload-artifact")
+    )
+    assert upload["with"]["path"] == "pipelines/compiled/*.yaml"

@@ -1,0 +1,48 @@
+"""Escalation rules and cascade decisions."""
+
+import numpy as np
+import pytest
+
+from unisup.teachers.backends import InProcessBackend
+from unisup.teachers.cascade import EscalationRule, decide, run_cascade
+
+CONFIDENT_IRRELEVANT = [0.9, 0.05, 0.03, 0.02]
+UNSURE_LOW = [0.4, 0.35, 0.15, 0.1]
+AT_BOUNDARY = [0.05, 0.4, 0.5, 0.05]
+CONFIDENT_RELEVANT = [0.0, 0.02, 0.03, 0.95]
+
+
+def test_rules():
+    probs = np.array([CONFIDENT_IRRELEVANT, UNSURE_LOW, AT_BOUNDARY, CONFIDENT_RELEVANT])
+    assert EscalationRule("max_prob", 0.7).uncertain(probs).tolist() == [False, True, True, False]
+    assert EscalationRule("boundary", boundary_margin=0.2).uncertain(probs).tolist() == [False, False, True, False]
+    assert EscalationRule("either", 0.45, 0.2).uncertain(probs).tolist() == [False, True, True, False]
+    with pytest.raises(ValueError, match="escalation rule"):
+        EscalationRule("coin_flip")
+
+
+def test_decide_takes_the_first_certain_stage():
+    fast = np.array([CONFIDENT_IRRELEVANT, UNSURE_LOW, AT_BOUNDARY], dtype=np.float32)
+    precise = np.array([[np.nan] * 4, CONFIDENT_RELEVANT, UNSURE_LOW], dtype=np.float32)
+    result = decide([fast, precise], EscalationRule("max_prob", 0.7))
+    assert result.decided_by.tolist() == [0, 1, 1]
+    assert result.grades.tolist() == [0, 3, 0]
+    assert result.pairs_per_stage == [3, 2]
+    np.testing.assert_allclose(result.probs[1], CONFIDENT_RELEVANT)
+    with pytest.raises(ValueError, match="no scores"):
+        decide([fast, np.full((3, 4), np.nan, dtype=np.float32)], EscalationRule("max_prob", 0.7))
+
+
+def test_run_cascade_sends_only_uncertain_pairs_on(trained_teachers):
+    backend = InProcessBackend(trained_teachers["repository"])
+    queries = ["usb cable", "laptop", "red shoes", "tv", "mouse"]
+    items = ["a", "b", "c", "d", "e"]
+    texts = [{i: f"{i} item title" for i in items}, {i: f"{i} item title | long description" for i in items}]
+    rule = EscalationRule("max_prob", 0.5)
+    result = run_cascade(queries, items, texts, ["fast", "precise"], backend, rule, 4)
+    fast = backend.predict("fast", queries, texts[0].values())
+    escalated = rule.uncertain(fast)
+    assert result.pairs_per_stage == [5, int(escalated.sum())]
+    assert np.isnan(result.stage_probs[1][~escalated]).all() and not np.isnan(result.stage_probs[1][escalated]).any()
+    np.testing.assert_allclose(result.stage_probs[0], fast, atol=1e-5)
+    assert len(result.seconds_per_stage) == 2

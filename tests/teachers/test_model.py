@@ -1,0 +1,40 @@
+"""The ordinal teacher: probabilities from cumulative logits, save and load."""
+
+import numpy as np
+import pytest
+import torch
+
+from unisup.teachers.model import OrdinalCrossEncoder, OrdinalHead, grade_probabilities
+
+
+def test_grade_probabilities_are_a_distribution_in_grade_order():
+    logits = torch.tensor([[3.0, 0.0, -3.0], [-5.0, -6.0, -7.0], [9.0, 8.0, 7.0]])
+    probs = grade_probabilities(logits).numpy()
+    assert probs.shape == (3, 4)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
+    assert probs[1].argmax() == 0 and probs[2].argmax() == 3
+    sharper, flatter = grade_probabilities(logits, 0.5).numpy(), grade_probabilities(logits, 5.0).numpy()
+    assert sharper.max(1).min() > flatter.max(1).max()
+    with pytest.raises(ValueError, match="shape"):
+        grade_probabilities(torch.zeros(3))
+
+
+def test_head_thresholds_increase_so_probabilities_are_never_negative():
+    head = OrdinalHead(8, 5)
+    with torch.no_grad():
+        head.threshold_gaps.copy_(torch.tensor([-4.0, 3.0, -10.0]))
+    assert torch.all(torch.diff(head.thresholds()) > 0)
+    probs = grade_probabilities(head(torch.randn(50, 8)))
+    assert torch.all(probs >= 0) and torch.allclose(probs.sum(1), torch.ones(50), atol=1e-6)
+
+
+def test_truncated_teacher_saves_and_loads_with_identical_scores(tiny_encoder_path, tmp_path):
+    teacher = OrdinalCrossEncoder.from_encoder(tiny_encoder_path, 4, 24, num_layers=1, item_fields=["title"])
+    teacher.temperature = 1.7
+    queries, items = ["usb cable", "laptop", "red shoes"], ["USB-C cable 2 m", "Notebook 15 inch", "garden hose"]
+    before = teacher.predict_probs(queries, items)
+    loaded = OrdinalCrossEncoder.load(teacher.save(tmp_path / "teacher"))
+    assert loaded.encoder.config.num_hidden_layers == 1 and loaded.temperature == 1.7 and loaded.item_fields == ("title",)
+    np.testing.assert_allclose(loaded.predict_probs(queries, items), before, atol=1e-6)
+    with pytest.raises(ValueError, match="num_layers"):
+        OrdinalCrossEncoder.from_encoder(tiny_encoder_path, 4, 24, num_layers=9)

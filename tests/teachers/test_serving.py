@@ -1,0 +1,42 @@
+"""Served-teacher logic outside Triton, and the python-backend template."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from unisup.teachers.backends import InProcessBackend
+from unisup.teachers.serving import TeacherService, decode_texts, encode_texts
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "teacher_model.py"
+
+
+def test_bytes_round_trip():
+    texts = ["laptop", "café crème", ""]
+    encoded = encode_texts(texts)
+    assert encoded.shape == (3, 1) and encoded.dtype == np.object_
+    assert decode_texts(encoded) == texts
+
+
+def test_dynamic_batch_is_scored_together_and_split_per_request(trained_teachers):
+    folder = Path(trained_teachers["repository"]) / "fast" / "1" / "teacher"
+    service = TeacherService(folder)
+    requests = [(encode_texts(["usb cable", "laptop"]), encode_texts(["USB cable", "Notebook"])),
+                (encode_texts(["mouse"]), encode_texts(["Wireless mouse"]))]
+    outputs = service.score_batches(requests)
+    assert [o.shape for o in outputs] == [(2, 4), (1, 4)] and all(o.dtype == np.float32 for o in outputs)
+    alone = InProcessBackend(trained_teachers["repository"]).predict("fast", ["usb cable", "laptop", "mouse"],
+                                                                     ["USB cable", "Notebook", "Wireless mouse"])
+    np.testing.assert_allclose(np.concatenate(outputs), alone, atol=1e-5)
+
+
+def test_template_imports_outside_triton_and_extends_sys_path(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("teacher_model_template", TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.pb_utils is None and hasattr(module, "TritonPythonModel")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv(module.PATH_ENV, str(tmp_path / "a"))
+    added = module.extend_sys_path(str(tmp_path / "b"))
+    assert added == [str(tmp_path / "a"), str(tmp_path / "b")] and sys.path[:2] == added

@@ -1,0 +1,128 @@
+"""FAISS index build: layout, metadata, recall, resume from shards, bad settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from unisup.config import load_config
+from unisup.data.sample import load_catalog
+from unisup.index import (
+    IDS_FILE,
+    INDEX_FILE,
+    METADATA_FILE,
+    ItemIndex,
+    build_faiss_index,
+    build_index,
+    embed_in_shards,
+    exact_search,
+    recall_against_exact,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_encoder_path, tmp_path_factory):
+    from unisup.biencoder.tower import Tower, save_biencoder
+
+    tower = Tower.from_pretrained(tiny_encoder_path, max_length=32)
+    return save_biencoder(tower, tower, tmp_path_factory.mktemp("model") / "biencoder")
+
+
+def _index_cfg(tmp_path, **values):
+    cfg = load_config("local", [f"index.work_dir={tmp_path / 'shards'}", "index.shard_size=256", "index.recall_queries=12"])
+    return dataclasses.replace(cfg.index, **values)
+
+
+def test_build_index_writes_folder_and_finds_items_by_their_own_text(tiny_model, tiny_sample, tmp_path):
+    from unisup.biencoder.tower import load_biencoder
+    from unisup.data.catalog import item_texts
+
+    catalog = load_catalog(str(tiny_sample["catalog"])).accepted
+    cfg = _index_cfg(tmp_path, factory="Flat", search_params="")
+    built = build_index(str(tiny_model), catalog, str(tmp_path / "index"), cfg, query_texts=["usb cable", "laptop bag"], progress=False)
+
+    assert {p.name for p in (tmp_path / "index").iterdir()} >= {INDEX_FILE, IDS_FILE, METADATA_FILE}
+    meta = json.loads((tmp_path / "index" / METADATA_FILE).read_text())
+    assert meta["factory"] == "Flat" and meta["dimension"] == 32 and meta["metric"] == "inner_product"
+    assert meta["num_items"] == catalog.num_rows
+    assert meta["recall@10"] == 1.0 and meta["recall@100"] == 1.0  # Flat is exact
+    assert meta["build_seconds"] >= 0 and len(meta["model_fingerprint"]) == 16
+    assert meta["recall_queries"].startswith("2 queries")
+    assert built.metadata == meta
+
+    index = ItemIndex.load(str(tmp_path / "index"))
+    assert index.item_ids == catalog["product_id"].to_pylist()
+    _, item_tower = load_biencoder(tiny_model)
+    texts = item_texts(catalog)
+    hits = index.search(item_tower.encode(texts[:5]), k=3)
+    assert [h[0][0] for h in hits] == index.item_ids[:5]
+    assert all(h[0][1] == pytest.approx(1.0, abs=1e-4) for h in hits)
+
+
+def test_hnsw_recall_is_measured_against_exact_search(tiny_model, tiny_sample, tmp_path):
+    catalog = load_catalog(str(tiny_sample["catalog"])).accepted
+    cfg = _index_cfg(tmp_path, factory="HNSW8", search_params="efSearch=4")
+    meta = build_index(str(tiny_model), catalog, str(tmp_path / "hnsw"), cfg, progress=False).metadata
+    assert meta["recall_queries"] == "12 catalog vectors used as queries"
+    assert 0.0 < meta["recall@10"] <= 1.0 and 0.0 < meta["recall@100"] <= 1.0
+    assert meta["search_params"] == "efSearch=4"
+
+
+def test_recall_against_exact_on_a_coarse_ivf_is_below_one():
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    queries = rng.standard_normal((50, 16)).astype(np.float32)
+    exact = exact_search(vectors, queries, 10, "l2")
+    index, on_gpu = build_faiss_index(vectors, "IVF32,Flat", "l2", train_size=1000, use_gpu=False)
+    assert not on_gpu
+    index.nprobe = 1
+    low = recall_against_exact(index, exact, queries, 10)
+    index.nprobe = 32
+    assert recall_against_exact(index, exact, queries, 10) == 1.0
+    assert 0.0 < low < 1.0
+
+
+def test_embedding_resumes_from_shards_written_before_a_crash(tmp_path):
+    texts = [f"text {i}" for i in range(10)]
+    calls = []
+
+    def encode(chunk):
+        calls.append(list(chunk))
+        if len(calls) == 3:
+            raise RuntimeError("crash while embedding the third shard")
+        return np.full((len(chunk), 2), float(len(calls)), dtype=np.float32)
+
+    with pytest.raises(RuntimeError, match="crash"):
+        embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.npy", "shard-00001.npy"]
+    vectors = embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
+    assert calls[3:] == [texts[8:]]  # only the missing shard is embedded again
+    assert vectors.shape == (10, 2)
+    assert vectors[:, 0].tolist() == [1.0] * 4 + [2.0] * 4 + [4.0] * 2
+
+
+def test_bad_factory_metric_and_search_params_are_named():
+    vectors = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="index.factory 'Nonsense12'"):
+        build_faiss_index(vectors, "Nonsense12", "inner_product", train_size=10, use_gpu=False)
+    with pytest.raises(ValueError, match="index.metric"):
+        build_faiss_index(vectors, "Flat", "cosine", train_size=10, use_gpu=False)
+    from unisup.index import apply_search_params
+
+    index, _ = build_faiss_index(vectors, "Flat", "inner_product", train_size=10, use_gpu=False)
+    with pytest.raises(ValueError, match="index.search_params 'nprobe=4'"):
+        apply_search_params(index, "nprobe=4")
+
+
+@pytest.mark.gcs
+def test_build_index_writes_to_gcs(tiny_model, tiny_sample, tmp_path, gcs_emulator):
+    from unisup import storage
+
+    catalog = load_catalog(str(tiny_sample["catalog"])).accepted
+    uri = f"gs://{gcs_emulator}/indexes/tiny"
+    build_index(str(tiny_model), catalog, uri, _index_cfg(tmp_path, factory="Flat", search_params=""), progress=False)
+    assert sorted(u.rsplit("/", 1)[1] for u in storage.list_prefix(uri + "/")) == sorted([IDS_FILE, INDEX_FILE, METADATA_FILE])
+    assert len(ItemIndex.load(uri).item_ids) == catalog.num_rows

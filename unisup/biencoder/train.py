@@ -1,0 +1,505 @@
+"""Bi-encoder training on per-query lists of fused targets.
+
+One optimizer step takes ``lists_per_batch`` query lists (``items_per_list`` items each,
+seeded sample that always keeps the best-target item), embeds queries and items with
+their towers, scores every query against every item of the batch and applies the
+configured loss (:mod:`unisup.biencoder.losses`), with the other lists' items as
+in-batch negatives. After each epoch the validation queries are retrieved over a
+candidate set (their judged items plus ``validation_distractors`` seeded random catalog
+items, or the full catalog with -1) and scored by nDCG@k against the human judgments;
+training stops early after ``patience`` epochs without improvement and the best weights
+are exported.
+
+Determinism and resumption: batch order and list samples come from generators seeded by
+(seed, epoch, list), and the dropout RNG is reseeded from (seed, step, rank) before every
+step, so a run resumed from a checkpoint (model, optimizer, scheduler, loop state) takes
+exactly the same steps as one that was never stopped.
+
+On GPUs: bfloat16 autocast (``training.amp``) and ``torchrun`` DDP (each rank takes its
+share of every batch's lists; rank 0 validates, checkpoints and exports).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from unisup.biencoder.losses import (
+    MopprObjective,
+    in_batch_masks,
+    listwise_kl,
+    listwise_softmax_cross_entropy,
+    moppr_hierarchical_loss,
+)
+from unisup.biencoder.tower import Tower, save_biencoder
+from unisup.config import Config, TrainingConfig
+from unisup.schemas import DataValidationError
+
+log = logging.getLogger(__name__)
+LOSSES = ("listwise_ce", "listwise_kl", "moppr")
+CHECKPOINT_PREFIX = "step-"
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class QueryList:
+    """One training list: catalog indices of its items and their per-item signals."""
+
+    query: str
+    items: np.ndarray
+    targets: np.ndarray
+    relevant: np.ndarray
+    clicked: np.ndarray
+    converted: np.ndarray
+    impressed: np.ndarray
+
+
+def group_lists(table: pa.Table, catalog_ids: list[str], relevance_threshold: int, source: str = "training_lists") -> list[QueryList]:
+    """Training lists (``schemas.TRAINING_LISTS``) grouped per query, sorted by query.
+
+    Raises :class:`DataValidationError` naming the rows whose item is not in the catalog.
+    """
+    index = {item: i for i, item in enumerate(catalog_ids)}
+    items = table["item_id"].to_pylist()
+    unknown = [row for row, item in enumerate(items, start=1) if item not in index]
+    if unknown:
+        raise DataValidationError("training_lists", source, "item_id not in the catalog", column="item_id", rows=unknown)
+    frame = table.select(["query", "target", "grade", "clicked", "converted", "source"]).to_pandas()
+    frame["item"] = [index[i] for i in items]
+    lists = []
+    for query, rows in frame.groupby("query", sort=True):
+        lists.append(QueryList(
+            query=query,
+            items=rows["item"].to_numpy(np.int64),
+            targets=rows["target"].to_numpy(np.float32),
+            relevant=(rows["grade"].fillna(-1).to_numpy() >= relevance_threshold),
+            clicked=rows["clicked"].to_numpy(bool),
+            converted=rows["converted"].to_numpy(bool),
+            impressed=(rows["source"] == "impression").to_numpy(),
+        ))
+    return lists
+
+
+def sample_list(query_list: QueryList, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of ``size`` items of the list: the best-target item plus a seeded sample."""
+    n = len(query_list.items)
+    if n <= size:
+        return np.arange(n)
+    best = int(np.argmax(query_list.targets))
+    others = np.delete(np.arange(n), best)
+    return np.sort(np.concatenate([[best], rng.choice(others, size=size - 1, replace=False)]))
+
+
+def epoch_batches(num_lists: int, lists_per_batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """The seeded order of lists in one epoch, cut into batches (the last one may be smaller)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_lists)
+    return [order[i : i + lists_per_batch] for i in range(0, num_lists, lists_per_batch)]
+
+
+# ---------------------------------------------------------------- model
+
+
+class BiEncoder(nn.Module):
+    """Query tower and item tower (the same module when weights are shared)."""
+
+    def __init__(self, query_tower: Tower, item_tower: Tower):
+        super().__init__()
+        self.query_tower = query_tower
+        self.item_tower = item_tower
+
+    @property
+    def shared(self) -> bool:
+        return self.query_tower is self.item_tower
+
+    def forward(self, queries: dict[str, torch.Tensor], items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.query_tower(**queries), self.item_tower(**items)
+
+
+def build_biencoder(cfg: TrainingConfig) -> BiEncoder:
+    """Towers on ``cfg.encoder_path`` (default: the packaged MiniLM), shared or separate."""
+    from unisup.channels import packaged_minilm_path
+
+    path = cfg.encoder_path or packaged_minilm_path()
+    projection = cfg.projection_dim or None
+    if cfg.shared_towers:
+        tower = Tower.from_pretrained(path, max(cfg.query_max_length, cfg.item_max_length), projection, seed=cfg.seed)
+        return BiEncoder(tower, tower)
+    query = Tower.from_pretrained(path, cfg.query_max_length, projection, seed=cfg.seed)
+    item = Tower.from_pretrained(path, cfg.item_max_length, projection, seed=cfg.seed + 1)
+    return BiEncoder(query, item)
+
+
+def _tokenize(tower: Tower, texts: list[str], max_length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    batch = tower.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------- loss of one batch
+
+
+def batch_loss(
+    model: nn.Module,
+    towers: BiEncoder,
+    lists: list[QueryList],
+    positions: list[np.ndarray],
+    item_texts: list[str],
+    cfg: TrainingConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, int]:
+    """The configured loss of one batch of lists; returns (loss, number of items)."""
+    owner = np.concatenate([np.full(len(p), b) for b, p in enumerate(positions)])
+    items = np.concatenate([ql.items[p] for ql, p in zip(lists, positions)])
+
+    def gather(name: str) -> torch.Tensor:
+        return torch.as_tensor(np.concatenate([getattr(ql, name)[p] for ql, p in zip(lists, positions)]), device=device)
+
+    queries = _tokenize(towers.query_tower, [ql.query for ql in lists], cfg.query_max_length, device)
+    item_batch = _tokenize(towers.item_tower, [item_texts[i] for i in items], cfg.item_max_length, device)
+    use_amp = cfg.amp and device.type == "cuda"
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        query_vecs, item_vecs = model(queries, item_batch)
+    scores = query_vecs.float() @ item_vecs.float().T
+    owner_t = torch.as_tensor(owner, device=device)
+    own, candidates = in_batch_masks(owner_t, torch.as_tensor(items, device=device), len(lists), cfg.in_batch_negatives)
+    columns = torch.arange(len(items), device=device)
+
+    def per_row(values: torch.Tensor) -> torch.Tensor:
+        full = torch.zeros(own.shape, dtype=values.dtype, device=device)
+        full[owner_t, columns] = values
+        return full
+
+    if cfg.loss == "moppr":
+        weights = cfg.moppr_weights
+        objectives = [
+            MopprObjective("relevance", per_row(gather("relevant")), candidates, weights.get("relevance", 0.0)),
+            MopprObjective("click", per_row(gather("clicked")), own & per_row(gather("impressed")), weights.get("click", 0.0)),
+            MopprObjective("conversion", per_row(gather("converted")), own & per_row(gather("clicked")), weights.get("conversion", 0.0)),
+        ]
+        loss = moppr_hierarchical_loss(scores, objectives, cfg.score_temperature)
+    else:
+        fn = listwise_softmax_cross_entropy if cfg.loss == "listwise_ce" else listwise_kl
+        loss = fn(scores, per_row(gather("targets")), own, candidates, cfg.score_temperature, cfg.target_temperature)
+    return loss, len(items)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validation_candidates(catalog_ids: list[str], qrels: dict[str, dict[str, int]], distractors: int, seed: int) -> np.ndarray:
+    """Catalog indices retrieved over in validation: the judged items of the validation
+    queries plus ``distractors`` seeded random items (all items with -1)."""
+    if distractors < 0:
+        return np.arange(len(catalog_ids))
+    index = {item: i for i, item in enumerate(catalog_ids)}
+    judged = sorted({index[item] for grades in qrels.values() for item in grades if item in index})
+    rest = np.setdiff1d(np.arange(len(catalog_ids)), judged)
+    extra = np.random.default_rng([seed, 99]).choice(rest, size=min(distractors, len(rest)), replace=False)
+    return np.sort(np.concatenate([judged, extra]).astype(np.int64))
+
+
+def validate_ndcg(
+    towers: BiEncoder, catalog_ids: list[str], item_texts: list[str], candidates: np.ndarray,
+    qrels: dict[str, dict[str, int]], cfg: TrainingConfig, relevance_threshold: int,
+) -> float:
+    """Mean nDCG@k of the validation queries, retrieving over ``candidates``."""
+    from unisup.channels import top_k_inner_product
+    from unisup.metrics import per_query_metrics
+
+    queries = sorted(qrels)
+    item_vecs = _encode(towers.item_tower, [item_texts[i] for i in candidates], cfg.item_max_length, cfg.encode_batch_size)
+    query_vecs = _encode(towers.query_tower, queries, cfg.query_max_length, cfg.encode_batch_size)
+    idx, _ = top_k_inner_product(query_vecs, item_vecs, cfg.validation_k)
+    rankings = {q: [catalog_ids[candidates[j]] for j in row] for q, row in zip(queries, idx)}
+    per_query = per_query_metrics(rankings, qrels, k=cfg.validation_k, relevance_threshold=relevance_threshold)
+    return float(np.mean(list(per_query[f"ndcg@{cfg.validation_k}"].values())))
+
+
+def _encode(tower: Tower, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    saved = tower.max_length
+    tower.max_length = max_length
+    try:
+        return tower.encode(texts, batch_size=batch_size)
+    finally:
+        tower.max_length = saved
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class LoopState:
+    """Where the loop is: resumable from a checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_metric: float = float("-inf")
+    best_step: int = 0
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def config_fingerprint(cfg: TrainingConfig, num_lists: int) -> str:
+    """Hash of what determines the trajectory; a checkpoint only resumes an identical run."""
+    payload = json.dumps({"training": dataclasses.asdict(cfg), "num_lists": num_lists}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.pt"))
+    return found[-1] if found else None
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(folder: Path, towers: BiEncoder, optimizer, scheduler, state: LoopState, fingerprint: str, keep: int) -> Path:
+    """Write ``step-XXXXXXXX.pt`` atomically and keep the ``keep`` most recent."""
+    path = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}.pt"
+    _atomic_save({"model": towers.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                  "state": dataclasses.asdict(state), "fingerprint": fingerprint}, path)
+    for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.pt"))[:-keep] if keep > 0 else []:
+        old.unlink()
+    return path
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainResult:
+    """What a training run did: where the model went, steps, validation history, throughput."""
+
+    model_dir: str
+    steps: int
+    epochs: int
+    best_metric: float
+    best_step: int
+    stopped_early: bool
+    resumed_from_step: int
+    history: list[dict]
+    train_seconds: float
+    lists_per_second: float
+    items_per_second: float
+    parameters: dict
+    triton_model: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the ``torchrun`` environment; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _device(cfg: TrainingConfig, local_rank: int) -> torch.device:
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"training.device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _check(cfg: TrainingConfig) -> None:
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"training.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    for name in ("lists_per_batch", "items_per_list", "checkpoint_every", "max_epochs"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
+
+
+def train_biencoder(
+    lists: pa.Table,
+    catalog: pa.Table,
+    validation_qrels: dict[str, dict[str, int]],
+    cfg: TrainingConfig,
+    out_dir: str | Path,
+    work_dir: str | Path | None = None,
+    relevance_threshold: int = 2,
+    triton_repository: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    metadata: dict | None = None,
+) -> TrainResult:
+    """Train the bi-encoder on ``lists`` and write it to ``out_dir`` (``save_biencoder``
+    layout), the query tower also into ``triton_repository`` when given.
+
+    Checkpoints go to ``work_dir/checkpoints`` (default ``out_dir/../<name>.work``); with
+    ``resume`` the latest one there is continued. ``on_step(step, loss)`` is called after
+    every optimizer step.
+    """
+    from tqdm.auto import tqdm
+
+    from unisup.data.catalog import item_texts as catalog_texts
+
+    _check(cfg)
+    rank, world, local_rank = _distributed()
+    device = _device(cfg, local_rank)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out_dir = Path(out_dir)
+    work = Path(work_dir) if work_dir else out_dir.parent / f"{out_dir.name}.work"
+    checkpoints = work / "checkpoints"
+    catalog_ids = catalog["product_id"].to_pylist()
+    texts = catalog_texts(catalog, tuple(cfg.item_fields))
+    query_lists = group_lists(lists, catalog_ids, relevance_threshold)
+    if not query_lists:
+        raise ValueError("no training lists: the training-lists table is empty")
+    fingerprint = config_fingerprint(cfg, len(query_lists))
+    batches_per_epoch = -(-len(query_lists) // cfg.lists_per_batch)
+    total_steps = cfg.max_epochs * batches_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    towers = build_biencoder(cfg).to(device)
+    towers.train()
+    model: nn.Module = towers
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(towers, device_ids=[local_rank] if device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(towers.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+    state = LoopState()
+    checkpoint = latest_checkpoint(checkpoints) if resume else None
+    if checkpoint is not None:
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        if saved["fingerprint"] != fingerprint:
+            raise ValueError(f"{checkpoint}: written by a run with a different training config or lists; "
+                             f"use another work_dir or resume=False")
+        towers.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = LoopState(**saved["state"])
+        log.info("resumed from %s (step %d)", checkpoint, state.step)
+    resumed_from = state.step
+    candidates = validation_candidates(catalog_ids, validation_qrels, cfg.validation_distractors, cfg.seed)
+    best_path = work / "best.pt"
+    items_seen, lists_seen, seconds = 0, 0, 0.0
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress or rank > 0)
+    while state.step < total_steps and state.epoch < cfg.max_epochs and not state.stopped_early:
+        batches = epoch_batches(len(query_lists), cfg.lists_per_batch, cfg.seed, state.epoch)
+        while state.batch_in_epoch < len(batches) and state.step < total_steps:
+            started = time.perf_counter()
+            chosen = batches[state.batch_in_epoch][rank::world]
+            batch_lists = [query_lists[i] for i in chosen]
+            positions = [sample_list(query_lists[i], cfg.items_per_list, np.random.default_rng([cfg.seed, state.epoch, int(i)]))
+                         for i in chosen]
+            torch.manual_seed(cfg.seed * 1_000_003 + state.step * 101 + rank)
+            loss, n_items = batch_loss(model, towers, batch_lists, positions, texts, cfg, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(towers.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            state.step += 1
+            state.batch_in_epoch += 1
+            seconds += time.perf_counter() - started
+            items_seen += n_items
+            lists_seen += len(batch_lists)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state.epoch)
+            if rank == 0 and state.step % cfg.checkpoint_every == 0:
+                save_checkpoint(checkpoints, towers, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
+            if on_step is not None:
+                on_step(state.step, float(loss.item()))
+        _end_epoch(state, towers, catalog_ids, texts, candidates, validation_qrels, cfg, relevance_threshold, best_path, rank, world)
+    bar.close()
+    if rank == 0:
+        save_checkpoint(checkpoints, towers, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
+    result = TrainResult(
+        model_dir=str(out_dir), steps=state.step, epochs=state.epoch, best_metric=state.best_metric, best_step=state.best_step,
+        stopped_early=state.stopped_early, resumed_from_step=resumed_from, history=state.history,
+        train_seconds=seconds, lists_per_second=lists_seen * world / seconds if seconds else 0.0,
+        items_per_second=items_seen * world / seconds if seconds else 0.0, parameters=dataclasses.asdict(cfg),
+    )
+    if rank == 0:
+        if best_path.exists():
+            towers.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        _export(towers, out_dir, cfg, result, triton_repository, metadata or {})
+    if world > 1:
+        torch.distributed.barrier()
+    return result
+
+
+def _end_epoch(state: LoopState, towers: BiEncoder, catalog_ids, texts, candidates, qrels, cfg, r0, best_path, rank, world) -> None:
+    """Validate (rank 0), update early stopping and the best weights, move to the next epoch."""
+    decision = [state.stopped_early]
+    if rank == 0 and qrels:
+        metric = validate_ndcg(towers, catalog_ids, texts, candidates, qrels, cfg, r0)
+        state.history.append({"epoch": state.epoch, "step": state.step, f"validation_ndcg@{cfg.validation_k}": metric})
+        if metric > state.best_metric:
+            state.best_metric, state.best_step, state.epochs_without_improvement = metric, state.step, 0
+            _atomic_save(towers.state_dict(), best_path)
+        else:
+            state.epochs_without_improvement += 1
+        decision = [state.epochs_without_improvement >= cfg.patience]
+    if world > 1:
+        torch.distributed.broadcast_object_list(decision, src=0)
+    state.stopped_early = bool(decision[0])
+    state.epoch += 1
+    state.batch_in_epoch = 0
+
+
+def _export(towers: BiEncoder, out_dir: Path, cfg: TrainingConfig, result: TrainResult, triton_repository, metadata: dict) -> None:
+    from unisup.biencoder.export import export_query_encoder
+
+    towers.eval()
+    summary = {k: v for k, v in result.to_dict().items() if k not in ("model_dir", "triton_model")}
+    save_biencoder(towers.query_tower, towers.item_tower, out_dir, {"trained": True, "training": summary, **metadata})
+    if triton_repository:
+        result.triton_model = export_query_encoder(out_dir, triton_repository, cfg)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def train(lists_uri: str, out_uri: str, config: Config, triton_repository: str | None = None,
+          work_dir: str | None = None, resume: bool = True, progress: bool = True) -> TrainResult:
+    """The ``train`` stage: lists (Parquet, local or gs://) + catalog + validation judgments
+    of ``config.data`` -> a bi-encoder folder at ``out_uri`` (and the Triton query encoder)."""
+    import tempfile
+
+    from unisup import storage
+    from unisup.data.sample import load_dataset
+    from unisup.data.tables import read_table
+    from unisup.schemas import validate
+
+    dataset = load_dataset(config.data)
+    lists = validate(read_table(lists_uri), "training_lists", lists_uri).accepted
+    with tempfile.TemporaryDirectory(prefix="unisup-train-") as tmp:
+        local_out = Path(tmp) / "model" if storage.is_gcs(out_uri) else Path(out_uri)
+        result = train_biencoder(
+            lists, dataset.catalog, dataset.qrels("validation"), config.training, local_out, work_dir,
+            config.data.relevance_threshold, triton_repository, resume, progress,
+            metadata={"training_lists": lists_uri},
+        )
+        if storage.is_gcs(out_uri):
+            storage.upload_dir(local_out, out_uri)
+            result.model_dir = out_uri
+    return result

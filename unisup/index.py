@@ -1,0 +1,287 @@
+"""FAISS index of the item tower: embed the catalog, build, measure recall, search.
+
+An index folder holds:
+
+    index/
+      index.faiss     the FAISS index (CPU form; moved to the GPU at load when asked)
+      ids.parquet     row i of the index -> product_id (column ``item_id``)
+      index.json      factory, dimension, metric, size, build seconds, recall@10/@100
+                      against exact search on a query sample, model fingerprint, config
+
+The catalog is embedded in shards of ``shard_size`` items written to a local work
+folder keyed by the model fingerprint and a hash of the item texts: a build that
+crashes resumes from the shards already written. Trainable indexes (IVF, PQ, SQ) are
+trained on a seeded sample of at most ``train_size`` vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from unisup import storage
+from unisup.config import Config, IndexConfig, to_dict
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.parquet"
+METADATA_FILE = "index.json"
+METRICS = ("inner_product", "l2")
+RECALL_CUTOFFS = (10, 100)
+log = logging.getLogger(__name__)
+
+
+def _faiss_metric(metric: str) -> int:
+    import faiss
+
+    if metric not in METRICS:
+        raise ValueError(f"index.metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    return faiss.METRIC_INNER_PRODUCT if metric == "inner_product" else faiss.METRIC_L2
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
+def embed_in_shards(
+    encode, texts: Sequence[str], shard_dir: str | Path, shard_size: int, progress: bool = True
+) -> np.ndarray:
+    """Embed ``texts`` shard by shard with ``encode(texts) -> array``; shards already in
+    ``shard_dir`` are loaded, not recomputed (resume after a crash). Returns all rows."""
+    from tqdm.auto import tqdm
+
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    starts = range(0, len(texts), shard_size)
+    parts = []
+    for number, start in enumerate(tqdm(starts, desc="embedding catalog shards", unit="shard", disable=not progress)):
+        path = shard_dir / f"shard-{number:05d}.npy"
+        chunk = texts[start : start + shard_size]
+        if path.exists():
+            vectors = np.load(path)
+            if vectors.shape[0] == len(chunk):
+                parts.append(vectors)
+                continue
+        vectors = np.ascontiguousarray(encode(chunk), dtype=np.float32)
+        tmp = path.with_name(f".{path.stem}.tmp.npy")
+        np.save(tmp, vectors)
+        tmp.replace(path)
+        parts.append(vectors)
+    if not parts:
+        raise ValueError("nothing to embed: the catalog is empty")
+    return np.concatenate(parts)
+
+
+def _to_gpu(index, use_gpu: bool):
+    """The index on every GPU when asked and present; unchanged otherwise (and for HNSW,
+    which faiss-gpu does not support)."""
+    import faiss
+
+    if not use_gpu or not hasattr(faiss, "get_num_gpus") or faiss.get_num_gpus() == 0:
+        return index, False
+    try:
+        return faiss.index_cpu_to_all_gpus(index), True
+    except RuntimeError as err:  # e.g. HNSW has no GPU implementation
+        log.warning("faiss index stays on the CPU: %s", err)
+        return index, False
+
+
+def build_faiss_index(vectors: np.ndarray, factory: str, metric: str, train_size: int, seed: int = 0, use_gpu: bool = True):
+    """A FAISS index of ``vectors`` from a factory string (trained on a seeded sample
+    when the index needs training): (index in CPU form, whether it was built on a GPU)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, _faiss_metric(metric))
+    except RuntimeError as err:
+        raise ValueError(f"index.factory {factory!r} is not a valid FAISS factory string: {err}") from None
+    index, on_gpu = _to_gpu(index, use_gpu)
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = vectors if len(vectors) <= train_size else vectors[np.sort(rng.choice(len(vectors), train_size, replace=False))]
+        index.train(sample)
+    index.add(vectors)
+    return (faiss.index_gpu_to_cpu(index) if on_gpu else index), on_gpu
+
+
+def apply_search_params(index, search_params: str) -> None:
+    """Set search-time parameters (``"nprobe=16"``, ``"efSearch=128"``) on the index."""
+    import faiss
+
+    if not search_params:
+        return
+    try:
+        faiss.ParameterSpace().set_index_parameters(index, search_params)
+    except RuntimeError as err:
+        raise ValueError(f"index.search_params {search_params!r} do not fit this index: {err}") from None
+
+
+def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """Row ids of the exact top ``k`` of each query (brute force)."""
+    import faiss
+
+    flat = faiss.IndexFlat(vectors.shape[1], _faiss_metric(metric))
+    flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return flat.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(vectors)))[1]
+
+
+def recall_against_exact(index, exact_ids: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Mean over queries of |approximate top k ∩ exact top k| / k."""
+    k = min(k, exact_ids.shape[1])
+    found = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+    hits = [len(set(a[a >= 0]) & set(e[:k])) for a, e in zip(found, exact_ids, strict=True)]
+    return float(np.mean(hits) / k)
+
+
+@dataclass
+class IndexBuild:
+    """What :func:`build_index` wrote: the folder and its metadata."""
+
+    path: str
+    metadata: dict
+
+
+def _recall_queries(
+    query_texts: Sequence[str] | None, encode_queries, vectors: np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, str]:
+    rng = np.random.default_rng(seed)
+    if query_texts:
+        texts = list(dict.fromkeys(query_texts))
+        if len(texts) > n:
+            texts = [texts[i] for i in np.sort(rng.choice(len(texts), n, replace=False))]
+        return encode_queries(texts), f"{len(texts)} queries encoded by the query tower"
+    take = np.sort(rng.choice(len(vectors), min(n, len(vectors)), replace=False))
+    return vectors[take], f"{len(take)} catalog vectors used as queries"
+
+
+def build_index(
+    model_path: str,
+    catalog: pa.Table,
+    out_uri: str,
+    cfg: IndexConfig,
+    query_texts: Sequence[str] | None = None,
+    progress: bool = True,
+    extra_metadata: dict | None = None,
+) -> IndexBuild:
+    """Embed the catalog with the item tower of the bi-encoder at ``model_path``, build the
+    configured FAISS index, measure its recall@10/@100 against exact search (on
+    ``query_texts`` encoded by the query tower, or else on a sample of catalog vectors),
+    and write the index folder to ``out_uri`` (local or gs://)."""
+    from unisup.biencoder.tower import load_biencoder
+    from unisup.channels import model_fingerprint
+    from unisup.data.catalog import item_texts
+
+    with storage.local_copy(model_path) as local_model:
+        query_tower, item_tower = load_biencoder(local_model)
+        fingerprint = model_fingerprint(str(local_model))
+        item_ids = catalog["product_id"].to_pylist()
+        texts = item_texts(catalog)
+        shard_dir = Path(cfg.work_dir) / f"{fingerprint}-{_texts_digest(texts)}-{cfg.shard_size}"
+        start = time.perf_counter()
+        vectors = embed_in_shards(
+            lambda chunk: item_tower.encode(chunk, batch_size=cfg.batch_size), texts, shard_dir, cfg.shard_size, progress
+        )
+        embed_seconds = time.perf_counter() - start
+        queries, query_source = _recall_queries(
+            query_texts, lambda t: query_tower.encode(t, batch_size=cfg.batch_size), vectors, cfg.recall_queries, cfg.seed
+        )
+    start = time.perf_counter()
+    index, on_gpu = build_faiss_index(vectors, cfg.factory, cfg.metric, cfg.train_size, cfg.seed, cfg.use_gpu)
+    build_seconds = time.perf_counter() - start
+    apply_search_params(index, cfg.search_params)
+    exact = exact_search(vectors, queries, max(RECALL_CUTOFFS), cfg.metric)
+    recall = {f"recall@{k}": recall_against_exact(index, exact, queries, k) for k in RECALL_CUTOFFS}
+    import faiss
+
+    metadata = {
+        "factory": cfg.factory,
+        "dimension": int(vectors.shape[1]),
+        "metric": cfg.metric,
+        "search_params": cfg.search_params,
+        "num_items": int(index.ntotal),
+        "build_seconds": round(build_seconds, 4),
+        "embed_seconds": round(embed_seconds, 4),
+        **recall,
+        "recall_queries": query_source,
+        "model_fingerprint": fingerprint,
+        "model_uri": str(model_path),
+        "faiss_version": faiss.__version__,
+        "built_on_gpu": on_gpu,
+        "config": to_dict(cfg),
+        **(extra_metadata or {}),
+    }
+    write_index(index, item_ids, metadata, out_uri)
+    return IndexBuild(str(out_uri), metadata)
+
+
+def build_catalog_index(model_path: str, out_uri: str, cfg: Config, progress: bool = True) -> IndexBuild:
+    """:func:`build_index` over the configured catalog (``data.catalog_uri``), recall
+    measured on the configured judgments' queries (``data.judgments_uri``)."""
+    from unisup.data.sample import load_catalog, load_judgments
+
+    catalog = load_catalog(cfg.data.catalog_uri).accepted
+    queries = sorted(set(load_judgments(cfg.data.judgments_uri, catalog, cfg.data.num_grades).accepted["query"].to_pylist()))
+    return build_index(model_path, catalog, out_uri, cfg.index, queries, progress, {"catalog_uri": cfg.data.catalog_uri})
+
+
+def write_index(index, item_ids: Sequence[str], metadata: dict, out_uri: str) -> None:
+    """Write the index folder (index, id map, metadata) to a local path or gs:// prefix."""
+    import faiss
+
+    from unisup.data.tables import write_table
+
+    if index.ntotal != len(item_ids):
+        raise ValueError(f"the index holds {index.ntotal} vectors but the id map {len(item_ids)} ids")
+    with tempfile.TemporaryDirectory(prefix="unisup-index-") as tmp:
+        faiss.write_index(index, str(Path(tmp) / INDEX_FILE))
+        storage.upload_file(Path(tmp) / INDEX_FILE, storage.join(out_uri, INDEX_FILE))
+    write_table(pa.table({"item_id": pa.array(list(item_ids), type=pa.string())}), storage.join(out_uri, IDS_FILE))
+    storage.write_text(storage.join(out_uri, METADATA_FILE), json.dumps(metadata, indent=1))
+
+
+class ItemIndex:
+    """A loaded index folder: ``search(query_vectors, k)`` returns item ids and scores."""
+
+    def __init__(self, index, item_ids: list[str], metadata: dict):
+        self.index = index
+        self.item_ids = item_ids
+        self.metadata = metadata
+
+    @classmethod
+    def load(cls, uri: str, use_gpu: bool = False) -> ItemIndex:
+        import faiss
+
+        from unisup.data.tables import read_table
+
+        metadata_uri = storage.join(uri, METADATA_FILE)
+        if not storage.exists(metadata_uri):
+            raise FileNotFoundError(f"{uri}: not an index folder ({METADATA_FILE} missing)")
+        metadata = json.loads(storage.read_text(metadata_uri))
+        with storage.local_copy(storage.join(uri, INDEX_FILE)) as local:
+            index = faiss.read_index(str(local))
+        apply_search_params(index, metadata.get("search_params", ""))
+        index, _ = _to_gpu(index, use_gpu)
+        item_ids = read_table(storage.join(uri, IDS_FILE))["item_id"].to_pylist()
+        return cls(index, item_ids, metadata)
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Per query, the top ``k`` (item_id, score), best first."""
+        k = min(k, len(self.item_ids))
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return [
+            [(self.item_ids[r], float(s)) for r, s in zip(row_ids, row_scores, strict=True) if r >= 0]
+            for row_ids, row_scores in zip(rows, scores, strict=True)
+        ]

@@ -1,0 +1,71 @@
+"""Export teachers into a Triton model repository (python backend).
+
+    <repository>/
+      <stage>/
+        config.pbtxt           inputs query/item (BYTES), output probs (FP32, K),
+                               max_batch_size, dynamic_batching, instance_group
+        1/
+          model.py             copy of triton_models/teacher_model.py
+          teacher/             the teacher folder (HF encoder, tokenizer, ordinal head, teacher.json)
+
+The same repository loads in the NGC Triton image and in the tritonserver binary
+shipped inside nvidia-pytriton.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from unisup import storage
+from unisup.config import TeachersConfig
+
+MODEL_TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "teacher_model.py"
+VERSION = "1"
+
+
+def model_config(name: str, num_grades: int, max_batch_size: int, instance_count: int, instance_kind: str,
+                 max_queue_delay_us: int = 0, python_paths: str = "") -> str:
+    """The config.pbtxt text of one teacher stage."""
+    if instance_kind not in ("KIND_CPU", "KIND_GPU"):
+        raise ValueError(f"instance_kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}")
+    delay = f"\n  max_queue_delay_microseconds: {max_queue_delay_us}\n" if max_queue_delay_us else " "
+    return f'''name: "{name}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [
+  {{ name: "query" data_type: TYPE_STRING dims: [ 1 ] }},
+  {{ name: "item" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+output [
+  {{ name: "probs" data_type: TYPE_FP32 dims: [ {num_grades} ] }}
+]
+dynamic_batching {{{delay}}}
+instance_group [ {{ count: {instance_count} kind: {instance_kind} }} ]
+parameters: {{ key: "python_paths" value: {{ string_value: "{python_paths}" }} }}
+'''
+
+
+def export_repository(teachers: dict[str, Path], repository: str | Path, cfg: TeachersConfig, num_grades: int) -> list[str]:
+    """Write each teacher folder as a model of the Triton repository (local path or gs://).
+
+    Returns the model names written. Other models already in the repository stay.
+    """
+    if not MODEL_TEMPLATE.exists():
+        raise FileNotFoundError(f"python-backend template missing: {MODEL_TEMPLATE}")
+    with tempfile.TemporaryDirectory(prefix="unisup-repo-") as tmp:
+        local = Path(tmp) if storage.is_gcs(str(repository)) else Path(repository)
+        for name, folder in teachers.items():
+            model_dir = local / name
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            (model_dir / VERSION).mkdir(parents=True)
+            shutil.copytree(folder, model_dir / VERSION / "teacher")
+            shutil.copyfile(MODEL_TEMPLATE, model_dir / VERSION / "model.py")
+            (model_dir / "config.pbtxt").write_text(model_config(
+                name, num_grades, cfg.triton_max_batch_size, cfg.triton_instance_count, cfg.triton_instance_kind,
+                cfg.triton_max_queue_delay_us, cfg.triton_python_paths))
+        if storage.is_gcs(str(repository)):
+            storage.upload_dir(local, str(repository))
+    return list(teachers)

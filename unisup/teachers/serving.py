@@ -1,0 +1,53 @@
+"""What a served teacher does with one dynamic batch, independent of Triton.
+
+The python-backend ``model.py`` (``triton_models/teacher_model.py``) only converts
+Triton tensors to numpy and back; the work is here so that it is importable and
+testable outside Triton: decode BYTES texts, run the whole dynamic batch (all
+requests together) through one forward pass, split the probabilities back per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+QUERY_INPUT = "query"
+ITEM_INPUT = "item"
+PROBS_OUTPUT = "probs"
+
+
+def decode_texts(array: np.ndarray) -> list[str]:
+    """A BYTES tensor (any shape, np.object_ of bytes or str) as a flat list of str."""
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array, dtype=np.object_).reshape(-1)]
+
+
+def encode_texts(texts: Sequence[str]) -> np.ndarray:
+    """Texts as a (n, 1) np.object_ array of UTF-8 bytes, the BYTES layout the teachers take."""
+    return np.array([t.encode("utf-8") for t in texts], dtype=np.object_).reshape(-1, 1)
+
+
+class TeacherService:
+    """A loaded teacher that scores whole dynamic batches."""
+
+    def __init__(self, teacher_dir: str | Path, device: str = "cpu"):
+        from unisup.teachers.model import OrdinalCrossEncoder
+
+        self.teacher = OrdinalCrossEncoder.load(teacher_dir, device)
+
+    def score_batches(self, requests: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        """(query, item) BYTES arrays per request -> (n_i, K) float32 probabilities per request,
+        computed in one forward pass over all requests."""
+        queries, items, sizes = [], [], []
+        for number, (query, item) in enumerate(requests):
+            q, t = decode_texts(query), decode_texts(item)
+            if len(q) != len(t):
+                raise ValueError(f"request {number}: {len(q)} queries but {len(t)} items")
+            queries.extend(q)
+            items.extend(t)
+            sizes.append(len(q))
+        if not queries:
+            return [np.zeros((0, self.teacher.num_grades), dtype=np.float32) for _ in requests]
+        probs = self.teacher.predict_probs(queries, items, batch_size=len(queries))
+        return np.split(probs, np.cumsum(sizes)[:-1])
