@@ -6,7 +6,8 @@ larger set derived from them (``BENCH_INDEX_SIZE`` vectors, 1M by default): the 
 vectors plus noise-perturbed, re-normalized copies, to show how cost grows with the
 catalog. Recall@10 is against exact (Flat) search; QPS is for one batch of every
 query on all threads (``faiss.omp_get_max_threads()``). IVF-PQ is built as
-``IVF<n>,PQ48np``: without ``np`` the factory also trains polysemous codes, which took
+``IVF<n>,PQ48np`` (IVF256 on the sample, IVF1024 on the large set, trained on at most 64
+vectors per list): without ``np`` the factory also trains polysemous codes, which took
 ~200 s on the sample alone (2 cores) and only serve Hamming-thresholded search.
 """
 

@@ -1,14 +1,15 @@
 """Pieces shared by the pipelines: config overrides built from pipeline parameters, and
 the data half (logs -> engagement -> teacher labels, sharded) that every training run uses."""
 
-from components.label import label
-from components.train_teacher import train_teacher
 from kfp import dsl
 
 from components import _k8s
 from components.extract_logs import extract_logs
+from components.label import label
+from components.locate_logs import locate_logs
 from components.shards import merge_shards, pick_shard, split_shards
 from components.simulate_logs import simulate_logs
+from components.train_teacher import train_teacher
 
 LABEL_TABLES = ["labels.parquet", "quarantine.parquet"]
 
@@ -20,6 +21,12 @@ def data_overrides(catalog_uri: str, judgments_uri: str, split_uri: str) -> list
         f"data.judgments_uri={judgments_uri}",
         f"data.split_uri={split_uri}",
     ]
+
+
+def index_overrides(factory: str, search_params: str) -> list:
+    """``index.*`` overrides: the FAISS factory string and its search-time parameters
+    (quoted, so that an empty value, FAISS's defaults, stays a string)."""
+    return [f"index.factory={factory}", f"index.search_params='{search_params}'"]
 
 
 def labeled_engagement(
@@ -38,17 +45,21 @@ def labeled_engagement(
     """Logs (simulated when ``logs_uri`` is empty) -> engagement -> teacher labels of every
     logged (query, item), labeling fanned out over ``shard_count`` query shards.
     Returns the (engagement, labels) artifact channels."""
-    window = dict(
-        start_date=log_start_date, end_date=log_end_date, config=config, overrides=overrides
-    )
     with dsl.If(logs_uri == "", name="simulate-logs"):
         simulated = _k8s.on_cpu(simulate_logs(config=config, overrides=overrides), _k8s.LARGE)
-        from_simulated = _k8s.on_cpu(
-            extract_logs(logs_uri=simulated.outputs["logs_uri"], **window), _k8s.LARGE
-        )
     with dsl.Else(name="read-given-logs"):
-        from_given = _k8s.on_cpu(extract_logs(logs_uri=logs_uri, **window), _k8s.LARGE)
-    engagement = dsl.OneOf(from_simulated.outputs["engagement"], from_given.outputs["engagement"])
+        located = _k8s.on_cpu(locate_logs(logs_uri=logs_uri))
+    extracted = _k8s.on_cpu(
+        extract_logs(
+            logs_uri=dsl.OneOf(simulated.outputs["logs_uri"], located.outputs["Output"]),
+            start_date=log_start_date,
+            end_date=log_end_date,
+            config=config,
+            overrides=overrides,
+        ),
+        _k8s.LARGE,
+    )
+    engagement = extracted.outputs["engagement"]
     teachers = _k8s.on_gpu(train_teacher(config=config, overrides=overrides))
     cascade = overrides + [
         f"labeling.max_prob_threshold={max_prob_threshold}",

@@ -11,7 +11,7 @@ from components.compare import compare_runs
 from components.evaluate import evaluate
 from components.fuse import fuse
 from components.train import train
-from pipelines._stages import data_overrides, labeled_engagement
+from pipelines._stages import data_overrides, index_overrides, labeled_engagement
 
 PARALLEL_PRESETS = 2  # presets trained at once (each takes a GPU node)
 PRESETS = [
@@ -42,6 +42,7 @@ def ablation(
     max_epochs: int = 10,
     max_steps: int = 0,
     faiss_factory: str = "HNSW32",
+    faiss_search_params: str = "efSearch=128",
 ):
     common = data_overrides(catalog_uri, judgments_uri, split_uri)
     engagement, labels = labeled_engagement(
@@ -62,7 +63,7 @@ def ablation(
             f"fusion.preset={preset}",
             f"training.max_epochs={max_epochs}",
             f"training.max_steps={max_steps}",
-            f"index.factory={faiss_factory}",
+            *index_overrides(faiss_factory, faiss_search_params),
         ]
         fused = _k8s.on_cpu(
             fuse(labels=labels, engagement=engagement, config=config, overrides=overrides),

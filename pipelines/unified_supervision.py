@@ -14,7 +14,7 @@ from components.evaluate import evaluate
 from components.fuse import fuse
 from components.push import push
 from components.train import train
-from pipelines._stages import data_overrides, labeled_engagement
+from pipelines._stages import data_overrides, index_overrides, labeled_engagement
 
 
 def training_overrides(
@@ -25,6 +25,7 @@ def training_overrides(
     max_epochs: int,
     max_steps: int,
     faiss_factory: str,
+    faiss_search_params: str,
     gate_metric: str,
     gate_min_delta_ci_low: float,
     gate_max_grade0_increase: float,
@@ -38,7 +39,7 @@ def training_overrides(
         f"fusion.hard_negative_weight={hard_negative_weight}",
         f"training.max_epochs={max_epochs}",
         f"training.max_steps={max_steps}",
-        f"index.factory={faiss_factory}",
+        *index_overrides(faiss_factory, faiss_search_params),
         f"evaluation.gate_metric={gate_metric}",
         f"evaluation.gate_min_delta_ci_low={gate_min_delta_ci_low}",
         f"evaluation.gate_max_grade0_increase={gate_max_grade0_increase}",
@@ -68,6 +69,7 @@ def unified_supervision(
     max_epochs: int = 10,
     max_steps: int = 0,
     faiss_factory: str = "HNSW32",
+    faiss_search_params: str = "efSearch=128",
     gate_metric: str = "ndcg@10",
     gate_min_delta_ci_low: float = 0.0,
     gate_max_grade0_increase: float = 0.0,
@@ -102,6 +104,7 @@ def unified_supervision(
         max_epochs,
         max_steps,
         faiss_factory,
+        faiss_search_params,
         gate_metric,
         gate_min_delta_ci_low,
         gate_max_grade0_increase,

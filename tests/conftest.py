@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 import socket
 from pathlib import Path
@@ -161,3 +162,13 @@ def tiny_training_lists(tiny_fusion_inputs, tiny_overrides, tmp_path_factory) ->
     fuse(str(tiny_fusion_inputs["labels"]), str(tiny_fusion_inputs["engagement"]), str(out), None,
          load_config("local", tiny_overrides + ["fusion.list_size=16"]))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_builtin_print():
+    """kfp.local swaps ``builtins.print`` for an indenting one while a task runs; parallel
+    tasks (dsl.ParallelFor) can leave the swap behind. Put the real print back after every
+    test so that later tests (e.g. numba's import, which registers ``print``) see it."""
+    original = builtins.print
+    yield
+    builtins.print = original

@@ -105,3 +105,4 @@ def test_merge_outputs_concatenates_tables_and_sums_reports(tmp_path):
     assert report["merged_shards"] == 2 and report["merged_rows"] == {"labels.parquet": 5}
     assert json.loads((tmp_path / "merged" / "report.json").read_text()) == report
     assert merge_reports([{"stages": ["a"]}, {"stages": ["b"]}]) == {"stages": [["a"], ["b"]]}
+    assert merge_reports([{"grades": [1, 2]}, {"grades": [3, 0]}]) == {"grades": [4, 2]}

@@ -192,7 +192,8 @@ def build_index(
         shard_dir = Path(cfg.work_dir) / f"{fingerprint}-{_texts_digest(texts)}-{cfg.shard_size}"
         start = time.perf_counter()
         vectors = embed_in_shards(
-            lambda chunk: item_tower.encode(chunk, batch_size=cfg.batch_size), texts, shard_dir, cfg.shard_size, progress
+            lambda chunk: item_tower.encode(chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"),
+            texts, shard_dir, cfg.shard_size, progress,
         )
         embed_seconds = time.perf_counter() - start
         queries, query_source = _recall_queries(

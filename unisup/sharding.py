@@ -56,7 +56,9 @@ def shard_of(keys: pa.Array | pa.ChunkedArray, num_shards: int) -> np.ndarray:
 
 
 def _parquet_files(uri: str) -> list[str]:
-    files = [u for u in storage.list_prefix(uri) if u.endswith(".parquet")]
+    """The file itself (a pipeline artifact needs no suffix), or the Parquet files in a folder."""
+    listed = storage.list_prefix(uri)
+    files = listed if listed == [str(uri)] else [u for u in listed if u.endswith(".parquet")]
     if not files:
         raise FileNotFoundError(f"{uri}: no Parquet file to split")
     return files
@@ -145,9 +147,16 @@ def merge_tables(uris: Iterable[str], out_uri: str) -> int:
     return merged.num_rows
 
 
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )
+
+
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Combine per-shard reports: numbers are summed, mappings merged key by key, other
-    values kept when every shard agrees and listed per shard otherwise."""
+    """Combine per-shard reports: numbers are summed (lists of numbers element-wise),
+    mappings merged key by key, other values kept when every shard agrees and listed per
+    shard otherwise."""
     if not reports:
         return {}
     merged: dict[str, Any] = {}
@@ -155,6 +164,8 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
         values = [report[key] for report in reports if key in report]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             merged[key] = sum(values)
+        elif all(_numbers(v) and len(v) == len(values[0]) for v in values):
+            merged[key] = [sum(column) for column in zip(*values, strict=True)]
         elif all(isinstance(v, dict) for v in values):
             merged[key] = merge_reports(values)
         elif all(v == values[0] for v in values):

@@ -3,8 +3,9 @@
 Reads and writes bytes and files, lists a prefix, and writes conditionally on an
 object generation (GCS semantics: generation 0 means "only if absent"). Against
 ``gs://`` it uses google-cloud-storage; set ``STORAGE_EMULATOR_HOST`` to talk to an
-emulator. Local conditional writes take a file lock and use a generation counter
-kept beside the file, so both backends behave the same.
+emulator. Locally the generation is the file's modification time in nanoseconds, and
+conditional writes hold a lock file (``.<name>.lock``) while they check and replace,
+so both backends behave the same.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 GCS_SCHEME = "gs://"
-_GENERATION_SUFFIX = ".generation"
 
 
 class PreconditionFailed(RuntimeError):
@@ -93,10 +94,10 @@ def generation(uri: str) -> int:
                 return 0
             raise
         return int(blob.generation)
-    gen_file = Path(str(_local(uri)) + _GENERATION_SUFFIX)
-    if not _local(uri).exists():
+    try:
+        return _local(uri).stat().st_mtime_ns
+    except FileNotFoundError:
         return 0
-    return int(gen_file.read_text()) if gen_file.exists() else 1
 
 
 def write_bytes(uri: str, data: bytes, if_generation_match: int | None = None) -> int:
@@ -118,15 +119,25 @@ def write_bytes(uri: str, data: bytes, if_generation_match: int | None = None) -
         return int(blob.generation)
     path = _local(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if if_generation_match is None:
+        return _replace(path, data)
     with _locked(path):
         current = generation(uri)
-        if if_generation_match is not None and current != if_generation_match:
+        if current != if_generation_match:
             raise PreconditionFailed(f"{uri}: generation is {current}, not {if_generation_match}")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        Path(str(path) + _GENERATION_SUFFIX).write_text(str(current + 1))
-        return current + 1
+        new = _replace(path, data)
+        if new == current:  # same clock tick: make the change visible to the next check
+            os.utime(path, ns=(new + 1, new + 1))
+            new += 1
+        return new
+
+
+def _replace(path: Path, data: bytes) -> int:
+    """Atomically replace ``path`` with ``data``; returns the new generation."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path.stat().st_mtime_ns
 
 
 def write_text(uri: str, text: str, if_generation_match: int | None = None) -> int:
@@ -158,7 +169,7 @@ def list_prefix(uri: str) -> list[str]:
     return sorted(
         str(p)
         for p in root.rglob("*")
-        if p.is_file() and not p.name.endswith((_GENERATION_SUFFIX, ".lock")) and not p.name.startswith(".")
+        if p.is_file() and not p.name.startswith(".")
     )
 
 

@@ -127,6 +127,7 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         "max_epochs": cfg.training.max_epochs,
         "max_steps": cfg.training.max_steps,
         "faiss_factory": cfg.index.factory,
+        "faiss_search_params": cfg.index.search_params,
         "gate_metric": cfg.evaluation.gate_metric,
         "gate_min_delta_ci_low": cfg.evaluation.gate_min_delta_ci_low,
         "gate_max_grade0_increase": cfg.evaluation.gate_max_grade0_increase,
@@ -150,7 +151,11 @@ def test_ablation_trains_presets_in_parallel_and_compares_them(compiled):
     assert "parameterIterator" in presets
     assert presets["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--presets"
     assert {"fuse", "train", "build-index", "evaluate"} <= set(tasks)
-    loop_key = next(k for k, task in spec["root"]["dag"]["tasks"].items() if task["taskInfo"]["name"] == "presets")
+    loop_key = next(
+        k
+        for k, task in spec["root"]["dag"]["tasks"].items()
+        if task["taskInfo"]["name"] == "presets"
+    )
     assert tasks["compare-runs"]["dependentTasks"] == [loop_key]
     default = spec["root"]["inputDefinitions"]["parameters"]["presets"]["defaultValue"]
     assert {"unified", "engagement_only"} <= set(default)

@@ -3,6 +3,7 @@ models: simulated logs, extraction, teachers, sharded labeling, fusion, training
 evaluation and, with gates that bless any candidate, the push."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,7 +19,8 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
     """A config YAML: the tiny sample and encoder, and small budgets for every stage."""
     settings = {}
     for item in overrides + [
-        "simulator.num_requests=300",
+        "simulator.num_requests=150",
+        "simulator.channel_depth=5",
         "simulator.num_days=2",
         "simulator.num_derived_queries=60",
         "training.lists_per_batch=3",
@@ -29,12 +31,15 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
         f"training.encoder_path={encoder}",
         "teachers.max_train_pairs=64",
         "teachers.max_validation_pairs=32",
-        "labeling.shard_size=64",
+        "labeling.shard_size=256",
         "index.recall_queries=5",
         f"index.work_dir={work / 'index'}",
         "evaluation.n_bootstrap=50",
         "evaluation.cutoffs=[10]",
         "evaluation.depth=10",
+        # tiny random teachers grade few items relevant: keep lists without a positive
+        "fusion.require_positive=false",
+        "fusion.min_list_size=2",
     ]:
         key, _, value = item.partition("=")
         section, name = key.split(".")
@@ -43,6 +48,25 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
     settings["teachers"]["stages"] = [{"name": "fast", **stage}, {"name": "precise", **stage}]
     path.write_text(yaml.safe_dump(settings))
     return str(path)
+
+
+def check_run(run: Path, serving: Path) -> None:
+    """Every record accounted for across the shards, a report, a blessing and the push."""
+    shards = sorted(run.glob("*/pick-shard/shard"))
+    assert len(shards) == 2
+    engagement = read_table(str(next(run.glob("extract-logs*/engagement"))))
+    labels = read_table(str(next(run.glob("merge-shards/merged")) / "labels.parquet"))
+    report = json.loads((next(run.glob("merge-shards/merged")) / "report.json").read_text())
+    assert sum(read_table(str(s)).num_rows for s in shards) == engagement.num_rows
+    assert report["rows_in"] == engagement.num_rows == labels.num_rows + report["quarantined"]
+    assert report["merged_shards"] == 2
+    assert read_table(str(next(run.glob("merge-shards/merged_table")))).num_rows == labels.num_rows
+    assert "<html" in next(run.glob("evaluate/report")).read_text().lower()
+    blessing = json.loads(next(run.glob("evaluate/blessing")).read_text())
+    assert blessing["blessed"] is True
+    experiment = json.loads(next(run.glob("push/experiment_config")).read_text())
+    assert experiment["version"] == 1 and experiment["treatment_traffic"] == 0.1
+    assert list((serving / "models").rglob("model.py"))
 
 
 def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder_path):
@@ -59,6 +83,7 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
         max_epochs=1,
         max_steps=2,
         faiss_factory="Flat",
+        faiss_search_params="",
         gate_min_delta_ci_low=-1e9,
         gate_max_grade0_increase=1.0,
         gate_max_engagement_drop=1.0,
@@ -68,18 +93,4 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
         control_model_uri=str(serving / "control" / "model"),
         control_index_uri=str(serving / "control" / "index"),
     )
-    run = next((tmp_path / "root").glob("unified-supervision-*"))
-    shards = sorted(run.glob("pick-shard*/shard"))
-    assert len(shards) == 2
-    engagement = read_table(str(next(run.glob("extract-logs*/engagement"))))
-    labels = read_table(str(next(run.glob("merge-shards/merged")) / "labels.parquet"))
-    report = json.loads((next(run.glob("merge-shards/merged")) / "report.json").read_text())
-    assert sum(read_table(str(s)).num_rows for s in shards) == engagement.num_rows
-    assert report["rows_in"] == engagement.num_rows == labels.num_rows + report["quarantined"]
-    assert report["merged_shards"] == 2
-    assert "<html" in next(run.glob("evaluate/report")).read_text().lower()
-    blessing = json.loads(next(run.glob("evaluate/blessing")).read_text())
-    assert blessing["blessed"] is True
-    experiment = json.loads(next(run.glob("push/experiment_config")).read_text())
-    assert experiment["version"] == 1 and experiment["treatment_traffic"] == 0.1
-    assert list((serving / "models").rglob("model.py"))
+    check_run(next((tmp_path / "root").glob("unified-supervision-*")), serving)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
@@ -32,10 +33,6 @@ class CrashingBackend:
 
 @pytest.fixture(scope="module")
 def pairs(tiny_sample, tmp_path_factory):
-    judgments = pq.read_table(tiny_sample["catalog"]).slice(0, 0)  # schema only
-    del judgments
-    import pyarrow.csv as pacsv
-
     table = pacsv.read_csv(tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(
         column_types={"product_id": pa.string()}))
     rows = table.select(["query", "product_id"]).slice(0, 60).rename_columns(["query", "item_id"]).to_pylist()

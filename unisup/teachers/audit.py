@@ -19,7 +19,7 @@ from unisup import storage
 from unisup.config import Config
 from unisup.data.sample import load_dataset
 from unisup.teachers.backends import Backend
-from unisup.teachers.cascade import decide
+from unisup.teachers.cascade import EscalationRule, decide
 from unisup.teachers.labeling import cascade_stages, escalation_rule
 from unisup.teachers.training import stage_item_texts
 
@@ -54,14 +54,11 @@ def rater_agreement(judgments, num_grades: int) -> dict:
     return out
 
 
-def quality_audit(cfg: Config, backend: Backend, split: str | None = None) -> dict:
-    """Audit every cascade stage and the cascade on a held-out split's judged pairs."""
+def held_out_scores(cfg: Config, backend: Backend, split: str | None = None):
+    """(judgments, stage names, per-stage probabilities) of every stage on a split's judged pairs."""
     dataset = load_dataset(cfg.data)
-    split = split or cfg.teachers.audit_split
-    judgments = dataset.judgments_for(split)
-    queries = judgments["query"].to_pylist()
-    items = judgments["product_id"].to_pylist()
-    truth = np.array(judgments["rating"].to_pylist(), dtype=np.int64)
+    judgments = dataset.judgments_for(split or cfg.teachers.audit_split)
+    queries, items = judgments["query"].to_pylist(), judgments["product_id"].to_pylist()
     stages = cascade_stages(cfg)
     names = [s.name for s in stages]
     backend.wait_ready(names)
@@ -69,11 +66,17 @@ def quality_audit(cfg: Config, backend: Backend, split: str | None = None) -> di
     for stage in stages:
         texts = stage_item_texts(dataset.catalog, stage, items)
         stage_probs.append(backend.predict(stage.name, queries, [texts[i] for i in items]))
-    rule = escalation_rule(cfg)
+    return judgments, names, stage_probs
+
+
+def audit_scores(judgments, names: list[str], stage_probs: list[np.ndarray], rule: EscalationRule,
+                 num_grades: int, split: str) -> dict:
+    """The audit figures from per-stage probabilities on judged pairs."""
+    truth = np.array(judgments["rating"].to_pylist(), dtype=np.int64)
     cascade = decide(stage_probs, rule)
-    k = cfg.data.num_grades
+    k = num_grades
     return {
-        "split": split, "pairs": len(truth), "queries": len(set(queries)),
+        "split": split, "pairs": len(truth), "queries": len(set(judgments["query"].to_pylist())),
         "human_grade_counts": np.bincount(truth, minlength=k).tolist(),
         "stages": {n: agreement(p.argmax(axis=1), truth, k) for n, p in zip(names, stage_probs)},
         "cascade": {**agreement(cascade.grades, truth, k),
@@ -83,6 +86,13 @@ def quality_audit(cfg: Config, backend: Backend, split: str | None = None) -> di
         "raters": rater_agreement(judgments, k),
         "rule": asdict(rule),
     }
+
+
+def quality_audit(cfg: Config, backend: Backend, split: str | None = None) -> dict:
+    """Audit every cascade stage and the cascade on a held-out split's judged pairs."""
+    split = split or cfg.teachers.audit_split
+    judgments, names, stage_probs = held_out_scores(cfg, backend, split)
+    return audit_scores(judgments, names, stage_probs, escalation_rule(cfg), cfg.data.num_grades, split)
 
 
 def format_audit(audit: dict) -> str:

@@ -125,7 +125,13 @@ class TritonBackend:
         return probs.astype(np.float32)
 
     def _infer(self, stage: str, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
-        from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+        from tenacity import (
+            RetryError,
+            Retrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential,
+        )
         from tritonclient.utils import InferenceServerException
 
         def retryable(err: BaseException) -> bool:

@@ -32,7 +32,14 @@ from unisup import storage
 from unisup.config import Config, TeacherStageConfig
 from unisup.data.sample import load_catalog
 from unisup.data.tables import parse_csv, read_table, write_table
-from unisup.schemas import LABELS, QUARANTINE_REASON, SOURCE_ROW, DataValidationError, RuleContext, validate
+from unisup.schemas import (
+    LABELS,
+    QUARANTINE_REASON,
+    SOURCE_ROW,
+    DataValidationError,
+    RuleContext,
+    validate,
+)
 from unisup.teachers.backends import Backend, InProcessBackend, TritonBackend
 from unisup.teachers.cascade import EscalationRule, run_cascade
 from unisup.teachers.training import stage_item_texts
