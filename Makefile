@@ -23,8 +23,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create the Python environment in .venv
 
-demo: $(STAMP) ## run the main job on the bundled sample
-	$(PY) -m unisup.demo
+demo: $(STAMP) ## run the main job on the bundled sample (the compiled pipeline through kfp.local)
+	$(PY) -m pipelines.demo
 
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -38,6 +38,10 @@ bench: $(STAMP) ## run benchmarks (all, or NAME=...); figures in bench/results/
 lint: $(STAMP) ## ruff over the code
 	$(VENV)/bin/ruff check unisup components pipelines bench tests
 
+submit: $(STAMP) ## upload a compiled pipeline and start a run on Kubeflow (KFP_HOST=..., SUBMIT_ARGS=...)
+	@test -n "$(KFP_HOST)" || { echo "usage: make submit KFP_HOST=https://... [SUBMIT_ARGS='--param shard_count=8']"; exit 2; }
+	$(PY) -m pipelines.submit --host $(KFP_HOST) $(SUBMIT_ARGS)
+
 images: ## build the container images (needs a Docker engine)
 	bash containers/build.sh
 
@@ -45,4 +49,4 @@ clean: ## remove caches, run outputs and the environment
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help venv demo test compile bench lint images clean
+.PHONY: help venv demo test compile bench lint submit images clean

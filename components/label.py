@@ -22,7 +22,8 @@ def label(
 
     ``work`` holds the shards, manifest, quarantine and report; ``backend`` / ``triton_url``
     override ``labeling.backend`` / ``labeling.triton_url`` when not empty. The in-process
-    backend loads the teachers from ``teachers``; the Triton backend uses the served ones.
+    backend loads the teachers from ``teachers``; the Triton backend uses the served ones;
+    ``triton_local`` serves ``teachers`` with a tritonserver started here for the run.
     """
     import json
     import shutil
@@ -30,14 +31,16 @@ def label(
 
     from unisup import storage
     from unisup.config import load_config
-    from unisup.teachers.labeling import LABELS_FILE, label_pairs, make_backend
+    from unisup.teachers.labeling import LABELS_FILE, label_pairs, serving_backend
 
     extra = [f"labeling.backend={backend}"] * bool(backend) + [f"labeling.triton_url={triton_url}"] * bool(triton_url)
     cfg = load_config(config, list(overrides) + extra)
-    report = label_pairs(pairs.path, work.path, cfg, make_backend(cfg, teachers.path))
+    with serving_backend(cfg, teachers.path) as served:
+        report = label_pairs(pairs.path, work.path, cfg, served)
     shutil.copyfile(storage.join(work.path, LABELS_FILE), labels.path)
     labels.metadata.update({
         "config": config, "overrides": json.dumps(list(overrides) + extra), "rows": report["labeled"],
+        "backend_used": report["backend"],
         "stages": json.dumps(report["stages"]), "fingerprint": report["settings"]["fingerprint"],
         **{k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in asdict(cfg.labeling).items()},
     })

@@ -1,6 +1,10 @@
 """The unified_supervision pipeline: logs -> engagement -> teacher labels (sharded) -> fused
 targets -> bi-encoder -> FAISS index -> evaluation -> gated A/B push.
 
+The candidate is evaluated against the control, a bi-encoder trained on the same logs and
+budget with ``baseline_preset`` (engagement_only: clicks as positives, today's practice),
+and against the configured channel baselines (BM25, off-the-shelf MiniLM).
+
 Every tunable is a pipeline parameter (the Kubeflow UI shows them); anything else comes
 from ``config``, a profile name (``local``, ``cluster``) or a YAML file readable by the
 components. Leave ``logs_uri`` empty to simulate logs from the catalog and split.
@@ -63,6 +67,7 @@ def unified_supervision(
     boundary_margin: float = 0.3,
     escalate_rule: str = "either",
     fusion_preset: str = "unified",
+    baseline_preset: str = "engagement_only",
     prior_weight: float = 0.5,
     engagement_weight: float = 1.0,
     hard_negative_weight: float = 1.0,
@@ -119,10 +124,25 @@ def unified_supervision(
     index = _k8s.on_gpu(
         build_index(model=trained.outputs["model"], config=config, overrides=overrides)
     )
+    # the control: the same data and budget trained the way production does today
+    control_overrides = overrides + [f"fusion.preset={baseline_preset}"]
+    control_fused = _k8s.on_cpu(
+        fuse(labels=labels, engagement=engagement, config=config, overrides=control_overrides),
+        _k8s.LARGE,
+    ).set_display_name("fuse-baseline")
+    control_trained = _k8s.on_gpu(
+        train(training_lists=control_fused.outputs["training_lists"], config=config, overrides=control_overrides)
+    ).set_display_name("train-baseline")
+    control_index = _k8s.on_gpu(
+        build_index(model=control_trained.outputs["model"], config=config, overrides=control_overrides)
+    ).set_display_name("build-index-baseline")
     evaluated = _k8s.on_cpu(
         evaluate(
             candidate_model=trained.outputs["model"],
             candidate_index=index.outputs["index"],
+            baseline_model=control_trained.outputs["model"],
+            baseline_index=control_index.outputs["index"],
+            baseline_name=baseline_preset,
             config=config,
             overrides=overrides,
         ),

@@ -87,32 +87,13 @@ def gcs_emulator():
     """gcp-storage-emulator in-process on a free port; yields the bucket name.
 
     Sets STORAGE_EMULATOR_HOST so that google-cloud-storage (and unisup.storage) talk to it.
-    Uploads honour ifGenerationMatch as GCS does (see tests/gcs_emulator.py).
+    Uploads honour ifGenerationMatch as GCS does (see pipelines/local_gcs.py).
     """
-    from gcp_storage_emulator.server import create_server
+    from pipelines.local_gcs import local_gcs
 
-    from tests.gcs_emulator import enforce_generation_preconditions
-    from unisup import storage
-
-    port = free_port()
     bucket = "unisup-test"
-    preconditions = enforce_generation_preconditions()
-    preconditions.__enter__()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
-    server.start()
-    previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    storage.gcs_client.cache_clear()
-    try:
+    with local_gcs(bucket):
         yield bucket
-    finally:
-        server.stop()
-        preconditions.__exit__(None, None, None)
-        storage.gcs_client.cache_clear()
-        if previous is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ class EmulatorFaults:
 
 @pytest.fixture
 def gcs(gcs_emulator, monkeypatch):
-    """The emulator (with GCS's generation preconditions, see tests/gcs_emulator.py) whose
+    """The emulator (with GCS's generation preconditions, see pipelines/local_gcs.py) whose
     handlers can fail chosen requests with 503 and count the 412s they answer."""
     from gcp_storage_emulator import server as emulator
 

@@ -288,12 +288,13 @@ def _train_teacher(args: argparse.Namespace) -> None:
 
 def _label(args: argparse.Namespace) -> None:
     from unisup import storage
-    from unisup.teachers.labeling import label_pairs, make_backend
+    from unisup.teachers.labeling import label_pairs, serving_backend
 
     cfg = _config(args)
     with storage.local_copy(args.teachers or cfg.teachers.repository_uri) as repository:
-        backend = make_backend(cfg, str(repository))
-        report = label_pairs(args.pairs, args.out, cfg, backend)
+        with serving_backend(cfg, str(repository)) as backend:
+            report = label_pairs(args.pairs, args.out, cfg, backend)
+    print(f"backend: {report['backend']}")
     print(f"{args.pairs}: rows in {report['rows_in']} = labeled {report['labeled']} + quarantined {report['quarantined']}"
           f" ({report['shards_resumed']} of {report['shards']} shards resumed) -> {args.out}")
     for name in report["stages"]:

@@ -224,7 +224,7 @@ class TeachersConfig:
 
 @dataclass
 class LabelingConfig:
-    backend: str = _f("inprocess", "inprocess (teachers loaded from the repository) | triton (gRPC)")
+    backend: str = _f("inprocess", "inprocess (teachers loaded from the repository) | triton (gRPC to triton_url) | triton_local (start a tritonserver here over the teachers repository)")
     stages: list[str] = _f([], "cascade order by stage name; empty = every teachers.stages entry in order")
     triton_url: str = _f("localhost:8001", "Triton gRPC host:port")
     batch_size: int = _f(64, "pairs per request (client-side batching)")

@@ -94,3 +94,38 @@ def test_bad_pairs_file_is_named(teacher_config, trained_teachers, tmp_path):
     pq.write_table(pa.table({"query": ["laptop"], "item": ["1"]}), path)
     with pytest.raises(DataValidationError, match=r"pairs \(.*pairs.parquet\): column 'item_id'"):
         label_pairs(str(path), str(tmp_path / "out"), teacher_config, InProcessBackend(trained_teachers["repository"]))
+
+
+@pytest.mark.triton
+def test_triton_local_backend_serves_the_teachers_it_is_given(tritonserver_available, trained_teachers, teacher_config, tmp_path):
+    from dataclasses import replace
+
+    from unisup.teachers.labeling import label_pairs, serving_backend
+
+    cfg = replace(teacher_config, labeling=replace(teacher_config.labeling, backend="triton_local"))
+    pairs = pa.table({"query": ["usb hub", "laptop"], "item_id": cfg_items(cfg, 2)})
+    with serving_backend(cfg, trained_teachers["repository"]) as backend:
+        report = label_pairs(pairs, str(tmp_path / "out"), cfg, backend)
+    assert report["backend"].startswith("triton_local (tritonserver at 127.0.0.1:")
+    assert report["labeled"] == 2
+
+
+def test_triton_local_falls_back_in_process_and_says_so(trained_teachers, teacher_config, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from unisup.teachers import triton_server
+    from unisup.teachers.labeling import label_pairs, serving_backend
+
+    monkeypatch.setattr(triton_server, "pytriton_server_dir", lambda: None)
+    cfg = replace(teacher_config, labeling=replace(teacher_config.labeling, backend="triton_local"))
+    pairs = pa.table({"query": ["usb hub"], "item_id": cfg_items(cfg, 1)})
+    with serving_backend(cfg, trained_teachers["repository"]) as backend:
+        report = label_pairs(pairs, str(tmp_path / "out"), cfg, backend)
+    assert report["backend"].startswith("inprocess (fallback: no local tritonserver: tritonserver not found")
+    assert report["labeled"] == 1
+
+
+def cfg_items(cfg, n: int) -> list[str]:
+    from unisup.data.sample import load_catalog
+
+    return load_catalog(cfg.data.catalog_uri).accepted["product_id"].to_pylist()[:n]

@@ -21,7 +21,8 @@ import io
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import numpy as np
@@ -77,7 +78,41 @@ def make_backend(cfg: Config, repository: str | None = None) -> Backend:
                              lab.backoff_s, lab.ready_timeout_s)
     if lab.backend == "inprocess":
         return InProcessBackend(repository or cfg.teachers.repository_uri, lab.batch_size)
-    raise ValueError(f"labeling.backend must be inprocess or triton, got {lab.backend!r}")
+    raise ValueError(f"labeling.backend must be inprocess, triton or triton_local, got {lab.backend!r}")
+
+
+@contextmanager
+def serving_backend(cfg: Config, repository: str | None = None) -> Iterator[Backend]:
+    """The configured backend for the duration of a labeling run.
+
+    ``triton_local`` starts a tritonserver on this machine over the teachers repository
+    and labels through it over gRPC; where no server can start (no binary, a failed
+    start), the in-process backend stands in and its ``name`` says so. Other backends
+    are :func:`make_backend`'s.
+    """
+    lab = cfg.labeling
+    if lab.backend != "triton_local":
+        yield make_backend(cfg, repository)
+        return
+    from unisup.teachers.triton_server import triton_server
+
+    repository = repository or cfg.teachers.repository_uri
+    server = triton_server(repository, ready_timeout_s=max(lab.ready_timeout_s, 180.0))
+    try:
+        running = server.__enter__()
+    except (FileNotFoundError, RuntimeError, TimeoutError) as err:
+        log.warning("no local tritonserver could start (%s); labeling in-process instead", str(err).splitlines()[0])
+        fallback = InProcessBackend(repository, lab.batch_size)
+        fallback.name = f"inprocess (fallback: no local tritonserver: {str(err).splitlines()[0]})"
+        yield fallback
+        return
+    try:
+        backend = TritonBackend(running.grpc_url, lab.batch_size, lab.concurrency, lab.timeout_s, lab.retries,
+                                lab.backoff_s, lab.ready_timeout_s)
+        backend.name = f"triton_local (tritonserver at {running.grpc_url})"
+        yield backend
+    finally:
+        server.__exit__(None, None, None)
 
 
 def read_pairs(pairs: str | pa.Table) -> tuple[pa.Table, str]:

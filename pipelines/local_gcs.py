@@ -1,4 +1,5 @@
-"""gcp-storage-emulator, plus the object-generation preconditions that GCS enforces.
+"""A local GCS for the demo and the tests: gcp-storage-emulator, in-process, plus the
+object-generation preconditions that GCS enforces.
 
 The emulator stores generations but ignores ``ifGenerationMatch`` on uploads. Real GCS
 answers 412 Precondition Failed when the object's generation is not the expected one
@@ -9,6 +10,8 @@ conditional writes can be tested against the real google-cloud-storage client.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -68,3 +71,33 @@ def enforce_generation_preconditions() -> Iterator[None]:
     finally:
         for methods, method, handler in patched:
             methods[method] = handler
+
+
+@contextmanager
+def local_gcs(bucket: str) -> Iterator[str]:
+    """Run the emulator (with preconditions) on a free port with ``bucket``; yields its URL.
+
+    STORAGE_EMULATOR_HOST points google-cloud-storage (and ``unisup.storage``, in this
+    process and in the subprocesses it starts) at it while the context is open.
+    """
+    from unisup import storage
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    with enforce_generation_preconditions():
+        emulator = server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
+        emulator.start()
+        url = f"http://127.0.0.1:{port}"
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        storage.gcs_client.cache_clear()
+        try:
+            yield url
+        finally:
+            emulator.stop()
+            storage.gcs_client.cache_clear()
+            if previous is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = previous
