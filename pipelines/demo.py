@@ -113,8 +113,10 @@ def summarize(run: Path) -> None:
 
 
 def _metadata(run: Path, task: str) -> dict:
-    for path in run.glob(f"{task}*/executor_output.json"):
-        return json.loads(path.read_text())
+    """Metadata of the task's output artifacts (the first iteration, inside a ParallelFor)."""
+    for path in sorted(run.rglob(f"{task}/executor_output.json")):
+        outputs = json.loads(path.read_text()).get("artifacts", {})
+        return {k: v for out in outputs.values() for a in out["artifacts"] for k, v in a.get("metadata", {}).items()}
     return {}
 
 
