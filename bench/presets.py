@@ -1,27 +1,50 @@
 """Every fusion preset trained with the same budget, against BM25 and off-the-shelf MiniLM.
 
-Needs the outputs of the logs and teacher stages on the sample: set ``BENCH_LABELS`` (the
-teacher cascade's labels) and ``BENCH_ENGAGEMENT`` (the extracted engagement table).
-For each preset: ``unisup.fusion.fuse`` -> ``unisup.biencoder.train.train`` (the
-``training`` config of the local profile, ``BENCH_PRESET_STEPS`` steps each), then
-retrieval of the test queries over the full catalog, scored against the human grades
-(nDCG@10, condensed nDCG@10, judged@10, grade-0 share of the judged top 10).
+Reads the outputs of the logs and teacher stages on the sample: by default those of the
+newest ``make demo`` run (``runs/demo``); ``BENCH_LABELS`` (the teacher cascade's labels),
+``BENCH_ENGAGEMENT`` (the extracted engagement table) and ``BENCH_TEACHERS`` (the teachers'
+Triton repository) override them. For each preset: ``unisup.fusion.fuse`` ->
+``unisup.biencoder.train.train`` (the ``training`` config of the local profile,
+``BENCH_PRESET_STEPS`` steps each), then retrieval of the test queries over the full
+catalog, scored against the human grades (nDCG@10, condensed nDCG@10, judged@10, grade-0
+share of the judged top 10). The upper bound: the teacher cascade reranking the unified
+model's top 100 (by expected grade).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
 PRESET_NAMES = ("unified", "engagement_only", "relevance_only", "unified_no_prior", "unified_no_engagement")
 METRICS = ("ndcg@10", "condensed_ndcg@10", "judged@10", "grade0_share@10")
-STEPS = int(os.environ.get("BENCH_PRESET_STEPS", "150"))
+STEPS = int(os.environ.get("BENCH_PRESET_STEPS", "60"))
+DEMO_ROOT = Path(__file__).resolve().parents[1] / "runs" / "demo"
 
 
-def evaluate_biencoder(model_dir: str, dataset, cfg, split: str = "test") -> dict[str, float]:
-    """Mean metrics of a bi-encoder folder: the split's queries over the full catalog."""
+def demo_outputs() -> dict[str, str]:
+    """Labels, engagement and teachers of the newest demo run, unless given by environment."""
+    runs = sorted(DEMO_ROOT.glob("unified-supervision-*"), key=lambda p: p.stat().st_mtime)
+    found = {}
+    if runs:
+        run = runs[-1]
+        found = {"labels": next(run.glob("merge-shards/merged_table"), None),
+                 "engagement": next(run.glob("extract-logs/engagement"), None),
+                 "teachers": next(run.glob("train-teacher/teachers"), None)}
+    out = {}
+    for key in ("labels", "engagement", "teachers"):
+        value = os.environ.get(f"BENCH_{key.upper()}") or (str(found[key]) if found.get(key) else "")
+        if not value:
+            raise SystemExit(f"no {key}: run `make demo` first, or set BENCH_{key.upper()}")
+        out[key] = value
+    return out
+
+
+def evaluate_biencoder(model_dir: str, dataset, cfg, split: str = "test") -> tuple[dict[str, float], dict[str, list[str]]]:
+    """Mean metrics of a bi-encoder folder (the split's queries over the full catalog), and its top-100 rankings."""
     from unisup.biencoder.tower import load_biencoder
     from unisup.channels import top_k_inner_product
     from unisup.data.catalog import item_texts
@@ -36,7 +59,22 @@ def evaluate_biencoder(model_dir: str, dataset, cfg, split: str = "test") -> dic
     query_tower.max_length = cfg.training.query_max_length
     idx, _ = top_k_inner_product(query_tower.encode(queries), items, 100)
     rankings = {q: [ids[j] for j in row] for q, row in zip(queries, idx)}
-    return mean_metrics(per_query_metrics(rankings, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold))
+    return mean_metrics(per_query_metrics(rankings, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold)), rankings
+
+
+def teacher_rerank(rankings: dict[str, list[str]], teachers: str, cfg, work: str) -> dict[str, list[str]]:
+    """Each query's candidates reordered by the cascade's expected grade (stable for ties)."""
+    import pyarrow as pa
+
+    from unisup.teachers.labeling import label_pairs, make_backend, read_labels
+
+    pairs = pa.table({"query": [q for q, items in rankings.items() for _ in items],
+                      "item_id": [i for items in rankings.values() for i in items]})
+    label_pairs(pairs, work, cfg, make_backend(cfg, teachers))
+    labels = read_labels(work)
+    expected = {(q, i): float(np.dot(p, np.arange(len(p))))
+                for q, i, p in zip(labels["query"].to_pylist(), labels["item_id"].to_pylist(), labels["probs"].to_pylist())}
+    return {q: sorted(items, key=lambda i: -expected[(q, i)]) for q, items in rankings.items()}
 
 
 def run() -> dict:
@@ -47,17 +85,24 @@ def run() -> dict:
     from unisup.data.sample import load_dataset
     from unisup.fusion import fuse
 
-    labels, engagement = os.environ.get("BENCH_LABELS"), os.environ.get("BENCH_ENGAGEMENT")
-    if not labels or not engagement:
-        raise SystemExit("set BENCH_LABELS and BENCH_ENGAGEMENT to the teacher labels and the engagement table of the sample")
+    from unisup.metrics import mean_metrics, per_query_metrics
+
+    inputs = demo_outputs()
+    labels, engagement = inputs["labels"], inputs["engagement"]
     figures: dict = {"machine": machine(), "steps_per_preset": STEPS, "split": "test", "retrieval": "full catalog"}
     with tempfile.TemporaryDirectory(prefix="bench-presets-") as tmp:
         for preset in PRESET_NAMES:
             cfg = load_config("local", [f"fusion.preset={preset}", f"training.max_steps={STEPS}"])
             fuse(labels, engagement, f"{tmp}/{preset}.parquet", None, cfg)
             result = train(f"{tmp}/{preset}.parquet", f"{tmp}/{preset}", cfg, work_dir=f"{tmp}/{preset}.work")
-            metrics = evaluate_biencoder(f"{tmp}/{preset}", load_dataset(cfg.data), cfg)
+            dataset = load_dataset(cfg.data)
+            metrics, rankings = evaluate_biencoder(f"{tmp}/{preset}", dataset, cfg)
             figures[preset] = {m: round(metrics[m], 4) for m in METRICS} | {"train_seconds": round(result.train_seconds, 1)}
+            if preset == "unified":
+                reranked = teacher_rerank(rankings, inputs["teachers"], cfg, f"{tmp}/rerank")
+                qrels = dataset.qrels("test")
+                rerank = mean_metrics(per_query_metrics(reranked, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold))
+                figures["teacher_rerank_of_unified_top100"] = {m: round(rerank[m], 4) for m in METRICS}
     cfg = load_config("local")
     dataset = load_dataset(cfg.data)
     baselines = build_channels(dataset, cfg.channels)
@@ -68,6 +113,6 @@ def run() -> dict:
 
 
 if __name__ == "__main__":
-    import json
+    from bench.harness import run as run_named
 
-    print(json.dumps(run(), indent=1))
+    run_named("presets")

@@ -144,7 +144,8 @@ def unified_supervision(
             baseline_index=control_index.outputs["index"],
             baseline_name=baseline_preset,
             config=config,
-            overrides=overrides,
+            # the gates compare with the A/B control, the baseline_preset model of this run
+            overrides=overrides + [f"evaluation.gate_baselines=[{baseline_preset}]"],
         ),
         _k8s.LARGE,
     )

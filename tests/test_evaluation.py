@@ -206,7 +206,8 @@ def test_cli_build_index_then_evaluate_on_the_tiny_sample_with_bm25(tiny_encoder
     model = str(save_biencoder(tower, tower, tmp_path / "model"))
     index = str(tmp_path / "index")
     common = [f"-o={o}" for o in tiny_overrides + [f"index.work_dir={tmp_path / 'shards'}", "index.factory=Flat",
-                                                   "index.search_params=''", "evaluation.n_bootstrap=200"]]
+                                                   "index.search_params=''", "evaluation.n_bootstrap=200",
+                                                   "evaluation.baseline_channels=[bm25]"]]
     assert main(["build-index", "--model", model, "--out", index, *common]) == 0
     assert "Flat (inner_product, dim 32)" in capsys.readouterr().out
     out = tmp_path / "eval"

@@ -39,7 +39,7 @@ def test_evaluate_function_refuses_a_random_model_against_bm25(model_and_index, 
         candidate_model=dsl.Model(uri=model), candidate_index=dsl.Artifact(uri=index),
         baseline_model=dsl.Model(uri=model), baseline_index=dsl.Artifact(uri=index),
         engagement=dsl.Dataset(uri=str(tiny_fusion_inputs["engagement"])), baseline_name="same",
-        config="local", overrides=tiny_overrides + ["evaluation.n_bootstrap=200"], **out,
+        config="local", overrides=tiny_overrides + ["evaluation.n_bootstrap=200", "evaluation.baseline_channels=[bm25]"], **out,
     )
     assert blessed is False
     table = validate(read_table(out["results"].path), "eval_results").accepted
