@@ -185,7 +185,7 @@ def test_fuse_stage_files_quarantine_and_report(inputs, tiny_sample, tmp_path):
     write_table(pa.concat_tables([labels, bad]), str(tmp_path / "labels.parquet"))
     write_table(engagement, str(tmp_path / "engagement.parquet"))
     overrides = [f"data.catalog_uri={tiny_sample['catalog']}", f"data.judgments_uri={tiny_sample['judgments']}",
-                 f"data.split_uri={tiny_sample['split']}", "fusion.num_random=3"]
+                 f"data.split_uri={tiny_sample['split']}", "fusion.num_random=3", "fusion.split=train"]
     report = fuse(str(tmp_path / "labels.parquet"), str(tmp_path / "engagement.parquet"), str(tmp_path / "lists.parquet"),
                   str(tmp_path / "report.json"), load_config("local", overrides))
     assert report["inputs"]["labels"] == {"rows_in": 9, "accepted": 8, "quarantined": 1,
@@ -195,3 +195,20 @@ def test_fuse_stage_files_quarantine_and_report(inputs, tiny_sample, tmp_path):
     assert set(lists["query"].to_pylist()) == {train[0]}
     assert json.loads((tmp_path / "report.json").read_text())["rows"] == lists.num_rows
     assert report["queries_requested"] == len(train) and report["queries_without_candidates"] == len(train) - 2
+
+
+def test_logged_split_trains_on_logged_queries_but_never_on_held_out_ones(tiny_sample):
+    import pyarrow as pa
+
+    from unisup.config import load_config
+    from unisup.data.sample import read_split
+    from unisup.fusion import training_queries
+
+    cfg = load_config("local", [f"data.split_uri={tiny_sample['split']}"])
+    split = read_split(str(tiny_sample["split"]))
+    logged = [split["train"][0], split["test"][0], split["validation"][0], "derived query"]
+    engagement = pa.table({"query": logged})
+    assert cfg.fusion.split == "logged"
+    assert training_queries(cfg, engagement) == sorted([split["train"][0], "derived query"])
+    train_only = load_config("local", [f"data.split_uri={tiny_sample['split']}", "fusion.split=train"])
+    assert training_queries(train_only, engagement) == split["train"]

@@ -62,7 +62,8 @@ class FusionConfig:
         "named preset: unified | relevance_only | engagement_only | unified_no_prior | unified_no_engagement "
         "(presets override the weights below; see unisup.fusion.PRESETS)",
     )
-    split: str = _f("train", "queries that get a training list: train | validation | test | all")
+    split: str = _f("logged", "queries that get a training list: logged (every logged query but the split's "
+                    "validation and test queries) | train | validation | test | all")
     grade_gains: list[float] = _f([0.0, 1.0, 2.0, 3.0], "g(grade): target gain of each grade 0 .. K-1")
     expected_gain: bool = _f(True, "g = expected gain under the teacher's per-grade probs instead of gain[grade]")
     unlabeled_grade: int = _f(0, "grade assumed for items without a teacher label (random negatives)")

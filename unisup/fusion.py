@@ -339,11 +339,26 @@ def _report(table: pa.Table, pool: pd.DataFrame, skipped: dict[str, int], cfg: F
 # ---------------------------------------------------------------- the stage
 
 
+def training_queries(config: Config, engagement: pa.Table) -> list[str] | None:
+    """The queries that get a training list under ``fusion.split``: ``logged`` = every logged
+    query except the held-out (validation and test) queries of the split, so that evaluation
+    queries never train; ``all`` = no filter; else the queries of that split."""
+    from unisup.data.sample import read_split
+
+    if config.fusion.split == "all":
+        return None
+    split = read_split(config.data.split_uri)
+    if config.fusion.split == "logged":
+        held_out = set(split["validation"]) | set(split["test"])
+        return sorted(set(engagement["query"].to_pylist()) - held_out)
+    return split[config.fusion.split]
+
+
 def fuse(labels_uri: str, engagement_uri: str, out_uri: str, report_uri: str | None, config: Config) -> dict:
     """The ``fuse`` stage: read and validate labels and engagement (bad rows quarantined and
     counted), build the training lists of the configured split, write them as Parquet and the
     report as JSON; returns the report."""
-    from unisup.data.sample import load_catalog, read_split
+    from unisup.data.sample import load_catalog
     from unisup.data.tables import write_table
 
     catalog = load_catalog(config.data.catalog_uri).accepted
@@ -356,9 +371,7 @@ def fuse(labels_uri: str, engagement_uri: str, out_uri: str, report_uri: str | N
     if preset.uses_labels:
         labels = validate(_read(labels_uri, "labels"), LABELS, labels_uri, context, strict=False)
         inputs["labels"] = _accounting(labels)
-    queries = None
-    if config.fusion.split != "all":
-        queries = read_split(config.data.split_uri)[config.fusion.split]
+    queries = training_queries(config, engagement.accepted)
     result = build_training_lists(
         labels.accepted if labels else None, engagement.accepted, catalog["product_id"].to_pylist(), config.fusion,
         config.data.relevance_threshold, config.data.num_grades, queries,
