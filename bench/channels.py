@@ -14,7 +14,9 @@ def run() -> dict:
     dataset = load_dataset(cfg.data)
     qrels = dataset.qrels("test")
     channels = build_channels(dataset, cfg.channels, progress=False)
-    results = evaluate_channels(channels, qrels, k=10, depth=cfg.channels.top_k, relevance_threshold=cfg.data.relevance_threshold)
+    results = evaluate_channels(
+        channels, qrels, k=10, depth=cfg.channels.top_k, relevance_threshold=cfg.data.relevance_threshold
+    )
     figures = {"test_queries": len(qrels), "products": dataset.catalog.num_rows}
     for r in results:
         figures[r.name] = {

@@ -22,7 +22,8 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()} {os.cpu_count()} cores, {_memory_gib():.0f} GiB, {gpu}, Python {platform.python_version()}"
+    memory = f"{_memory_gib():.0f} GiB"
+    return f"{platform.machine()} {os.cpu_count()} cores, {memory}, {gpu}, Python {platform.python_version()}"
 
 
 def _memory_gib() -> float:

@@ -84,7 +84,9 @@ def _curves(vectors: np.ndarray, queries: np.ndarray, ivf_lists: int) -> dict:
         (f"ivf{ivf_lists}_pq48", f"IVF{ivf_lists},PQ48np", "nprobe", IVF_NPROBE),
     ):
         start = time.perf_counter()
-        index, _ = build_faiss_index(vectors, factory, "inner_product", train_size=min(len(vectors), 64 * ivf_lists), use_gpu=False)
+        index, _ = build_faiss_index(
+            vectors, factory, "inner_product", train_size=min(len(vectors), 64 * ivf_lists), use_gpu=False
+        )
         out[f"{name}_build_s"] = round(time.perf_counter() - start, 3)
         for value in values:
             faiss.ParameterSpace().set_index_parameters(index, f"{knob}={value}")

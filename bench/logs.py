@@ -31,9 +31,10 @@ from unisup.logs import extract_logs
 cfg = load_config("local", sys.argv[3:])
 start = time.perf_counter()
 report = extract_logs(sys.argv[1], sys.argv[2], cfg.extraction, cfg.data.catalog_uri)
+peak_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({"seconds": time.perf_counter() - start, "rows_in": report["rows_in"],
                   "rows_quarantined": report["rows_quarantined"], "pairs": report["pairs"],
-                  "peak_rss_mib": next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024,
+                  "peak_rss_mib": peak_kib / 1024,
                   "memory_limit": cfg.extraction.duckdb_memory_limit}))
 """
 
@@ -45,7 +46,9 @@ def simulate_base(out: Path, requests: int) -> dict:
 
     cfg = load_config("local", [f"simulator.num_requests={requests}", "simulator.num_days=2"])
     start = time.perf_counter()
-    summary = simulate_logs(load_dataset(cfg.data), cfg.simulator, cfg.channels, cfg.data.num_grades, out_uri=str(out), progress=True)
+    summary = simulate_logs(
+        load_dataset(cfg.data), cfg.simulator, cfg.channels, cfg.data.num_grades, out_uri=str(out), progress=True
+    )
     return {
         "requests": summary["requests"],
         "rows": summary["rows"],
@@ -79,7 +82,10 @@ def replicate(base: Path, out: Path, rows: int) -> None:
 
 def extract(logs: Path, out: Path, overrides: tuple[str, ...] = ()) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", _EXTRACT, str(logs), str(out / "engagement.parquet"), *overrides], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-c", _EXTRACT, str(logs), str(out / "engagement.parquet"), *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     if result.returncode:
         raise RuntimeError(f"extraction of {logs} failed:\n{result.stderr[-3000:]}")
@@ -104,7 +110,10 @@ def run() -> dict:
             start = time.perf_counter()
             replicate(root / "base", root / f"logs-{size}", size)
             generated = round(time.perf_counter() - start, 2)
-            figures[f"extraction_{size}"] = {"generate_s": generated, **extract(root / f"logs-{size}", root / f"out-{size}")}
+            figures[f"extraction_{size}"] = {
+                "generate_s": generated,
+                **extract(root / f"logs-{size}", root / f"out-{size}"),
+            }
             figures[f"extraction_{size}_limit_{SMALL_LIMIT}"] = extract(
                 root / f"logs-{size}", root / f"out-{size}-small", (f"extraction.duckdb_memory_limit={SMALL_LIMIT}",)
             )

@@ -31,9 +31,11 @@ def demo_outputs() -> dict[str, str]:
     found = {}
     if runs:
         run = runs[-1]
-        found = {"labels": next(run.glob("merge-shards/merged_table"), None),
-                 "engagement": next(run.glob("extract-logs/engagement"), None),
-                 "teachers": next(run.glob("train-teacher/teachers"), None)}
+        found = {
+            "labels": next(run.glob("merge-shards/merged_table"), None),
+            "engagement": next(run.glob("extract-logs/engagement"), None),
+            "teachers": next(run.glob("train-teacher/teachers"), None),
+        }
     out = {}
     for key in ("labels", "engagement", "teachers"):
         value = os.environ.get(f"BENCH_{key.upper()}") or (str(found[key]) if found.get(key) else "")
@@ -43,7 +45,9 @@ def demo_outputs() -> dict[str, str]:
     return out
 
 
-def evaluate_biencoder(model_dir: str, dataset, cfg, split: str = "test") -> tuple[dict[str, float], dict[str, list[str]]]:
+def evaluate_biencoder(
+    model_dir: str, dataset, cfg, split: str = "test"
+) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Mean metrics of a bi-encoder folder (the split's queries over the full catalog), and its top-100 rankings."""
     from unisup.biencoder.tower import load_biencoder
     from unisup.channels import top_k_inner_product
@@ -53,13 +57,17 @@ def evaluate_biencoder(model_dir: str, dataset, cfg, split: str = "test") -> tup
     query_tower, item_tower = load_biencoder(model_dir)
     ids = dataset.catalog["product_id"].to_pylist()
     item_tower.max_length = cfg.training.item_max_length
-    items = item_tower.encode(item_texts(dataset.catalog, tuple(cfg.training.item_fields)), batch_size=128, progress=True)
+    items = item_tower.encode(
+        item_texts(dataset.catalog, tuple(cfg.training.item_fields)), batch_size=128, progress=True
+    )
     qrels = dataset.qrels(split)
     queries = sorted(qrels)
     query_tower.max_length = cfg.training.query_max_length
     idx, _ = top_k_inner_product(query_tower.encode(queries), items, 100)
     rankings = {q: [ids[j] for j in row] for q, row in zip(queries, idx)}
-    return mean_metrics(per_query_metrics(rankings, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold)), rankings
+    return mean_metrics(
+        per_query_metrics(rankings, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold)
+    ), rankings
 
 
 def teacher_rerank(rankings: dict[str, list[str]], teachers: str, cfg, work: str) -> dict[str, list[str]]:
@@ -68,12 +76,18 @@ def teacher_rerank(rankings: dict[str, list[str]], teachers: str, cfg, work: str
 
     from unisup.teachers.labeling import label_pairs, make_backend, read_labels
 
-    pairs = pa.table({"query": [q for q, items in rankings.items() for _ in items],
-                      "item_id": [i for items in rankings.values() for i in items]})
+    pairs = pa.table(
+        {
+            "query": [q for q, items in rankings.items() for _ in items],
+            "item_id": [i for items in rankings.values() for i in items],
+        }
+    )
     label_pairs(pairs, work, cfg, make_backend(cfg, teachers))
     labels = read_labels(work)
-    expected = {(q, i): float(np.dot(p, np.arange(len(p))))
-                for q, i, p in zip(labels["query"].to_pylist(), labels["item_id"].to_pylist(), labels["probs"].to_pylist())}
+    expected = {
+        (q, i): float(np.dot(p, np.arange(len(p))))
+        for q, i, p in zip(labels["query"].to_pylist(), labels["item_id"].to_pylist(), labels["probs"].to_pylist())
+    }
     return {q: sorted(items, key=lambda i: -expected[(q, i)]) for q, items in rankings.items()}
 
 
@@ -84,7 +98,6 @@ def run() -> dict:
     from unisup.config import load_config
     from unisup.data.sample import load_dataset
     from unisup.fusion import fuse
-
     from unisup.metrics import mean_metrics, per_query_metrics
 
     inputs = demo_outputs()
@@ -97,17 +110,26 @@ def run() -> dict:
             result = train(f"{tmp}/{preset}.parquet", f"{tmp}/{preset}", cfg, work_dir=f"{tmp}/{preset}.work")
             dataset = load_dataset(cfg.data)
             metrics, rankings = evaluate_biencoder(f"{tmp}/{preset}", dataset, cfg)
-            figures[preset] = {m: round(metrics[m], 4) for m in METRICS} | {"train_seconds": round(result.train_seconds, 1)}
+            figures[preset] = {m: round(metrics[m], 4) for m in METRICS} | {
+                "train_seconds": round(result.train_seconds, 1)
+            }
             if preset == "unified":
                 reranked = teacher_rerank(rankings, inputs["teachers"], cfg, f"{tmp}/rerank")
                 qrels = dataset.qrels("test")
-                rerank = mean_metrics(per_query_metrics(reranked, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold))
+                rerank = mean_metrics(
+                    per_query_metrics(reranked, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold)
+                )
                 figures["teacher_rerank_of_unified_top100"] = {m: round(rerank[m], 4) for m in METRICS}
     cfg = load_config("local")
     dataset = load_dataset(cfg.data)
     baselines = build_channels(dataset, cfg.channels)
-    for result in evaluate_channels({k: baselines[k] for k in ("bm25", "minilm")}, dataset.qrels("test"), k=10,
-                                    depth=100, relevance_threshold=cfg.data.relevance_threshold):
+    for result in evaluate_channels(
+        {k: baselines[k] for k in ("bm25", "minilm")},
+        dataset.qrels("test"),
+        k=10,
+        depth=100,
+        relevance_threshold=cfg.data.relevance_threshold,
+    ):
         figures[result.name] = {m: round(float(np.nan_to_num(result.metrics[m])), 4) for m in METRICS}
     return figures
 

@@ -44,9 +44,15 @@ def _sweep(stage_probs: list[np.ndarray], relevance_threshold: int) -> list[dict
     settings += [("either", t, m) for t, m in ((0.6, 0.2), (0.7, 0.3), (0.8, 0.3))]
     for rule, threshold, margin in settings:
         result = decide(stage_probs, EscalationRule(rule, threshold, margin, relevance_threshold))
-        rows.append({"rule": rule, "max_prob_threshold": threshold, "boundary_margin": margin,
-                     "reach_precise": round(result.pairs_per_stage[-1] / len(reference), 4),
-                     "agreement_with_precise": round(float(np.mean(result.grades == reference)), 4)})
+        rows.append(
+            {
+                "rule": rule,
+                "max_prob_threshold": threshold,
+                "boundary_margin": margin,
+                "reach_precise": round(result.pairs_per_stage[-1] / len(reference), 4),
+                "agreement_with_precise": round(float(np.mean(result.grades == reference)), 4),
+            }
+        )
     return rows
 
 
@@ -57,9 +63,19 @@ def run() -> dict:
         train_teachers(cfg.teachers, cfg.data, repository)
     local = InProcessBackend(repository, batch_size=64)
     judgments, names, stage_probs = held_out_scores(cfg, local, "test")
-    audit = audit_scores(judgments, names, stage_probs, EscalationRule(
-        cfg.labeling.escalate_rule, cfg.labeling.max_prob_threshold, cfg.labeling.boundary_margin,
-        cfg.data.relevance_threshold), cfg.data.num_grades, "test")
+    audit = audit_scores(
+        judgments,
+        names,
+        stage_probs,
+        EscalationRule(
+            cfg.labeling.escalate_rule,
+            cfg.labeling.max_prob_threshold,
+            cfg.labeling.boundary_margin,
+            cfg.data.relevance_threshold,
+        ),
+        cfg.data.num_grades,
+        "test",
+    )
     RESULTS.mkdir(exist_ok=True)
     write_audit(audit, str(RESULTS / "teachers_audit.json"))
     print(format_audit(audit))
@@ -86,8 +102,11 @@ def run() -> dict:
         "pairs_per_s": throughput,
         "cascade_sweep_test_pairs": len(queries),
         "cascade_sweep": _sweep(stage_probs, cfg.data.relevance_threshold),
-        "audit": {**{f"stage_{n}": stats(a) for n, a in audit["stages"].items()}, "cascade": stats(audit["cascade"]),
-                  "raters_mean": stats(audit["raters"]["mean"])},
+        "audit": {
+            **{f"stage_{n}": stats(a) for n, a in audit["stages"].items()},
+            "cascade": stats(audit["cascade"]),
+            "raters_mean": stats(audit["raters"]["mean"]),
+        },
     }
 
 

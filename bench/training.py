@@ -38,9 +38,20 @@ def sample_lists(dataset, seed: int = 0) -> pa.Table:
                 rows.append((query, str(item), 0.0, None, "random"))
     query, item, target, grade, source = zip(*rows)
     n = len(rows)
-    return pa.table({"query": query, "item_id": item, "target": pa.array(target, pa.float32()), "grade": pa.array(grade, pa.int8()),
-                     "prior": pa.array(np.zeros(n), pa.float32()), "engagement": pa.array(np.zeros(n), pa.float32()),
-                     "clicked": [False] * n, "converted": [False] * n, "source": source}, schema=TRAINING_LISTS.arrow_schema())
+    return pa.table(
+        {
+            "query": query,
+            "item_id": item,
+            "target": pa.array(target, pa.float32()),
+            "grade": pa.array(grade, pa.int8()),
+            "prior": pa.array(np.zeros(n), pa.float32()),
+            "engagement": pa.array(np.zeros(n), pa.float32()),
+            "clicked": [False] * n,
+            "converted": [False] * n,
+            "source": source,
+        },
+        schema=TRAINING_LISTS.arrow_schema(),
+    )
 
 
 def run() -> dict:
@@ -58,8 +69,15 @@ def run() -> dict:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         started = time.perf_counter()
-        result = train_biencoder(lists, dataset.catalog, dataset.qrels("validation"), training, f"{tmp}/model",
-                                 relevance_threshold=cfg.data.relevance_threshold, progress=False)
+        result = train_biencoder(
+            lists,
+            dataset.catalog,
+            dataset.qrels("validation"),
+            training,
+            f"{tmp}/model",
+            relevance_threshold=cfg.data.relevance_threshold,
+            progress=False,
+        )
         wall = time.perf_counter() - started
     seconds_per_step = result.train_seconds / result.steps
     return {

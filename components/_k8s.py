@@ -43,18 +43,14 @@ def on_cpu(task: dsl.PipelineTask, resources: Resources = SMALL) -> dsl.Pipeline
     return task
 
 
-def on_gpu(
-    task: dsl.PipelineTask, resources: Resources = GPU, accelerator: str = "nvidia-l4"
-) -> dsl.PipelineTask:
+def on_gpu(task: dsl.PipelineTask, resources: Resources = GPU, accelerator: str = "nvidia-l4") -> dsl.PipelineTask:
     """Request GPUs and pin the task to GPU nodes of the given accelerator type."""
     on_cpu(task, resources)
     task.set_accelerator_type(GPU_RESOURCE)
     task.set_accelerator_limit(resources.gpus or 1)
     kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL, label_value=accelerator)
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-    kubernetes.empty_dir_mount(
-        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="8Gi"
-    )
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="8Gi")
     return task
 
 

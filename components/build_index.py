@@ -23,7 +23,8 @@ def build_index(
     built = build_catalog_index(model.path, index.path, load_config(config, overrides))
     meta = built.metadata
     scalars = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}
-    index.metadata.update({**scalars, "index_config": json.dumps(meta["config"]), "config": config,
-                           "overrides": json.dumps(overrides)})
+    index.metadata.update(
+        {**scalars, "index_config": json.dumps(meta["config"]), "config": config, "overrides": json.dumps(overrides)}
+    )
     for name in ("recall@10", "recall@100", "build_seconds", "embed_seconds", "num_items"):
         metrics.log_metric(name.replace("@", "_at_"), meta[name])

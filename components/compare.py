@@ -1,6 +1,5 @@
 """KFP component that puts several evaluations side by side (unisup.ablation)."""
 
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 

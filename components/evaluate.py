@@ -38,16 +38,29 @@ def evaluate(
     if baseline_model is not None and baseline_index is not None:
         model_baselines.append((baseline_name, baseline_model.path, baseline_index.path))
     result = run_evaluation(
-        cfg, candidate_model.path, candidate_index.path, None, model_baselines,
-        judgments_uri or None, split or None, engagement.path if engagement is not None else None,
+        cfg,
+        candidate_model.path,
+        candidate_index.path,
+        None,
+        model_baselines,
+        judgments_uri or None,
+        split or None,
+        engagement.path if engagement is not None else None,
     )
-    write_outputs(result, {"results": results.path, "json": results_json.path, "report": report.path,
-                           "blessing": blessing.path})
+    write_outputs(
+        result, {"results": results.path, "json": results_json.path, "report": report.path, "blessing": blessing.path}
+    )
     for name, value in kfp_metrics(result).items():
         metrics.log_metric(name.replace("@", "_at_"), value)
-    parameters = {"config": config, "overrides": json.dumps(overrides), "evaluation": json.dumps(to_dict(cfg.evaluation)),
-                  "split": result.settings["split"], "judgments_uri": result.settings["judgments_uri"],
-                  "systems": json.dumps(result.systems), "blessed": result.blessing["blessed"]}
+    parameters = {
+        "config": config,
+        "overrides": json.dumps(overrides),
+        "evaluation": json.dumps(to_dict(cfg.evaluation)),
+        "split": result.settings["split"],
+        "judgments_uri": result.settings["judgments_uri"],
+        "systems": json.dumps(result.systems),
+        "blessed": result.blessing["blessed"],
+    }
     for artifact in (results, results_json, report, blessing):
         artifact.metadata.update(parameters)
     blessing.metadata["reasons"] = json.dumps(result.blessing["reasons"])

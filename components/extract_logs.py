@@ -37,13 +37,35 @@ def extract_logs(
         start_date=start_date or None,
         end_date=end_date or None,
     )
-    parameters = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in result["config"].items()}
+    parameters = {
+        k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in result["config"].items()
+    }
     engagement.metadata.update(
-        {**parameters, "config": config, "overrides": json.dumps(overrides), "logs_uri": result["logs_uri"],
-         "window": json.dumps(result["window"]), "channels": json.dumps(result["channels"]),
-         "propensities": json.dumps(result["propensities"]), "pairs": result["pairs"]}
+        {
+            **parameters,
+            "config": config,
+            "overrides": json.dumps(overrides),
+            "logs_uri": result["logs_uri"],
+            "window": json.dumps(result["window"]),
+            "channels": json.dumps(result["channels"]),
+            "propensities": json.dumps(result["propensities"]),
+            "pairs": result["pairs"],
+        }
     )
-    quarantine.metadata.update({"rows": result["rows_quarantined"], "by_reason": json.dumps(result["quarantined_by_reason"])})
-    for name in ("rows_in", "rows_accepted", "rows_quarantined", "rows_bot_filtered", "bot_users", "rows_used", "pairs",
-                 "impressions", "clicks", "conversions", "rows_per_second"):
+    quarantine.metadata.update(
+        {"rows": result["rows_quarantined"], "by_reason": json.dumps(result["quarantined_by_reason"])}
+    )
+    for name in (
+        "rows_in",
+        "rows_accepted",
+        "rows_quarantined",
+        "rows_bot_filtered",
+        "bot_users",
+        "rows_used",
+        "pairs",
+        "impressions",
+        "clicks",
+        "conversions",
+        "rows_per_second",
+    ):
         metrics.log_metric(name, result[name])

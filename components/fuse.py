@@ -23,9 +23,18 @@ def fuse(
     from unisup.fusion import fuse as run_fuse
 
     result = run_fuse(labels.path, engagement.path, training_lists.path, report.path, load_config(config, overrides))
-    parameters = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in result["parameters"].items()}
-    training_lists.metadata.update({**parameters, "config": config, "overrides": json.dumps(overrides),
-                                    "lists": result["lists"], "rows": result["rows"]})
+    parameters = {
+        k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in result["parameters"].items()
+    }
+    training_lists.metadata.update(
+        {
+            **parameters,
+            "config": config,
+            "overrides": json.dumps(overrides),
+            "lists": result["lists"],
+            "rows": result["rows"],
+        }
+    )
     for name in ("lists", "rows", "relevant_items", "clicked_items"):
         metrics.log_metric(name, result[name])
     for source, count in result["items_per_source"].items():

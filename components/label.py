@@ -38,12 +38,20 @@ def label(
     with serving_backend(cfg, teachers.path) as served:
         report = label_pairs(pairs.path, work.path, cfg, served)
     shutil.copyfile(storage.join(work.path, LABELS_FILE), labels.path)
-    labels.metadata.update({
-        "config": config, "overrides": json.dumps(list(overrides) + extra), "rows": report["labeled"],
-        "backend_used": report["backend"],
-        "stages": json.dumps(report["stages"]), "fingerprint": report["settings"]["fingerprint"],
-        **{k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in asdict(cfg.labeling).items()},
-    })
+    labels.metadata.update(
+        {
+            "config": config,
+            "overrides": json.dumps(list(overrides) + extra),
+            "rows": report["labeled"],
+            "backend_used": report["backend"],
+            "stages": json.dumps(report["stages"]),
+            "fingerprint": report["settings"]["fingerprint"],
+            **{
+                k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
+                for k, v in asdict(cfg.labeling).items()
+            },
+        }
+    )
     for key in ("rows_in", "labeled", "quarantined", "shards", "shards_resumed", "seconds"):
         metrics.log_metric(key, report[key])
     for name in report["stages"]:

@@ -33,9 +33,17 @@ def push(
     result = run_push(blessing.path, model.path, index.path, cfg)
     with open(experiment_config.path, "w") as handle:
         json.dump(result.config, handle, indent=1)
-    experiment_config.metadata.update({
-        "experiment_id": result.experiment_id, "version": result.version, "config_uri": result.config_uri,
-        "model_version": result.model_version, "served_model_uri": result.model_uri, "served_index_uri": result.index_uri,
-        "treatment_traffic": result.config["treatment_traffic"], "promotion": json.dumps(to_dict(cfg.promotion)),
-        "config": config, "overrides": json.dumps(overrides),
-    })
+    experiment_config.metadata.update(
+        {
+            "experiment_id": result.experiment_id,
+            "version": result.version,
+            "config_uri": result.config_uri,
+            "model_version": result.model_version,
+            "served_model_uri": result.model_uri,
+            "served_index_uri": result.index_uri,
+            "treatment_traffic": result.config["treatment_traffic"],
+            "promotion": json.dumps(to_dict(cfg.promotion)),
+            "config": config,
+            "overrides": json.dumps(overrides),
+        }
+    )

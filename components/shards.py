@@ -11,9 +11,7 @@ from components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
-def split_shards(
-    table: Input[Dataset], key_column: str, num_shards: int, shards: Output[Dataset]
-) -> list[int]:
+def split_shards(table: Input[Dataset], key_column: str, num_shards: int, shards: Output[Dataset]) -> list[int]:
     """Split ``table`` (a Parquet file or folder) into ``num_shards`` by the hash of
     ``key_column``; returns the shard indices to loop over."""
     from unisup.sharding import split_table
@@ -54,10 +52,6 @@ def merge_shards(
     from unisup.sharding import merge_outputs
 
     report = merge_outputs([part.path for part in parts], merged.path, tables)
-    storage.write_bytes(
-        merged_table.path, storage.read_bytes(storage.join(merged.path, main_table))
-    )
+    storage.write_bytes(merged_table.path, storage.read_bytes(storage.join(merged.path, main_table)))
     merged.metadata.update({"tables": tables, "shards": len(parts), "rows": report["merged_rows"]})
-    merged_table.metadata.update(
-        {"table": main_table, "shards": len(parts), "rows": report["merged_rows"][main_table]}
-    )
+    merged_table.metadata.update({"table": main_table, "shards": len(parts), "rows": report["merged_rows"][main_table]})

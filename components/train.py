@@ -26,11 +26,22 @@ def train(
     from unisup.config import load_config
 
     cfg = load_config(config, overrides)
-    result = run_train(training_lists.path, model.path, cfg, triton_repository=query_encoder.path,
-                       work_dir=work_dir or None)
-    parameters = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in result.parameters.items()}
-    model.metadata.update({**parameters, "config": config, "overrides": json.dumps(overrides), "steps": result.steps,
-                           "best_step": result.best_step, "best_validation_ndcg": result.best_metric})
+    result = run_train(
+        training_lists.path, model.path, cfg, triton_repository=query_encoder.path, work_dir=work_dir or None
+    )
+    parameters = {
+        k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in result.parameters.items()
+    }
+    model.metadata.update(
+        {
+            **parameters,
+            "config": config,
+            "overrides": json.dumps(overrides),
+            "steps": result.steps,
+            "best_step": result.best_step,
+            "best_validation_ndcg": result.best_metric,
+        }
+    )
     query_encoder.metadata.update({"triton_model": result.triton_model, "model_name": cfg.training.triton_model_name})
     metrics.log_metric("steps", result.steps)
     metrics.log_metric("epochs", result.epochs)

@@ -28,16 +28,26 @@ def train_teacher(
     result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size))
     with open(audit.path, "w") as handle:
         json.dump(result, handle, indent=1)
-    teachers.metadata.update({
-        "config": config, "overrides": json.dumps(overrides), "num_grades": cfg.data.num_grades,
-        "stages": json.dumps([asdict(s) for s in cfg.teachers.stages]),
-        "class_weight_power": cfg.teachers.class_weight_power, "seed": cfg.teachers.seed,
-        "max_train_pairs": cfg.teachers.max_train_pairs, "training_seconds": report["seconds"],
-        **{f"{name}_steps": r["steps"] for name, r in report["stages"].items()},
-        **{f"{name}_temperature": r["temperature"] for name, r in report["stages"].items()},
-        **{f"{name}_stop_reason": r["stop_reason"] for name, r in report["stages"].items()},
-    })
-    for who, stats in [*result["stages"].items(), ("cascade", result["cascade"]), ("raters", result["raters"].get("mean", {}))]:
+    teachers.metadata.update(
+        {
+            "config": config,
+            "overrides": json.dumps(overrides),
+            "num_grades": cfg.data.num_grades,
+            "stages": json.dumps([asdict(s) for s in cfg.teachers.stages]),
+            "class_weight_power": cfg.teachers.class_weight_power,
+            "seed": cfg.teachers.seed,
+            "max_train_pairs": cfg.teachers.max_train_pairs,
+            "training_seconds": report["seconds"],
+            **{f"{name}_steps": r["steps"] for name, r in report["stages"].items()},
+            **{f"{name}_temperature": r["temperature"] for name, r in report["stages"].items()},
+            **{f"{name}_stop_reason": r["stop_reason"] for name, r in report["stages"].items()},
+        }
+    )
+    for who, stats in [
+        *result["stages"].items(),
+        ("cascade", result["cascade"]),
+        ("raters", result["raters"].get("mean", {})),
+    ]:
         for key in ("exact", "within_one", "qwk"):
             if stats.get(key) is not None:
                 audit.log_metric(f"{who}_{key}", stats[key])

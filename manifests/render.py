@@ -47,16 +47,12 @@ def _matches(obj: dict[str, Any], target: dict[str, Any]) -> bool:
     return all(checks.get(key) == value for key, value in target.items() if key in checks)
 
 
-def _apply_patches(
-    objects: list[dict[str, Any]], patches: list[dict[str, Any]], folder: Path
-) -> None:
+def _apply_patches(objects: list[dict[str, Any]], patches: list[dict[str, Any]], folder: Path) -> None:
     for entry in patches:
         text = (folder / entry["path"]).read_text() if "path" in entry else entry.get("patch", "")
         operations = yaml.safe_load(text)
         if not isinstance(operations, list):
-            raise KustomizeError(
-                f"{folder}: only JSON 6902 patches (a list of operations) are supported"
-            )
+            raise KustomizeError(f"{folder}: only JSON 6902 patches (a list of operations) are supported")
         target = entry.get("target")
         if not target:
             raise KustomizeError(f"{folder}: a JSON 6902 patch needs a target")

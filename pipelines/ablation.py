@@ -69,14 +69,8 @@ def ablation(
             fuse(labels=labels, engagement=engagement, config=config, overrides=overrides),
             _k8s.LARGE,
         )
-        trained = _k8s.on_gpu(
-            train(
-                training_lists=fused.outputs["training_lists"], config=config, overrides=overrides
-            )
-        )
-        index = _k8s.on_gpu(
-            build_index(model=trained.outputs["model"], config=config, overrides=overrides)
-        )
+        trained = _k8s.on_gpu(train(training_lists=fused.outputs["training_lists"], config=config, overrides=overrides))
+        index = _k8s.on_gpu(build_index(model=trained.outputs["model"], config=config, overrides=overrides))
         evaluated = _k8s.on_cpu(
             evaluate(
                 candidate_model=trained.outputs["model"],

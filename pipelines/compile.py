@@ -52,16 +52,13 @@ def stale(committed_dir: str | Path = COMPILED) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=str(COMPILED), help="where the YAML goes")
-    parser.add_argument(
-        "--check", action="store_true", help="compare with the YAML in --out-dir instead of writing"
-    )
+    parser.add_argument("--check", action="store_true", help="compare with the YAML in --out-dir instead of writing")
     args = parser.parse_args(argv)
     if args.check:
         names = stale(args.out_dir)
         if names:
             print(
-                f"stale compiled pipelines in {args.out_dir}: {', '.join(names)} "
-                "(run `make compile`)",
+                f"stale compiled pipelines in {args.out_dir}: {', '.join(names)} (run `make compile`)",
                 file=sys.stderr,
             )
             return 1

@@ -106,8 +106,10 @@ def summarize(run: Path) -> None:
     pushed = list(run.glob("push/experiment_config"))
     if pushed:
         config = json.loads(pushed[0].read_text())
-        print(f"pushed: experiment {config['experiment_id']} version {config['version']}, treatment "
-              f"{config['treatment_model_uri']} at {config['treatment_traffic']:.0%} of traffic")
+        print(
+            f"pushed: experiment {config['experiment_id']} version {config['version']}, treatment "
+            f"{config['treatment_model_uri']} at {config['treatment_traffic']:.0%} of traffic"
+        )
     else:
         print("not pushed: the candidate was not blessed")
 

@@ -26,7 +26,9 @@ _LOCK = threading.Lock()
 
 def _precondition_failed(response, message: str) -> None:
     response.status = HTTPStatus.PRECONDITION_FAILED
-    response.json({"error": {"code": 412, "message": message, "errors": [{"reason": "conditionNotMet", "message": message}]}})
+    response.json(
+        {"error": {"code": 412, "message": message, "errors": [{"reason": "conditionNotMet", "message": message}]}}
+    )
 
 
 def _object_name(request) -> str | None:

@@ -60,9 +60,7 @@ def load_package(path: str | Path) -> PipelinePackage:
     spec = next(d for d in yaml.safe_load_all(data) if d)
     inputs = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
     params = {name: p["parameterType"] for name, p in inputs.items()}
-    return PipelinePackage(
-        path, spec["pipelineInfo"]["name"], hashlib.sha256(data).hexdigest(), params
-    )
+    return PipelinePackage(path, spec["pipelineInfo"]["name"], hashlib.sha256(data).hexdigest(), params)
 
 
 def _convert(raw: str, kind: str, name: str) -> Any:
@@ -73,9 +71,7 @@ def _convert(raw: str, kind: str, name: str) -> Any:
         value = float(value)
     expected = TYPES[kind]
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise SubmitError(
-            f"--param {name}={raw}: expected {kind.lower()}, got {type(value).__name__}"
-        )
+        raise SubmitError(f"--param {name}={raw}: expected {kind.lower()}, got {type(value).__name__}")
     return value
 
 
@@ -88,8 +84,7 @@ def parse_params(items: list[str], package: PipelinePackage) -> dict[str, Any]:
             raise SubmitError(f"--param {item!r}: expected name=value")
         if name not in package.parameters:
             raise SubmitError(
-                f"--param {name}: {package.name} has no such parameter; it has: "
-                f"{', '.join(sorted(package.parameters))}"
+                f"--param {name}: {package.name} has no such parameter; it has: {', '.join(sorted(package.parameters))}"
             )
         params[name] = _convert(raw, package.parameters[name], name)
     return params
@@ -98,10 +93,7 @@ def parse_params(items: list[str], package: PipelinePackage) -> dict[str, Any]:
 def check_cron(expression: str) -> str:
     """KFP's cron has six fields, seconds first (``0 0 3 * * *`` = 03:00 daily)."""
     if len(expression.split()) != 6:
-        raise SubmitError(
-            f"--schedule {expression!r}: expected six cron fields (seconds first), "
-            "e.g. '0 0 3 * * *'"
-        )
+        raise SubmitError(f"--schedule {expression!r}: expected six cron fields (seconds first), e.g. '0 0 3 * * *'")
     return expression
 
 
@@ -129,13 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="unified_supervision",
         help="compiled pipeline name in pipelines/compiled/",
     )
-    parser.add_argument(
-        "--package", help="compiled YAML to submit instead of pipelines/compiled/<pipeline>.yaml"
-    )
+    parser.add_argument("--package", help="compiled YAML to submit instead of pipelines/compiled/<pipeline>.yaml")
     parser.add_argument("--experiment", default="unisup", help="KFP experiment the run belongs to")
-    parser.add_argument(
-        "--namespace", default="kubeflow", help="KFP namespace (multi-user installs: your profile)"
-    )
+    parser.add_argument("--namespace", default="kubeflow", help="KFP namespace (multi-user installs: your profile)")
     parser.add_argument(
         "--param",
         action="append",
@@ -149,17 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=RUNNER_SERVICE_ACCOUNT,
         help="Kubernetes service account of the pods",
     )
-    parser.add_argument(
-        "--pipeline-root", help="artifact root, e.g. gs://bucket/kfp; default the server's"
-    )
+    parser.add_argument("--pipeline-root", help="artifact root, e.g. gs://bucket/kfp; default the server's")
     parser.add_argument(
         "--schedule",
         metavar="CRON",
         help="create a recurring run instead (six-field cron, seconds first)",
     )
-    parser.add_argument(
-        "--no-cache", action="store_true", help="disable caching for every task of this run"
-    )
+    parser.add_argument("--no-cache", action="store_true", help="disable caching for every task of this run")
     return parser
 
 
@@ -190,16 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         enable_caching=False if args.no_cache else None,
     )
     if args.schedule:
-        run = client.create_recurring_run(
-            cron_expression=args.schedule, max_concurrency=1, no_catchup=True, **common
-        )
+        run = client.create_recurring_run(cron_expression=args.schedule, max_concurrency=1, no_catchup=True, **common)
         print(f"recurring run {run.recurring_run_id} ({args.schedule}) of {package.version_name}")
     else:
         run = client.run_pipeline(**common)
-        print(
-            f"run {run.run_id} of {package.version_name}: "
-            f"{args.host.rstrip('/')}/#/runs/details/{run.run_id}"
-        )
+        print(f"run {run.run_id} of {package.version_name}: {args.host.rstrip('/')}/#/runs/details/{run.run_id}")
     return 0
 
 

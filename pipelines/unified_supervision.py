@@ -115,15 +115,9 @@ def unified_supervision(
         gate_max_grade0_increase,
         gate_max_engagement_drop,
     )
-    fused = _k8s.on_cpu(
-        fuse(labels=labels, engagement=engagement, config=config, overrides=overrides), _k8s.LARGE
-    )
-    trained = _k8s.on_gpu(
-        train(training_lists=fused.outputs["training_lists"], config=config, overrides=overrides)
-    )
-    index = _k8s.on_gpu(
-        build_index(model=trained.outputs["model"], config=config, overrides=overrides)
-    )
+    fused = _k8s.on_cpu(fuse(labels=labels, engagement=engagement, config=config, overrides=overrides), _k8s.LARGE)
+    trained = _k8s.on_gpu(train(training_lists=fused.outputs["training_lists"], config=config, overrides=overrides))
+    index = _k8s.on_gpu(build_index(model=trained.outputs["model"], config=config, overrides=overrides))
     # the control: the same data and budget trained the way production does today
     control_overrides = overrides + [f"fusion.preset={baseline_preset}"]
     control_fused = _k8s.on_cpu(

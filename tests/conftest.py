@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import builtins
-import os
 import socket
 from pathlib import Path
 
@@ -35,8 +34,12 @@ def tiny_encoder_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_encoder")
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=128,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
     )
     BertModel(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(str(packaged_minilm_path())).save_pretrained(path)
@@ -50,7 +53,9 @@ def tiny_sample(tmp_path_factory) -> dict[str, Path]:
     from unisup.data.sample import write_split
 
     out = tmp_path_factory.mktemp("tiny_sample")
-    judgments = pacsv.read_csv(SAMPLE / "judgments.csv", convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()}))
+    judgments = pacsv.read_csv(
+        SAMPLE / "judgments.csv", convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()})
+    )
     queries = sorted(set(judgments["query"].to_pylist()))
     rng = np.random.default_rng(7)
     chosen = sorted(rng.choice(queries, size=12, replace=False).tolist())
@@ -66,7 +71,12 @@ def tiny_sample(tmp_path_factory) -> dict[str, Path]:
     pacsv.write_csv(judgments, out / "judgments.csv")
     split = {"train": chosen[:6], "validation": chosen[6:9], "test": chosen[9:]}
     write_split(split, str(out / "split.json"), seed=7, fractions=[0.5, 0.25, 0.25])
-    return {"catalog": out / "products.parquet", "judgments": out / "judgments.csv", "split": out / "split.json", "dir": out}
+    return {
+        "catalog": out / "products.parquet",
+        "judgments": out / "judgments.csv",
+        "split": out / "split.json",
+        "dir": out,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -105,14 +115,27 @@ def tiny_fusion_inputs(tiny_sample, tmp_path_factory) -> dict[str, Path]:
     from unisup.schemas import ENGAGEMENT, LABELS, validate
 
     out = tmp_path_factory.mktemp("fusion_inputs")
-    judgments = pacsv.read_csv(tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()}))
+    judgments = pacsv.read_csv(
+        tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()})
+    )
     rng = np.random.default_rng(11)
-    queries, items, grades = judgments["query"].to_pylist(), judgments["product_id"].to_pylist(), judgments["rating"].to_pylist()
+    queries, items, grades = (
+        judgments["query"].to_pylist(),
+        judgments["product_id"].to_pylist(),
+        judgments["rating"].to_pylist(),
+    )
     n = len(queries)
     probs = [np.eye(4, dtype=np.float32)[g].tolist() for g in grades]
-    labels = pa.table({"query": queries, "item_id": items, "grade": pa.array(grades, pa.int8()),
-                       "probs": pa.array(probs, pa.list_(pa.float32())), "stage": ["human"] * n,
-                       "stage_scores": pa.array([[p] for p in probs], pa.list_(pa.list_(pa.float32())))})
+    labels = pa.table(
+        {
+            "query": queries,
+            "item_id": items,
+            "grade": pa.array(grades, pa.int8()),
+            "probs": pa.array(probs, pa.list_(pa.float32())),
+            "stage": ["human"] * n,
+            "stage_scores": pa.array([[p] for p in probs], pa.list_(pa.list_(pa.float32()))),
+        }
+    )
     shown = rng.random(n) < 0.6
     impressions = np.where(shown, rng.integers(1, 20, n), 0)
     click_rate = np.where(np.asarray(grades) >= 2, 0.4, 0.1)
@@ -120,14 +143,26 @@ def tiny_fusion_inputs(tiny_sample, tmp_path_factory) -> dict[str, Path]:
     conversions = rng.binomial(clicks, 0.3)
     ranks = [pa.array(np.where(rng.random(n) < 0.7, rng.integers(1, 60, n), 0), pa.int32()) for _ in range(2)]
     ranks = [pc.if_else(pc.equal(r, 0), pa.scalar(None, pa.int32()), r) for r in ranks]
-    engagement = pa.table({
-        "query": queries, "item_id": items, "impressions": impressions, "clicks": clicks, "conversions": conversions,
-        "revenue": conversions * 10.0, "under_impressions": np.where(shown, 0, 2),
-        "ctr_debiased": clicks / np.maximum(impressions, 1), "ctr_smoothed": (clicks + 1) / (impressions + 10),
-        "cvr_smoothed": (conversions + 1) / (clicks + 3), "n_channels": pa.array([int(a is not None) + int(b is not None)
-                                                                                  for a, b in zip(ranks[0].to_pylist(), ranks[1].to_pylist())], pa.int8()),
-        "best_rank_bm25": ranks[0], "best_rank_dense": ranks[1],
-    })
+    engagement = pa.table(
+        {
+            "query": queries,
+            "item_id": items,
+            "impressions": impressions,
+            "clicks": clicks,
+            "conversions": conversions,
+            "revenue": conversions * 10.0,
+            "under_impressions": np.where(shown, 0, 2),
+            "ctr_debiased": clicks / np.maximum(impressions, 1),
+            "ctr_smoothed": (clicks + 1) / (impressions + 10),
+            "cvr_smoothed": (conversions + 1) / (clicks + 3),
+            "n_channels": pa.array(
+                [int(a is not None) + int(b is not None) for a, b in zip(ranks[0].to_pylist(), ranks[1].to_pylist())],
+                pa.int8(),
+            ),
+            "best_rank_bm25": ranks[0],
+            "best_rank_dense": ranks[1],
+        }
+    )
     write_table(validate(labels, LABELS).accepted, str(out / "labels.parquet"))
     write_table(validate(engagement, ENGAGEMENT).accepted, str(out / "engagement.parquet"))
     return {"labels": out / "labels.parquet", "engagement": out / "engagement.parquet"}
@@ -140,8 +175,13 @@ def tiny_training_lists(tiny_fusion_inputs, tiny_overrides, tmp_path_factory) ->
     from unisup.fusion import fuse
 
     out = tmp_path_factory.mktemp("training_lists") / "lists.parquet"
-    fuse(str(tiny_fusion_inputs["labels"]), str(tiny_fusion_inputs["engagement"]), str(out), None,
-         load_config("local", tiny_overrides + ["fusion.list_size=16"]))
+    fuse(
+        str(tiny_fusion_inputs["labels"]),
+        str(tiny_fusion_inputs["engagement"]),
+        str(out),
+        None,
+        load_config("local", tiny_overrides + ["fusion.list_size=16"]),
+    )
     return out
 
 

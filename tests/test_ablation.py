@@ -38,10 +38,7 @@ def results(candidate: float, bm25: float) -> dict:
 
 
 def test_run_name_reads_the_last_override():
-    assert (
-        run_name(["data.x=1", "fusion.preset=unified", "fusion.preset=engagement_only"])
-        == "engagement_only"
-    )
+    assert run_name(["data.x=1", "fusion.preset=unified", "fusion.preset=engagement_only"]) == "engagement_only"
     assert run_name(["data.x=1"], default="run-0") == "run-0"
 
 
@@ -62,9 +59,7 @@ def test_compare_runs_writes_table_and_html(tmp_path):
     for i, value in enumerate((0.6, 0.5)):
         uris.append(str(tmp_path / f"r{i}.json"))
         (tmp_path / f"r{i}.json").write_text(json.dumps(results(value, 0.4)))
-    compare_runs(
-        uris, ["unified", "relevance_only"], str(tmp_path / "t.parquet"), str(tmp_path / "t.html")
-    )
+    compare_runs(uris, ["unified", "relevance_only"], str(tmp_path / "t.parquet"), str(tmp_path / "t.html"))
     assert read_table(str(tmp_path / "t.parquet"))["system"].to_pylist() == [
         "unified",
         "relevance_only",

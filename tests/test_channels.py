@@ -52,7 +52,9 @@ def test_dense_channel_with_cache(tiny_encoder_path, tmp_path):
     cached_encode(encoder, TEXTS[:2], tmp_path)
     assert len(list(tmp_path.glob("*.npy"))) == 2  # other content, other key
     # batching and length-sorting do not change the embeddings
-    np.testing.assert_allclose(DenseEncoder(tiny_encoder_path, max_length=16, batch_size=1).encode(TEXTS), vectors, atol=1e-5)
+    np.testing.assert_allclose(
+        DenseEncoder(tiny_encoder_path, max_length=16, batch_size=1).encode(TEXTS), vectors, atol=1e-5
+    )
     channel = DenseChannel(IDS, TEXTS, encoder, cache_dir=tmp_path)
     (ranking,) = channel.search([TEXTS[2]], k=4)
     assert ranking[0][0] == "toner" and len(ranking) == 4
@@ -77,7 +79,9 @@ def test_fused_channel_depth():
 @pytest.mark.slow
 def test_packaged_minilm_embeds_meaningfully():
     encoder = DenseEncoder(max_length=32)
-    vectors = encoder.encode(["wireless bluetooth headphones", "bluetooth headset with microphone", "black toner cartridge"])
+    vectors = encoder.encode(
+        ["wireless bluetooth headphones", "bluetooth headset with microphone", "black toner cartridge"]
+    )
     assert vectors.shape == (3, 384)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
 

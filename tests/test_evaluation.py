@@ -100,10 +100,15 @@ def test_head_and_tail_by_frequency_ties_by_query_text():
 
 
 def test_engagement_targets_keep_engaged_queries_most_frequent_first():
-    table = pa.table({
-        "query": ["rare", "top", "top", "none"], "item_id": ["x", "a", "b", "c"],
-        "impressions": [1, 50, 30, 99], "clicks": [1, 2, 0, 0], "conversions": [0, 1, 0, 0],
-    })
+    table = pa.table(
+        {
+            "query": ["rare", "top", "top", "none"],
+            "item_id": ["x", "a", "b", "c"],
+            "impressions": [1, 50, 30, 99],
+            "clicks": [1, 2, 0, 0],
+            "conversions": [0, 1, 0, 0],
+        }
+    )
     targets = engagement_targets(table, max_queries=5)
     assert targets.clicked == {"top": {"a"}, "rare": {"x"}}
     assert targets.converted == {"top": {"a"}}
@@ -132,7 +137,11 @@ def test_a_better_candidate_is_blessed_and_every_row_is_accounted_for(judged):
     assert result.value("ndcg@10", "candidate", "random", slice="tail")["n_queries"] == 14
     assert result.blessing["blessed"] is True
     assert set(result.blessing["gates"]) == {
-        "min_queries", "ndcg@10_delta_ci_low_vs_random", "grade0_share@10_vs_random", "engagement_recall@10_vs_random"}
+        "min_queries",
+        "ndcg@10_delta_ci_low_vs_random",
+        "grade0_share@10_vs_random",
+        "engagement_recall@10_vs_random",
+    }
     assert "no held-out engagement" in result.blessing["gates"]["engagement_recall@10_vs_random"]["reason"]
     assert result.blessing["evidence"]["candidate_metrics"]["ndcg@10"] == pytest.approx(1.0)
 
@@ -170,9 +179,16 @@ def test_engagement_drop_beyond_the_allowance_fails_its_gate(judged):
 def test_gate_settings_that_name_nothing_are_refused(judged):
     qrels, ideal = judged
     with pytest.raises(ValueError, match="evaluation.gate_metric 'ndcg@5'"):
-        evaluate(precomputed_system("candidate", ideal), [precomputed_system("b", ideal)], qrels, _cfg(gate_metric="ndcg@5"))
+        evaluate(
+            precomputed_system("candidate", ideal), [precomputed_system("b", ideal)], qrels, _cfg(gate_metric="ndcg@5")
+        )
     with pytest.raises(ValueError, match="evaluation.gate_baselines"):
-        evaluate(precomputed_system("candidate", ideal), [precomputed_system("b", ideal)], qrels, _cfg(gate_baselines=["bm25"]))
+        evaluate(
+            precomputed_system("candidate", ideal),
+            [precomputed_system("b", ideal)],
+            qrels,
+            _cfg(gate_baselines=["bm25"]),
+        )
 
 
 def test_outputs_are_written_and_the_report_is_self_contained(judged, tmp_path):
@@ -180,8 +196,12 @@ def test_outputs_are_written_and_the_report_is_self_contained(judged, tmp_path):
 
     qrels, ideal = judged
     rng = np.random.default_rng(1)
-    result = evaluate(precomputed_system("candidate", ideal),
-                      [precomputed_system("random", {q: list(rng.permutation(ITEMS)[:50]) for q in qrels})], qrels, _cfg())
+    result = evaluate(
+        precomputed_system("candidate", ideal),
+        [precomputed_system("random", {q: list(rng.permutation(ITEMS)[:50]) for q in qrels})],
+        qrels,
+        _cfg(),
+    )
     uris = output_uris(str(tmp_path))
     write_outputs(result, uris)
     assert read_table(uris["results"]).num_rows == result.table.num_rows
@@ -198,21 +218,46 @@ def test_outputs_are_written_and_the_report_is_self_contained(judged, tmp_path):
     assert all(isinstance(v, float) and not math.isnan(v) for v in metrics.values())
 
 
-def test_cli_build_index_then_evaluate_on_the_tiny_sample_with_bm25(tiny_encoder_path, tiny_overrides, tmp_path, capsys):
+def test_cli_build_index_then_evaluate_on_the_tiny_sample_with_bm25(
+    tiny_encoder_path, tiny_overrides, tmp_path, capsys
+):
     from unisup.biencoder.tower import Tower, save_biencoder
     from unisup.cli import main
 
     tower = Tower.from_pretrained(tiny_encoder_path, max_length=32)
     model = str(save_biencoder(tower, tower, tmp_path / "model"))
     index = str(tmp_path / "index")
-    common = [f"-o={o}" for o in tiny_overrides + [f"index.work_dir={tmp_path / 'shards'}", "index.factory=Flat",
-                                                   "index.search_params=''", "evaluation.n_bootstrap=200",
-                                                   "evaluation.baseline_channels=[bm25]"]]
+    common = [
+        f"-o={o}"
+        for o in tiny_overrides
+        + [
+            f"index.work_dir={tmp_path / 'shards'}",
+            "index.factory=Flat",
+            "index.search_params=''",
+            "evaluation.n_bootstrap=200",
+            "evaluation.baseline_channels=[bm25]",
+        ]
+    ]
     assert main(["build-index", "--model", model, "--out", index, *common]) == 0
     assert "Flat (inner_product, dim 32)" in capsys.readouterr().out
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", model, "--index", index, "--out", str(out), "--baseline", f"same-model={model},{index}",
-                 *common]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                model,
+                "--index",
+                index,
+                "--out",
+                str(out),
+                "--baseline",
+                f"same-model={model},{index}",
+                *common,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "NOT BLESSED" in printed and "vs bm25" in printed  # a random tiny model loses to BM25
 
@@ -224,5 +269,22 @@ def test_cli_build_index_then_evaluate_on_the_tiny_sample_with_bm25(tiny_encoder
     assert same["delta"] == 0.0 and same["p_value"] == 1.0
     assert 0.0 < rows[("bm25", None, "ndcg@10", "all")]["value"] <= 1.0  # BM25 finds judged products
     assert (out / "report.html").exists() and json.loads((out / "blessing.json").read_text())["blessed"] is False
-    assert main(["evaluate", "--model", model, "--index", index, "--out", str(out), "--split", "train",
-                 "--judgments", str(tmp_path / "missing.csv"), *common]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                model,
+                "--index",
+                index,
+                "--out",
+                str(out),
+                "--split",
+                "train",
+                "--judgments",
+                str(tmp_path / "missing.csv"),
+                *common,
+            ]
+        )
+        == 2
+    )

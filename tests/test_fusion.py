@@ -32,26 +32,40 @@ def make_engagement(rows: list[dict]) -> pa.Table:
     full = []
     for r in rows:
         ranks = [r.get("best_rank_bm25"), r.get("best_rank_dense")]
-        full.append({
-            "query": r["query"], "item_id": r["item_id"], "impressions": r.get("impressions", 0),
-            "clicks": r.get("clicks", 0), "conversions": r.get("conversions", 0), "revenue": 0.0,
-            "under_impressions": r.get("under_impressions", 0), "ctr_debiased": r.get("ctr_smoothed", 0.0),
-            "ctr_smoothed": r.get("ctr_smoothed", 0.0), "cvr_smoothed": r.get("cvr_smoothed", 0.0),
-            "n_channels": sum(x is not None for x in ranks),
-            "best_rank_bm25": ranks[0], "best_rank_dense": ranks[1],
-        })
+        full.append(
+            {
+                "query": r["query"],
+                "item_id": r["item_id"],
+                "impressions": r.get("impressions", 0),
+                "clicks": r.get("clicks", 0),
+                "conversions": r.get("conversions", 0),
+                "revenue": 0.0,
+                "under_impressions": r.get("under_impressions", 0),
+                "ctr_debiased": r.get("ctr_smoothed", 0.0),
+                "ctr_smoothed": r.get("ctr_smoothed", 0.0),
+                "cvr_smoothed": r.get("cvr_smoothed", 0.0),
+                "n_channels": sum(x is not None for x in ranks),
+                "best_rank_bm25": ranks[0],
+                "best_rank_dense": ranks[1],
+            }
+        )
     table = pa.Table.from_pylist(full, schema=ENGAGEMENT.arrow_schema(["best_rank_bm25", "best_rank_dense"]))
     return validate(table, "engagement").accepted
 
 
 def make_labels(rows: list[tuple[str, str, int]]) -> pa.Table:
-    table = pa.table({
-        "query": [q for q, _, _ in rows], "item_id": [i for _, i, _ in rows],
-        "grade": pa.array([g for _, _, g in rows], pa.int8()),
-        "probs": pa.array([np.eye(K, dtype=np.float32)[g].tolist() for _, _, g in rows], pa.list_(pa.float32())),
-        "stage": ["small"] * len(rows),
-        "stage_scores": pa.array([[np.eye(K, dtype=np.float32)[g].tolist()] for _, _, g in rows], pa.list_(pa.list_(pa.float32()))),
-    })
+    table = pa.table(
+        {
+            "query": [q for q, _, _ in rows],
+            "item_id": [i for _, i, _ in rows],
+            "grade": pa.array([g for _, _, g in rows], pa.int8()),
+            "probs": pa.array([np.eye(K, dtype=np.float32)[g].tolist() for _, _, g in rows], pa.list_(pa.float32())),
+            "stage": ["small"] * len(rows),
+            "stage_scores": pa.array(
+                [[np.eye(K, dtype=np.float32)[g].tolist()] for _, _, g in rows], pa.list_(pa.list_(pa.float32()))
+            ),
+        }
+    )
     return validate(table, LABELS, context=None).accepted
 
 
@@ -59,18 +73,38 @@ def make_labels(rows: list[tuple[str, str, int]]) -> pa.Table:
 def inputs() -> tuple[pa.Table, pa.Table]:
     """Two queries. q1: a clicked relevant item, a clicked irrelevant item ranked 1st by BM25
     (hard negative), a relevant under-impression, teacher-only candidates. q2: no relevant item."""
-    engagement = make_engagement([
-        dict(query="q1", item_id="p000", impressions=10, clicks=4, conversions=1, ctr_smoothed=0.4, cvr_smoothed=0.25, best_rank_bm25=3, best_rank_dense=2),
-        dict(query="q1", item_id="p001", impressions=10, clicks=5, ctr_smoothed=0.5, best_rank_bm25=1),
-        dict(query="q1", item_id="p002", impressions=10, clicks=0, ctr_smoothed=0.05, best_rank_dense=30),
-        dict(query="q1", item_id="p003", under_impressions=3, best_rank_bm25=40, best_rank_dense=50),
-        dict(query="q2", item_id="p010", impressions=5, clicks=1, ctr_smoothed=0.2, best_rank_bm25=2),
-        dict(query="q2", item_id="p011", impressions=5, ctr_smoothed=0.0, best_rank_bm25=60),
-    ])
-    labels = make_labels([
-        ("q1", "p000", 3), ("q1", "p001", 0), ("q1", "p002", 2), ("q1", "p003", 2),
-        ("q1", "p004", 3), ("q1", "p005", 1), ("q2", "p010", 1), ("q2", "p011", 0),
-    ])
+    engagement = make_engagement(
+        [
+            dict(
+                query="q1",
+                item_id="p000",
+                impressions=10,
+                clicks=4,
+                conversions=1,
+                ctr_smoothed=0.4,
+                cvr_smoothed=0.25,
+                best_rank_bm25=3,
+                best_rank_dense=2,
+            ),
+            dict(query="q1", item_id="p001", impressions=10, clicks=5, ctr_smoothed=0.5, best_rank_bm25=1),
+            dict(query="q1", item_id="p002", impressions=10, clicks=0, ctr_smoothed=0.05, best_rank_dense=30),
+            dict(query="q1", item_id="p003", under_impressions=3, best_rank_bm25=40, best_rank_dense=50),
+            dict(query="q2", item_id="p010", impressions=5, clicks=1, ctr_smoothed=0.2, best_rank_bm25=2),
+            dict(query="q2", item_id="p011", impressions=5, ctr_smoothed=0.0, best_rank_bm25=60),
+        ]
+    )
+    labels = make_labels(
+        [
+            ("q1", "p000", 3),
+            ("q1", "p001", 0),
+            ("q1", "p002", 2),
+            ("q1", "p003", 2),
+            ("q1", "p004", 3),
+            ("q1", "p005", 1),
+            ("q2", "p010", 1),
+            ("q2", "p011", 0),
+        ]
+    )
     return labels, engagement
 
 
@@ -84,14 +118,21 @@ def _by_item(table: pa.Table, query: str) -> dict[str, dict]:
 
 
 def test_prior_is_rrf_plus_agreement_normalized_per_query():
-    cfg = dataclasses.replace(FusionConfig(), prior_rrf_k=10, prior_agreement_weight=0.01, prior_normalization="none",
-                              prior_channel_weights={"dense": 2.0})
+    cfg = dataclasses.replace(
+        FusionConfig(),
+        prior_rrf_k=10,
+        prior_agreement_weight=0.01,
+        prior_normalization="none",
+        prior_channel_weights={"dense": 2.0},
+    )
     ranks = {"bm25": np.array([1.0, np.nan, 5.0]), "dense": np.array([2.0, 1.0, np.nan])}
     query = np.array(["a", "a", "b"])
     raw = multichannel_prior(ranks, np.array([2, 1, 1]), query, cfg)
     expected = [1 / 11 + 2 / 12 + 0.02, 2 / 11 + 0.01, 1 / 15 + 0.01]
     np.testing.assert_allclose(raw, expected)
-    normalized = multichannel_prior(ranks, np.array([2, 1, 1]), query, dataclasses.replace(cfg, prior_normalization="max"))
+    normalized = multichannel_prior(
+        ranks, np.array([2, 1, 1]), query, dataclasses.replace(cfg, prior_normalization="max")
+    )
     np.testing.assert_allclose(normalized, [1.0, expected[1] / expected[0], 1.0])
     summed = normalize_per_query(np.array(expected), query, "sum")
     np.testing.assert_allclose([summed[0] + summed[1], summed[2]], [1.0, 1.0])
@@ -150,10 +191,16 @@ def test_every_preset_is_selected_by_config_alone(inputs, preset):
     if preset == "engagement_only":
         assert {r["source"] for r in rows.values()} == {"impression", "random"}
         assert all(r["grade"] is None for r in rows.values())
-        assert {i for i, r in rows.items() if r["target"] == 1.0} == {i for i, r in rows.items() if r["clicked"]} == {"p000", "p001"}
+        assert (
+            {i for i, r in rows.items() if r["target"] == 1.0}
+            == {i for i, r in rows.items() if r["clicked"]}
+            == {"p000", "p001"}
+        )
         assert _by_item(result.lists, "q2")["p010"]["target"] == 1.0
     elif preset == "relevance_only":
-        assert {i: r["target"] for i, r in rows.items() if r["grade"] is not None} == {i: float(r["grade"]) for i, r in rows.items() if r["grade"] is not None}
+        assert {i: r["target"] for i, r in rows.items() if r["grade"] is not None} == {
+            i: float(r["grade"]) for i, r in rows.items() if r["grade"] is not None
+        }
     elif preset == "unified_no_prior":
         assert rows["p001"]["target"] == 0.0 and rows["p000"]["target"] > 3.0
     elif preset == "unified_no_engagement":
@@ -184,12 +231,26 @@ def test_fuse_stage_files_quarantine_and_report(inputs, tiny_sample, tmp_path):
     bad = labels.slice(0, 1).set_column(2, "grade", pa.array([7], pa.int8()))  # grade outside 0..3
     write_table(pa.concat_tables([labels, bad]), str(tmp_path / "labels.parquet"))
     write_table(engagement, str(tmp_path / "engagement.parquet"))
-    overrides = [f"data.catalog_uri={tiny_sample['catalog']}", f"data.judgments_uri={tiny_sample['judgments']}",
-                 f"data.split_uri={tiny_sample['split']}", "fusion.num_random=3", "fusion.split=train"]
-    report = fuse(str(tmp_path / "labels.parquet"), str(tmp_path / "engagement.parquet"), str(tmp_path / "lists.parquet"),
-                  str(tmp_path / "report.json"), load_config("local", overrides))
-    assert report["inputs"]["labels"] == {"rows_in": 9, "accepted": 8, "quarantined": 1,
-                                          "reasons": {"grade outside the grade scale": 1}}
+    overrides = [
+        f"data.catalog_uri={tiny_sample['catalog']}",
+        f"data.judgments_uri={tiny_sample['judgments']}",
+        f"data.split_uri={tiny_sample['split']}",
+        "fusion.num_random=3",
+        "fusion.split=train",
+    ]
+    report = fuse(
+        str(tmp_path / "labels.parquet"),
+        str(tmp_path / "engagement.parquet"),
+        str(tmp_path / "lists.parquet"),
+        str(tmp_path / "report.json"),
+        load_config("local", overrides),
+    )
+    assert report["inputs"]["labels"] == {
+        "rows_in": 9,
+        "accepted": 8,
+        "quarantined": 1,
+        "reasons": {"grade outside the grade scale": 1},
+    }
     lists = read_table(str(tmp_path / "lists.parquet"))
     validate(lists, "training_lists")
     assert set(lists["query"].to_pylist()) == {train[0]}

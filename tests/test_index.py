@@ -32,7 +32,9 @@ def tiny_model(tiny_encoder_path, tmp_path_factory):
 
 
 def _index_cfg(tmp_path, **values):
-    cfg = load_config("local", [f"index.work_dir={tmp_path / 'shards'}", "index.shard_size=256", "index.recall_queries=12"])
+    cfg = load_config(
+        "local", [f"index.work_dir={tmp_path / 'shards'}", "index.shard_size=256", "index.recall_queries=12"]
+    )
     return dataclasses.replace(cfg.index, **values)
 
 
@@ -42,7 +44,9 @@ def test_build_index_writes_folder_and_finds_items_by_their_own_text(tiny_model,
 
     catalog = load_catalog(str(tiny_sample["catalog"])).accepted
     cfg = _index_cfg(tmp_path, factory="Flat", search_params="")
-    built = build_index(str(tiny_model), catalog, str(tmp_path / "index"), cfg, query_texts=["usb cable", "laptop bag"], progress=False)
+    built = build_index(
+        str(tiny_model), catalog, str(tmp_path / "index"), cfg, query_texts=["usb cable", "laptop bag"], progress=False
+    )
 
     assert {p.name for p in (tmp_path / "index").iterdir()} >= {INDEX_FILE, IDS_FILE, METADATA_FILE}
     meta = json.loads((tmp_path / "index" / METADATA_FILE).read_text())
@@ -124,5 +128,7 @@ def test_build_index_writes_to_gcs(tiny_model, tiny_sample, tmp_path, gcs_emulat
     catalog = load_catalog(str(tiny_sample["catalog"])).accepted
     uri = f"gs://{gcs_emulator}/indexes/tiny"
     build_index(str(tiny_model), catalog, uri, _index_cfg(tmp_path, factory="Flat", search_params=""), progress=False)
-    assert sorted(u.rsplit("/", 1)[1] for u in storage.list_prefix(uri + "/")) == sorted([IDS_FILE, INDEX_FILE, METADATA_FILE])
+    assert sorted(u.rsplit("/", 1)[1] for u in storage.list_prefix(uri + "/")) == sorted(
+        [IDS_FILE, INDEX_FILE, METADATA_FILE]
+    )
     assert len(ItemIndex.load(uri).item_ids) == catalog.num_rows

@@ -31,10 +31,22 @@ def _logs_table(rows: list[dict]) -> pa.Table:
 
 def _row(i: int, **changes) -> dict:
     row = {
-        "event_id": f"e{i}", "request_id": f"r{i // 4}", "timestamp": DAY, "user_id": f"u{i % 3}", "session_id": "s",
-        "user_agent": "Mozilla/5.0", "query": "usb cable", "item_id": f"p{i % 5}", "position": 1 + i % 4,
-        "impression": True, "click": False, "conversion": False, "price": 10.0, "bid": 0.5,
-        "rank_bm25": 1 + i % 7, "rank_dense": None,
+        "event_id": f"e{i}",
+        "request_id": f"r{i // 4}",
+        "timestamp": DAY,
+        "user_id": f"u{i % 3}",
+        "session_id": "s",
+        "user_agent": "Mozilla/5.0",
+        "query": "usb cable",
+        "item_id": f"p{i % 5}",
+        "position": 1 + i % 4,
+        "impression": True,
+        "click": False,
+        "conversion": False,
+        "price": 10.0,
+        "bid": 0.5,
+        "rank_bm25": 1 + i % 7,
+        "rank_dense": None,
     }
     row.update(changes)
     return row
@@ -55,20 +67,41 @@ def test_sql_rules_agree_with_the_schema_rules(tmp_path, catalog_uri):
     rng = np.random.default_rng(3)
     rows = [_row(i) for i in range(40)]
     rows += [
-        _row(100, event_id=None), _row(101, event_id="  "), _row(102, request_id=""), _row(103, query=None),
-        _row(104, item_id=None), _row(105, timestamp=None), _row(106, position=0), _row(107, position=11),
-        _row(108, position=None), _row(109, position=2, impression=False), _row(110, position=None, impression=None),
-        _row(111, position=None, impression=False, click=True), _row(112, click=False, conversion=True),
-        _row(113, item_id="p99"), _row(114, event_id="e3"), _row(115, event_id="e3", item_id="p99"),
-        _row(116, timestamp=DAY - dt.timedelta(days=2)), _row(117, timestamp=DAY + dt.timedelta(days=1)),
-        _row(118, click=None, conversion=True), _row(119, position=None, impression=False, click=None),
-        _row(120, event_id=None, item_id="p99"), _row(121, event_id="e5", position=0),
+        _row(100, event_id=None),
+        _row(101, event_id="  "),
+        _row(102, request_id=""),
+        _row(103, query=None),
+        _row(104, item_id=None),
+        _row(105, timestamp=None),
+        _row(106, position=0),
+        _row(107, position=11),
+        _row(108, position=None),
+        _row(109, position=2, impression=False),
+        _row(110, position=None, impression=None),
+        _row(111, position=None, impression=False, click=True),
+        _row(112, click=False, conversion=True),
+        _row(113, item_id="p99"),
+        _row(114, event_id="e3"),
+        _row(115, event_id="e3", item_id="p99"),
+        _row(116, timestamp=DAY - dt.timedelta(days=2)),
+        _row(117, timestamp=DAY + dt.timedelta(days=1)),
+        _row(118, click=None, conversion=True),
+        _row(119, position=None, impression=False, click=None),
+        _row(120, event_id=None, item_id="p99"),
+        _row(121, event_id="e5", position=0),
     ]
     # random mixes of defects on top
     for i in range(200, 400):
         row = _row(i)
-        for key, bad in [("event_id", f"e{rng.integers(0, 60)}"), ("item_id", "zz"), ("position", None),
-                         ("impression", False), ("click", True), ("conversion", True), ("query", " ")]:
+        for key, bad in [
+            ("event_id", f"e{rng.integers(0, 60)}"),
+            ("item_id", "zz"),
+            ("position", None),
+            ("impression", False),
+            ("click", True),
+            ("conversion", True),
+            ("query", " "),
+        ]:
             if rng.random() < 0.12:
                 row[key] = bad
         rows.append(row)
@@ -78,8 +111,10 @@ def test_sql_rules_agree_with_the_schema_rules(tmp_path, catalog_uri):
     report = _extract(cfg, tmp_path / "logs", tmp_path, catalog_uri)
 
     context = RuleContext(
-        known_items=frozenset(f"p{i}" for i in range(5)), max_position=cfg.max_position,
-        window_start=np.datetime64("2024-03-04"), window_end=np.datetime64("2024-03-05"),
+        known_items=frozenset(f"p{i}" for i in range(5)),
+        max_position=cfg.max_position,
+        window_start=np.datetime64("2024-03-04"),
+        window_end=np.datetime64("2024-03-05"),
     )
     expected = validate(table, "raw_logs", context=context, strict=False)
     quarantine = read_table(report["quarantine_uri"])
@@ -110,16 +145,24 @@ def test_propensities_are_estimated_from_the_logs(tmp_path, catalog_uri):
     shown = slot <= slots
     click = shown & (rng.random((n_requests, per_query)) < attract[query] / slot)
     req = np.repeat(np.arange(n_requests), per_query)
-    table = pa.table({
-        "event_id": [f"e{i}" for i in range(req.size)],
-        "request_id": [f"r{r}" for r in req],
-        "timestamp": pa.array(np.full(req.size, int(DAY.timestamp() * 1e6)), pa.timestamp("us", tz="UTC")),
-        "user_id": [f"u{r % 500}" for r in req], "session_id": ["s"] * req.size, "query": [f"q{q}" for q in np.repeat(query, per_query)],
-        "item_id": [f"p{i}" for i in np.tile(np.arange(per_query), n_requests)],
-        "position": pa.array(slot.ravel(), pa.int16(), mask=~shown.ravel()), "impression": shown.ravel(),
-        "click": click.ravel(), "conversion": np.zeros(req.size, bool), "price": np.ones(req.size), "bid": np.ones(req.size),
-        "rank_bm25": pa.array(np.tile(np.arange(1, per_query + 1), n_requests), pa.int32()),
-    })
+    table = pa.table(
+        {
+            "event_id": [f"e{i}" for i in range(req.size)],
+            "request_id": [f"r{r}" for r in req],
+            "timestamp": pa.array(np.full(req.size, int(DAY.timestamp() * 1e6)), pa.timestamp("us", tz="UTC")),
+            "user_id": [f"u{r % 500}" for r in req],
+            "session_id": ["s"] * req.size,
+            "query": [f"q{q}" for q in np.repeat(query, per_query)],
+            "item_id": [f"p{i}" for i in np.tile(np.arange(per_query), n_requests)],
+            "position": pa.array(slot.ravel(), pa.int16(), mask=~shown.ravel()),
+            "impression": shown.ravel(),
+            "click": click.ravel(),
+            "conversion": np.zeros(req.size, bool),
+            "price": np.ones(req.size),
+            "bid": np.ones(req.size),
+            "rank_bm25": pa.array(np.tile(np.arange(1, per_query + 1), n_requests), pa.int32()),
+        }
+    )
     write_table(table, str(tmp_path / "logs" / "date=2024-03-04" / "part-0.parquet"))
     cfg = load_config("local", ["extraction.filter_bots=false"]).extraction
     report = _extract(cfg, tmp_path / "logs", tmp_path, catalog_uri)
@@ -129,17 +172,27 @@ def test_propensities_are_estimated_from_the_logs(tmp_path, catalog_uri):
     pair = engagement[(engagement["query"] == "q0") & (engagement["item_id"] == "p0")].iloc[0]
     assert pair["impressions"] + pair["under_impressions"] == int((query == 0).sum())
     assert pair["ctr_debiased"] == pytest.approx(attract[0, 0], abs=0.12)  # debiased CTR ~ attractiveness
-    given = load_config("local", ["extraction.estimate_propensities=false", "extraction.propensities=[1.0, 0.9, 0.8, 0.7]"])
+    given = load_config(
+        "local", ["extraction.estimate_propensities=false", "extraction.propensities=[1.0, 0.9, 0.8, 0.7]"]
+    )
     assert _extract(given.extraction, tmp_path / "logs", tmp_path, catalog_uri)["propensities"] == [1.0, 0.9, 0.8, 0.7]
 
 
 @pytest.fixture(scope="module")
 def simulated_logs(tiny_overrides, tmp_path_factory):
     out = tmp_path_factory.mktemp("logs")
-    cfg = load_config("local", tiny_overrides + [
-        "simulator.num_requests=800", "simulator.num_days=2", "simulator.num_derived_queries=150",
-        "simulator.malformed_rate=0.005", "simulator.bot_share=0.15", "simulator.num_bot_users=4",
-    ])
+    cfg = load_config(
+        "local",
+        tiny_overrides
+        + [
+            "simulator.num_requests=800",
+            "simulator.num_days=2",
+            "simulator.num_derived_queries=150",
+            "simulator.malformed_rate=0.005",
+            "simulator.bot_share=0.15",
+            "simulator.num_bot_users=4",
+        ],
+    )
     summary = simulate_logs(load_dataset(cfg.data), cfg.simulator, cfg.channels, cfg.data.num_grades, out_uri=str(out))
     return cfg, summary, out
 
@@ -151,7 +204,9 @@ def test_extraction_of_simulated_logs(simulated_logs, tmp_path):
     assert report["quarantined_by_reason"] == {k: v for k, v in summary["malformed"].items() if v}
     assert report["rows_accepted"] == report["rows_used"] + report["rows_bot_filtered"]
     assert report["channels"] == ["attribute", "bm25", "dense"]
-    assert json.loads(storage.read_text(str(tmp_path / "out" / "engagement.report.json")))["rows_in"] == report["rows_in"]
+    assert (
+        json.loads(storage.read_text(str(tmp_path / "out" / "engagement.report.json")))["rows_in"] == report["rows_in"]
+    )
 
     engagement = read_table(report["engagement_uri"])
     checked = validate(engagement, "engagement", strict=True)
@@ -168,13 +223,17 @@ def test_extraction_of_simulated_logs(simulated_logs, tmp_path):
     top = df.sort_values(["impressions", "query", "item_id"], ascending=[False, True, True]).iloc[0]
     rows = raw.filter(pc.and_(pc.equal(raw["query"], top["query"]), pc.equal(raw["item_id"], top["item_id"])))
     assert top["best_rank_bm25"] == pc.min(rows["rank_bm25"]).as_py() or np.isnan(top["best_rank_bm25"])
-    assert top["n_channels"] == sum(rows[f"rank_{c}"].null_count < rows.num_rows for c in ("bm25", "dense", "attribute"))
+    assert top["n_channels"] == sum(
+        rows[f"rank_{c}"].null_count < rows.num_rows for c in ("bm25", "dense", "attribute")
+    )
     assert 0 < top["ctr_smoothed"] < 1 and 0 < top["cvr_smoothed"] < 1
 
 
 def test_window_selects_partitions(simulated_logs, tmp_path):
     cfg, summary, logs = simulated_logs
-    report = _extract(cfg.extraction, logs, tmp_path, cfg.data.catalog_uri, start_date="2024-03-05", end_date="2024-03-05")
+    report = _extract(
+        cfg.extraction, logs, tmp_path, cfg.data.catalog_uri, start_date="2024-03-05", end_date="2024-03-05"
+    )
     assert report["window"] == ["2024-03-05", "2024-03-05"] and report["files"] == 1
     assert report["rows_in"] < summary["rows"]
     with pytest.raises(DataValidationError, match="no partition in the window"):

@@ -80,21 +80,30 @@ def artifacts(tiny_encoder_path, tmp_path_factory):
     model = save_biencoder(tower, tower, root / "model")
     index, _ = build_faiss_index(np.eye(4, dtype=np.float32), "Flat", "inner_product", 10, use_gpu=False)
     write_index(index, ["a", "b", "c", "d"], {"factory": "Flat", "search_params": ""}, str(root / "index"))
-    (root / "blessed.json").write_text(json.dumps({"blessed": True, "reasons": ["ndcg@10 up"], "gates": {}, "evidence": {"n": 3}}))
+    (root / "blessed.json").write_text(
+        json.dumps({"blessed": True, "reasons": ["ndcg@10 up"], "gates": {}, "evidence": {"n": 3}})
+    )
     (root / "unblessed.json").write_text(json.dumps({"blessed": False, "reasons": ["ndcg@10 delta CI below 0"]}))
-    return {"model": str(model), "index": str(root / "index"), "blessed": str(root / "blessed.json"),
-            "unblessed": str(root / "unblessed.json")}
+    return {
+        "model": str(model),
+        "index": str(root / "index"),
+        "blessed": str(root / "blessed.json"),
+        "unblessed": str(root / "unblessed.json"),
+    }
 
 
 def _cfg(bucket, prefix, *extra):
-    return load_config("local", [
-        f"promotion.model_repository=gs://{bucket}/{prefix}/triton",
-        f"promotion.index_root=gs://{bucket}/{prefix}/indexes",
-        f"promotion.config_root=gs://{bucket}/{prefix}/config",
-        "promotion.control_model_uri=gs://prod/models/query_encoder/1",
-        "promotion.control_index_uri=gs://prod/indexes/1",
-        *extra,
-    ])
+    return load_config(
+        "local",
+        [
+            f"promotion.model_repository=gs://{bucket}/{prefix}/triton",
+            f"promotion.index_root=gs://{bucket}/{prefix}/indexes",
+            f"promotion.config_root=gs://{bucket}/{prefix}/config",
+            "promotion.control_model_uri=gs://prod/models/query_encoder/1",
+            "promotion.control_index_uri=gs://prod/indexes/1",
+            *extra,
+        ],
+    )
 
 
 def test_push_promotes_model_and_index_and_writes_the_first_config(gcs, artifacts):
@@ -103,7 +112,7 @@ def test_push_promotes_model_and_index_and_writes_the_first_config(gcs, artifact
     result = push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
 
     repo = f"gs://{bucket}/layout/triton/query_encoder"
-    files = [u[len(repo) + 1:] for u in storage.list_prefix(repo + "/")]
+    files = [u[len(repo) + 1 :] for u in storage.list_prefix(repo + "/")]
     assert "config.pbtxt" in files and "1/model.py" in files and "1/promotion.json" in files
     assert {"1/query_tower/config.json", "1/query_tower/tower.json", "1/query_tower/model.safetensors"} <= set(files)
     pbtxt = storage.read_text(f"{repo}/config.pbtxt")
@@ -152,7 +161,9 @@ def test_concurrent_pushes_give_ordered_versions_with_none_lost(gcs, artifacts):
     assert [v["previous_version"] for v in versions] == [None, 1, 2, 3, 4]
     assert len({v["push_id"] for v in versions}) == n
     assert sorted(v["treatment_model_uri"].rsplit("/", 1)[1] for v in versions) == [str(i) for i in range(1, n + 1)]
-    current = json.loads(storage.read_text(f"gs://{bucket}/concurrent/config/experiments/unisup-retrieval/current.json"))
+    current = json.loads(
+        storage.read_text(f"gs://{bucket}/concurrent/config/experiments/unisup-retrieval/current.json")
+    )
     assert current["version"] == n
 
 
@@ -222,7 +233,11 @@ def test_rollback_restores_the_previous_config_as_a_new_version(gcs, artifacts):
     restored = rollback(cfg)
     assert restored.version == 3
     assert restored.config["treatment_model_uri"] == first.config["treatment_model_uri"]
-    assert (restored.config["action"], restored.config["restored_version"], restored.config["rolled_back_version"]) == ("rollback", 1, 2)
+    assert (restored.config["action"], restored.config["restored_version"], restored.config["rolled_back_version"]) == (
+        "rollback",
+        1,
+        2,
+    )
     current = json.loads(storage.read_text(f"gs://{bucket}/rollback/config/experiments/unisup-retrieval/current.json"))
     assert current["version"] == 3
     assert [v["version"] for v in history(cfg)] == [1, 2, 3]  # history kept
@@ -236,14 +251,25 @@ def test_first_push_needs_a_control_and_a_valid_traffic_share(gcs, artifacts):
     with pytest.raises(ValueError, match="promotion.control_model_uri"):
         push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
     with pytest.raises(ValueError, match="treatment_traffic must be within 0..1"):
-        push(artifacts["blessed"], artifacts["model"], artifacts["index"], _cfg(bucket, "traffic", "promotion.treatment_traffic=1.5"))
+        push(
+            artifacts["blessed"],
+            artifacts["model"],
+            artifacts["index"],
+            _cfg(bucket, "traffic", "promotion.treatment_traffic=1.5"),
+        )
 
 
 def test_local_paths_work_the_same(tmp_path, artifacts):
-    cfg = load_config("local", [
-        f"promotion.model_repository={tmp_path / 'triton'}", f"promotion.index_root={tmp_path / 'indexes'}",
-        f"promotion.config_root={tmp_path / 'config'}", "promotion.control_model_uri=m0", "promotion.control_index_uri=i0",
-    ])
+    cfg = load_config(
+        "local",
+        [
+            f"promotion.model_repository={tmp_path / 'triton'}",
+            f"promotion.index_root={tmp_path / 'indexes'}",
+            f"promotion.config_root={tmp_path / 'config'}",
+            "promotion.control_model_uri=m0",
+            "promotion.control_index_uri=i0",
+        ],
+    )
     push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
     second = push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
     assert second.version == 2 and (tmp_path / "triton" / "query_encoder" / "2" / "query_tower" / "tower.json").exists()
@@ -261,8 +287,10 @@ def test_a_config_that_breaks_the_schema_is_not_written(gcs, artifacts):
 def test_cli_push_refuses_unblessed_then_pushes_and_rolls_back(tmp_path, artifacts, capsys):
     from unisup.cli import main
 
-    common = [f"-o=promotion.{k}={tmp_path / v}" for k, v in
-              (("model_repository", "triton"), ("index_root", "indexes"), ("config_root", "config"))]
+    common = [
+        f"-o=promotion.{k}={tmp_path / v}"
+        for k, v in (("model_repository", "triton"), ("index_root", "indexes"), ("config_root", "config"))
+    ]
     common += ["-o=promotion.control_model_uri=m0", "-o=promotion.control_index_uri=i0"]
     candidate = ["--model", artifacts["model"], "--index", artifacts["index"]]
     assert main(["push", "--blessing", artifacts["unblessed"], *candidate, *common]) == 2

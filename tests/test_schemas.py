@@ -77,7 +77,9 @@ def test_quarantine_accounts_for_every_row():
 
 
 def test_raw_log_rules():
-    ts = np.array(["2026-01-01T10:00", "2026-01-01T11:00", "2026-01-05T00:00", "2026-01-01T12:00"], dtype="datetime64[us]")
+    ts = np.array(
+        ["2026-01-01T10:00", "2026-01-01T11:00", "2026-01-05T00:00", "2026-01-01T12:00"], dtype="datetime64[us]"
+    )
     table = pa.table(
         {
             "event_id": ["e1", "e2", "e3", "e1"],
@@ -115,5 +117,7 @@ def test_empty_table_and_empty_quarantine():
     with pytest.raises(DataValidationError, match="empty"):
         validate(pa.table({}), "catalog", "c.parquet")
     with pytest.raises(DataValidationError, match="header but no rows"):
-        validate(pa.table({"product_id": pa.array([], pa.string()), "title": pa.array([], pa.string())}), "catalog", "c.csv")
+        validate(
+            pa.table({"product_id": pa.array([], pa.string()), "title": pa.array([], pa.string())}), "catalog", "c.csv"
+        )
     assert QUARANTINE_REASON in empty_quarantine(ARTIFACTS["catalog"]).column_names

@@ -53,10 +53,7 @@ def test_split_accounts_for_every_row_and_keeps_keys_together(tmp_path):
     rows = []
     for index in range(3):
         out = tmp_path / f"shard{index}.parquet"
-        assert (
-            copy_shard(str(tmp_path / "split"), index, str(out))
-            == manifest["shards"][index]["rows"]
-        )
+        assert copy_shard(str(tmp_path / "split"), index, str(out)) == manifest["shards"][index]["rows"]
         shard = read_table(str(out))
         rows.extend(shard["item_id"].to_pylist())
         for query in set(shard["query"].to_pylist()):
@@ -99,9 +96,7 @@ def test_merge_outputs_concatenates_tables_and_sums_reports(tmp_path):
         1,
     ]
     assert report["rows_in"] == 6 and report["labeled"] + report["quarantined"] == 6
-    assert (
-        report["decided_per_stage"] == {"fast": 3, "precise": 2} and report["backend"] == "triton"
-    )
+    assert report["decided_per_stage"] == {"fast": 3, "precise": 2} and report["backend"] == "triton"
     assert report["merged_shards"] == 2 and report["merged_rows"] == {"labels.parquet": 5}
     assert json.loads((tmp_path / "merged" / "report.json").read_text()) == report
     assert merge_reports([{"stages": ["a"]}, {"stages": ["b"]}]) == {"stages": [["a"], ["b"]]}

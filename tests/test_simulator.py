@@ -16,7 +16,12 @@ from unisup.data.sample import load_dataset
 from unisup.schemas import RAW_LOGS, RuleContext, validate
 from unisup.simulator import CHANNELS, MALFORMED, day_partition, oracle_grade, simulate_logs
 
-SMALL = ["simulator.num_requests=600", "simulator.num_days=2", "simulator.num_derived_queries=150", "simulator.num_users=80"]
+SMALL = [
+    "simulator.num_requests=600",
+    "simulator.num_days=2",
+    "simulator.num_derived_queries=150",
+    "simulator.num_users=80",
+]
 
 
 def _run(overrides, out, extra=()):
@@ -51,13 +56,16 @@ def test_logs_follow_the_raw_log_schema_and_layout(simulated):
     cfg, summary, out, table = simulated
     assert table.num_rows == summary["rows"] > 0
     assert sorted(p.split("/")[-2] for p in storage.list_prefix(str(out)) if p.endswith(".parquet")) == [
-        "date=2024-03-04", "date=2024-03-05"
+        "date=2024-03-04",
+        "date=2024-03-05",
     ]
     params = json.loads(storage.read_text(f"{out}/_simulation.json"))
     assert params["parameters"]["simulator"]["num_requests"] == 600 and params["summary"]["rows"] == table.num_rows
     assert [f"rank_{c}" for c in CHANNELS] == RAW_LOGS.dynamic_names(table.column_names)
     known = frozenset(pq.read_table(cfg.data.catalog_uri)["product_id"].to_pylist())
-    context = RuleContext(known_items=known, window_start=np.datetime64("2024-03-04"), window_end=np.datetime64("2024-03-06"))
+    context = RuleContext(
+        known_items=known, window_start=np.datetime64("2024-03-04"), window_end=np.datetime64("2024-03-06")
+    )
     result = validate(table, "raw_logs", context=context, strict=False)
     # every quarantined row is one the simulator corrupted on purpose, with the same reason
     assert result.reason_counts() == {k: v for k, v in summary["malformed"].items() if v}

@@ -54,9 +54,7 @@ def render_html(table: pa.Table, title: str) -> str:
     body = []
     for row in table.to_pylist():
         cells = [
-            f"<td>{html.escape(str(v))}</td>"
-            if isinstance(v, str)
-            else f"<td>{'' if v is None else f'{v:.4f}'}</td>"
+            f"<td>{html.escape(str(v))}</td>" if isinstance(v, str) else f"<td>{'' if v is None else f'{v:.4f}'}</td>"
             for v in row.values()
         ]
         body.append(f"<tr>{''.join(cells)}</tr>")
@@ -68,16 +66,11 @@ def render_html(table: pa.Table, title: str) -> str:
     )
 
 
-def compare_runs(
-    result_uris: Sequence[str], names: Sequence[str], table_uri: str, html_uri: str
-) -> pa.Table:
+def compare_runs(result_uris: Sequence[str], names: Sequence[str], table_uri: str, html_uri: str) -> pa.Table:
     """Read each run's results.json, write the side-by-side table (Parquet) and its HTML."""
     if len(result_uris) != len(names):
         raise ValueError(f"{len(result_uris)} results but {len(names)} names")
-    runs = [
-        (name, json.loads(storage.read_text(uri)))
-        for name, uri in zip(names, result_uris, strict=True)
-    ]
+    runs = [(name, json.loads(storage.read_text(uri))) for name, uri in zip(names, result_uris, strict=True)]
     table = side_by_side(runs)
     write_table(table, table_uri)
     storage.write_text(html_uri, render_html(table, "Ablation: fusion presets side by side"))

@@ -32,7 +32,11 @@ def build_channels(dataset: Dataset, cfg: ChannelsConfig, progress: bool = True)
 
 
 def evaluate_channels(
-    channels: dict[str, Channel], qrels: dict[str, dict[str, int]], k: int = 10, depth: int = 100, relevance_threshold: int = 2
+    channels: dict[str, Channel],
+    qrels: dict[str, dict[str, int]],
+    k: int = 10,
+    depth: int = 100,
+    relevance_threshold: int = 2,
 ) -> list[ChannelResult]:
     """Retrieve ``depth`` items per query with each channel and score the top ``k``."""
     queries = sorted(qrels)

@@ -83,7 +83,7 @@ def model_fingerprint(model_path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def mean_pool(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: F821
     """Mean of token embeddings over the attention mask."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
@@ -92,7 +92,13 @@ def mean_pool(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":  
 class DenseEncoder:
     """Mean-pooled, L2-normalized sentence embeddings from a Hugging Face encoder folder."""
 
-    def __init__(self, model_path: str | Path | None = None, max_length: int = 64, batch_size: int = 64, device: str | None = None):
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        max_length: int = 64,
+        batch_size: int = 64,
+        device: str | None = None,
+    ):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -132,7 +138,9 @@ class DenseEncoder:
         return out
 
 
-def cached_encode(encoder: DenseEncoder, texts: Sequence[str], cache_dir: str | Path | None, progress: bool = False) -> np.ndarray:
+def cached_encode(
+    encoder: DenseEncoder, texts: Sequence[str], cache_dir: str | Path | None, progress: bool = False
+) -> np.ndarray:
     """:meth:`DenseEncoder.encode` with an on-disk cache keyed by a hash of texts and model."""
     if not cache_dir:
         return encoder.encode(texts, progress=progress)
@@ -188,7 +196,9 @@ class DenseChannel:
 # ---------------------------------------------------------------- fusion
 
 
-def reciprocal_rank_fusion(per_channel: Sequence[list[Ranking]], k: int = 60, depth: int | None = None) -> list[Ranking]:
+def reciprocal_rank_fusion(
+    per_channel: Sequence[list[Ranking]], k: int = 60, depth: int | None = None
+) -> list[Ranking]:
     """Fuse per-channel rankings of the same queries: score = sum over channels of 1 / (k + rank)."""
     fused = []
     for rankings in zip(*per_channel):
@@ -234,7 +244,9 @@ def facet_tokens(text: str) -> list[str]:
     return out
 
 
-def mine_product_types(titles: Sequence[str], brands: Sequence[str | None], size: int, min_brands: int = 3) -> list[str]:
+def mine_product_types(
+    titles: Sequence[str], brands: Sequence[str | None], size: int, min_brands: int = 3
+) -> list[str]:
     """The ``size`` most frequent product-type phrases (one or two words) in catalog titles.
 
     Candidates are runs of alphabetic title words that are neither stopwords, colours,
@@ -245,7 +257,10 @@ def mine_product_types(titles: Sequence[str], brands: Sequence[str | None], size
     df: dict[str, int] = {}
     seen_brands: dict[str, set[str]] = {}
     for title, brand in zip(titles, brands):
-        words = [t if t.isalpha() and t not in FACET_STOPWORDS and t not in brand_words and len(t) > 2 else "" for t in facet_tokens(title)]
+        words = [
+            t if t.isalpha() and t not in FACET_STOPWORDS and t not in brand_words and len(t) > 2 else ""
+            for t in facet_tokens(title)
+        ]
         phrases = {w for w in words if w}
         phrases |= {f"{a} {b}" for a, b in zip(words, words[1:]) if a and b}
         for phrase in phrases:

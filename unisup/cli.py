@@ -26,7 +26,12 @@ def _config(args: argparse.Namespace):
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", default="local", help="profile (local, cluster) or YAML file [local]")
     parser.add_argument(
-        "-o", "--override", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key (repeatable)"
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key (repeatable)",
     )
 
 
@@ -48,7 +53,7 @@ def _config_keys(args: argparse.Namespace) -> None:
 
 
 def _data_split(args: argparse.Namespace) -> None:
-    from unisup.data.sample import load_judgments, load_catalog, make_split, write_split
+    from unisup.data.sample import load_catalog, load_judgments, make_split, write_split
 
     cfg = _config(args).data
     catalog = load_catalog(cfg.catalog_uri).accepted
@@ -115,7 +120,9 @@ def _channels(args: argparse.Namespace) -> None:
     dataset = load_dataset(cfg.data)
     qrels = dataset.qrels(args.split)
     channels = build_channels(dataset, cfg.channels)
-    results = evaluate_channels(channels, qrels, k=args.k, depth=cfg.channels.top_k, relevance_threshold=cfg.data.relevance_threshold)
+    results = evaluate_channels(
+        channels, qrels, k=args.k, depth=cfg.channels.top_k, relevance_threshold=cfg.data.relevance_threshold
+    )
     k = args.k
     print(f"\n{len(qrels)} {args.split} queries, {dataset.catalog.num_rows} products, retrieval over the full catalog")
     print(format_table(results, [f"ndcg@{k}", f"condensed_ndcg@{k}", f"judged@{k}", f"grade0_share@{k}"]))
@@ -135,8 +142,13 @@ def _data_simulate_logs(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     summary = simulate_logs(
-        load_dataset(cfg.data), cfg.simulator, cfg.channels, cfg.data.num_grades,
-        cfg.data.relevance_threshold, out_uri=args.out, progress=True,
+        load_dataset(cfg.data),
+        cfg.simulator,
+        cfg.channels,
+        cfg.data.num_grades,
+        cfg.data.relevance_threshold,
+        out_uri=args.out,
+        progress=True,
     )
     print(f"simulated {summary['requests']} requests, {summary['rows']} rows -> {summary['logs_uri']}")
     print(json.dumps({k: summary[k] for k in ("impressions", "clicks", "conversions", "malformed", "bias")}, indent=1))
@@ -147,12 +159,19 @@ def _extract_logs(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     report = extract_logs(
-        args.logs or cfg.extraction.logs_uri, args.out or cfg.extraction.out_uri, cfg.extraction, cfg.data.catalog_uri,
-        quarantine_uri=args.quarantine, report_uri=args.report, start_date=args.start, end_date=args.end,
+        args.logs or cfg.extraction.logs_uri,
+        args.out or cfg.extraction.out_uri,
+        cfg.extraction,
+        cfg.data.catalog_uri,
+        quarantine_uri=args.quarantine,
+        report_uri=args.report,
+        start_date=args.start,
+        end_date=args.end,
     )
     print(
         f"rows in {report['rows_in']} = accepted {report['rows_accepted']} + quarantined {report['rows_quarantined']}; "
-        f"bot filtered {report['rows_bot_filtered']} ({report['bot_users']} users); {report['pairs']} (query, item) pairs"
+        f"bot filtered {report['rows_bot_filtered']} ({report['bot_users']} users); "
+        f"{report['pairs']} (query, item) pairs"
         f" -> {report['engagement_uri']} in {report['seconds']} s"
     )
     for reason, count in report["quarantined_by_reason"].items():
@@ -172,17 +191,27 @@ def _fuse(args: argparse.Namespace) -> None:
         f"per source {report['items_per_source']}; skipped {report['skipped_lists'] or 'none'}"
     )
     for name, counts in report["inputs"].items():
-        print(f"  {name}: rows in {counts['rows_in']} = accepted {counts['accepted']} + quarantined {counts['quarantined']}")
+        print(
+            f"  {name}: rows in {counts['rows_in']} = accepted {counts['accepted']}"
+            f" + quarantined {counts['quarantined']}"
+        )
 
 
 def _train(args: argparse.Namespace) -> None:
     from unisup.biencoder.train import train
 
     cfg = _config(args)
-    result = train(args.lists, args.out, cfg, triton_repository=args.triton_repository, work_dir=args.work_dir,
-                   resume=not args.no_resume)
+    result = train(
+        args.lists,
+        args.out,
+        cfg,
+        triton_repository=args.triton_repository,
+        work_dir=args.work_dir,
+        resume=not args.no_resume,
+    )
     print(
-        f"{result.steps} steps, {result.epochs} epochs{' (stopped early)' if result.stopped_early else ''}; best validation "
+        f"{result.steps} steps, {result.epochs} epochs{' (stopped early)' if result.stopped_early else ''}; "
+        "best validation "
         f"nDCG@{cfg.training.validation_k} {result.best_metric:.4f} at step {result.best_step}; "
         f"{result.lists_per_second:.2f} lists/s, {result.items_per_second:.1f} items/s -> {result.model_dir}"
         + (f"; Triton model {result.triton_model}" if result.triton_model else "")
@@ -220,7 +249,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     try:
-        result = run_evaluation(cfg, args.model, args.index, args.out, args.baseline, args.judgments, args.split, args.engagement)
+        result = run_evaluation(
+            cfg, args.model, args.index, args.out, args.baseline, args.judgments, args.split, args.engagement
+        )
     except ValueError as err:
         print(f"unisup: error: {err}", file=sys.stderr)
         return 2
@@ -228,8 +259,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     for system in result.systems:
         row = result.value(f"ndcg@{k}", system)
         low, high = (float("nan") if x is None else x for x in (row["ci_low"], row["ci_high"]))
-        print(f"{system:24} ndcg@{k} {row['value']:.4f} [{low:.4f}, {high:.4f}]  "
-              f"grade0_share@{k} {result.value(f'grade0_share@{k}', system)['value']:.4f}")
+        print(
+            f"{system:24} ndcg@{k} {row['value']:.4f} [{low:.4f}, {high:.4f}]  "
+            f"grade0_share@{k} {result.value(f'grade0_share@{k}', system)['value']:.4f}"
+        )
     print(("BLESSED" if result.blessing["blessed"] else "NOT BLESSED") + f" -> {args.out}")
     for reason in result.blessing["reasons"]:
         print(f"  {reason}")
@@ -244,8 +277,10 @@ def _push(args: argparse.Namespace) -> int:
     except (NotBlessedError, PushConflict, ValueError) as err:
         print(f"unisup: error: {err}", file=sys.stderr)
         return 2
-    print(f"experiment {result.experiment_id} v{result.version:04d} -> {result.config_uri}; model version "
-          f"{result.model_version} at {result.model_uri}; index at {result.index_uri}")
+    print(
+        f"experiment {result.experiment_id} v{result.version:04d} -> {result.config_uri}; model version "
+        f"{result.model_version} at {result.model_uri}; index at {result.index_uri}"
+    )
     return 0
 
 
@@ -257,8 +292,10 @@ def _rollback(args: argparse.Namespace) -> int:
     except (PushConflict, ValueError) as err:
         print(f"unisup: error: {err}", file=sys.stderr)
         return 2
-    print(f"experiment {result.experiment_id} v{result.version:04d} restores v{result.config['restored_version']:04d} "
-          f"(rolled back v{result.config['rolled_back_version']:04d}) -> {result.config_uri}")
+    print(
+        f"experiment {result.experiment_id} v{result.version:04d} restores v{result.config['restored_version']:04d} "
+        f"(rolled back v{result.config['rolled_back_version']:04d}) -> {result.config_uri}"
+    )
     return 0
 
 
@@ -274,8 +311,11 @@ def _train_teacher(args: argparse.Namespace) -> None:
     out = args.out or cfg.teachers.repository_uri
     report = train_teachers(cfg.teachers, cfg.data, out)
     for name, record in report["stages"].items():
-        print(f"{name}: {record['steps']} steps ({record['stop_reason']}), validation NLL "
-              f"{record['validation_nll_calibrated']:.4f} at temperature {record['temperature']:.2f}, {record['seconds']} s")
+        print(
+            f"{name}: {record['steps']} steps ({record['stop_reason']}), validation NLL "
+            f"{record['validation_nll_calibrated']:.4f} at temperature {record['temperature']:.2f}, "
+            f"{record['seconds']} s"
+        )
     print(f"teachers exported to the Triton repository {out}")
     if args.audit:
         from unisup import storage
@@ -295,11 +335,15 @@ def _label(args: argparse.Namespace) -> None:
         with serving_backend(cfg, str(repository)) as backend:
             report = label_pairs(args.pairs, args.out, cfg, backend)
     print(f"backend: {report['backend']}")
-    print(f"{args.pairs}: rows in {report['rows_in']} = labeled {report['labeled']} + quarantined {report['quarantined']}"
-          f" ({report['shards_resumed']} of {report['shards']} shards resumed) -> {args.out}")
+    print(
+        f"{args.pairs}: rows in {report['rows_in']} = labeled {report['labeled']} + quarantined {report['quarantined']}"
+        f" ({report['shards_resumed']} of {report['shards']} shards resumed) -> {args.out}"
+    )
     for name in report["stages"]:
-        print(f"  {name:12} reached {report['pairs_per_stage'][name]:>8}  decided {report['decided_per_stage'][name]:>8}"
-              f"  {report['seconds_per_stage'][name]:.1f} s")
+        print(
+            f"  {name:12} reached {report['pairs_per_stage'][name]:>8}  decided {report['decided_per_stage'][name]:>8}"
+            f"  {report['seconds_per_stage'][name]:.1f} s"
+        )
 
 
 # ---------------------------------------------------------------- parser
@@ -346,11 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_data_import)
     p = data_sub.add_parser(
         "simulate-logs",
-        help="SIMULATOR: write synthetic sponsored-search logs (queries, 3 retrieval channels, ad auction, users, bots)",
-        description="Simulate sponsored-search request logs over the catalog: query stream (training queries of the split "
-        "and catalog-derived queries; never validation/test queries), BM25 + dense + attribute retrieval, an ad auction "
-        "with budgets and pacing, position-biased clicks driven by relevance and non-relevance factors, conversions, bots "
-        "and malformed rows. Writes date-partitioned Parquet and _simulation.json (parameters + bias report). Resumable.",
+        help="SIMULATOR: write synthetic sponsored-search logs "
+        "(queries, 3 retrieval channels, ad auction, users, bots)",
+        description="Simulate sponsored-search request logs over the catalog: query stream (training queries "
+        "of the split and catalog-derived queries; never validation/test queries), BM25 + dense + attribute "
+        "retrieval, an ad auction with budgets and pacing, position-biased clicks driven by relevance and "
+        "non-relevance factors, conversions, bots and malformed rows. Writes date-partitioned Parquet and "
+        "_simulation.json (parameters + bias report). Resumable.",
     )
     _common(p)
     p.add_argument("--out", help="output folder or gs:// prefix [simulator.out_uri]")
@@ -359,8 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "extract-logs",
         help="validate raw logs (quarantine), filter bots, aggregate per (query, item) engagement",
-        description="Read date-partitioned raw logs (local or gs://) for a window with DuckDB, quarantine rows that break "
-        "the raw_logs rules, drop bot users, estimate position propensities and write the engagement table.",
+        description="Read date-partitioned raw logs (local or gs://) for a window with DuckDB, quarantine rows "
+        "that break the raw_logs rules, drop bot users, estimate position propensities and write the engagement "
+        "table.",
     )
     _common(p)
     p.add_argument("--logs", help="raw logs folder or gs:// prefix [extraction.logs_uri]")
@@ -384,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="JSON report (lists, items per source, target stats, parameters)")
     p.set_defaults(handler=_fuse)
 
-    p = sub.add_parser("train", help="train the bi-encoder on training lists; export both towers and the Triton query encoder")
+    p = sub.add_parser(
+        "train", help="train the bi-encoder on training lists; export both towers and the Triton query encoder"
+    )
     _common(p)
     p.add_argument("--lists", required=True, help="training lists Parquet (from `unisup fuse`)")
     p.add_argument("--out", required=True, help="bi-encoder folder (local or gs://)")
@@ -404,9 +453,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--model", required=True, help="candidate bi-encoder folder")
     p.add_argument("--index", required=True, help="candidate index folder")
-    p.add_argument("--out", required=True, help="output folder: results.parquet, results.json, report.html, blessing.json")
-    p.add_argument("--baseline", action="append", default=[], type=_parse_baseline, metavar="NAME=MODEL,INDEX",
-                   help="a bi-encoder baseline (repeatable); channel baselines come from evaluation.baseline_channels")
+    p.add_argument(
+        "--out", required=True, help="output folder: results.parquet, results.json, report.html, blessing.json"
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        type=_parse_baseline,
+        metavar="NAME=MODEL,INDEX",
+        help="a bi-encoder baseline (repeatable); channel baselines come from evaluation.baseline_channels",
+    )
     p.add_argument("--judgments", help="judgments file [data.judgments_uri]")
     p.add_argument("--split", choices=["train", "validation", "test"], help="judged split [evaluation.split]")
     p.add_argument("--engagement", help="held-out engagement table (engagement schema)")
@@ -423,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--experiment", help="experiment id [promotion.experiment_id]")
     p.set_defaults(handler=_rollback)
-    p = sub.add_parser("train-teacher", help="fine-tune the cascade's ordinal teachers and export them to a Triton repository")
+    p = sub.add_parser(
+        "train-teacher", help="fine-tune the cascade's ordinal teachers and export them to a Triton repository"
+    )
     _common(p)
     p.add_argument("--out", help="Triton model repository to write [teachers.repository_uri]")
     p.add_argument("--audit", help="also write the quality audit (JSON, plus .md) here")
@@ -439,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.handler(args) or 0)
     except (DataValidationError, ConfigError, FileNotFoundError) as err:

@@ -62,8 +62,11 @@ class FusionConfig:
         "named preset: unified | relevance_only | engagement_only | unified_no_prior | unified_no_engagement "
         "(presets override the weights below; see unisup.fusion.PRESETS)",
     )
-    split: str = _f("logged", "queries that get a training list: logged (every logged query but the split's "
-                    "validation and test queries) | train | validation | test | all")
+    split: str = _f(
+        "logged",
+        "queries that get a training list: logged (every logged query but the split's "
+        "validation and test queries) | train | validation | test | all",
+    )
     grade_gains: list[float] = _f([0.0, 1.0, 2.0, 3.0], "g(grade): target gain of each grade 0 .. K-1")
     expected_gain: bool = _f(True, "g = expected gain under the teacher's per-grade probs instead of gain[grade]")
     unlabeled_grade: int = _f(0, "grade assumed for items without a teacher label (random negatives)")
@@ -74,7 +77,9 @@ class FusionConfig:
     prior_channel_weights: dict[str, float] = _f({}, "w_c per channel name; channels not listed weigh 1.0")
     prior_agreement_weight: float = _f(0.005, "weight of the agreement term (number of channels retrieving the item)")
     prior_normalization: str = _f("max", "per-query prior normalization: max | sum | minmax | none")
-    engagement_conversion_weight: float = _f(1.0, "e = ctr_smoothed + w * ctr_smoothed * cvr_smoothed, before normalization")
+    engagement_conversion_weight: float = _f(
+        1.0, "e = ctr_smoothed + w * ctr_smoothed * cvr_smoothed, before normalization"
+    )
     engagement_normalization: str = _f("max", "per-query engagement normalization: max | minmax | none")
     list_size: int = _f(32, "maximum items per training list")
     max_impressions: int = _f(12, "at most this many impressed items per list")
@@ -82,7 +87,9 @@ class FusionConfig:
     max_under_impressions: int = _f(8, "at most this many under-impressions per list")
     max_teacher: int = _f(8, "at most this many other teacher-labeled candidates per list")
     num_random: int = _f(4, "random catalog negatives per list (reserved within list_size)")
-    hard_negative_max_rank: int = _f(10, "an item below the relevance threshold ranked this high by some channel is a hard negative")
+    hard_negative_max_rank: int = _f(
+        10, "an item below the relevance threshold ranked this high by some channel is a hard negative"
+    )
     min_list_size: int = _f(4, "lists with fewer items are skipped (and counted in the report)")
     require_positive: bool = _f(True, "skip lists without a positive (relevant item; clicked item for engagement_only)")
     seed: int = _f(0, "seed of list sampling and random negatives")
@@ -114,7 +121,9 @@ class TrainingConfig:
     max_steps: int = _f(0, "stop after this many optimizer steps; 0 = no limit")
     patience: int = _f(3, "early stopping: epochs without validation improvement")
     validation_k: int = _f(10, "cutoff of the validation nDCG")
-    validation_distractors: int = _f(1000, "random catalog items added to the validation queries' judged items; -1 = full catalog")
+    validation_distractors: int = _f(
+        1000, "random catalog items added to the validation queries' judged items; -1 = full catalog"
+    )
     checkpoint_every: int = _f(20, "steps between checkpoints")
     keep_checkpoints: int = _f(2, "most recent step checkpoints kept")
     seed: int = _f(0, "seed of initialization, list order, sampling and dropout")
@@ -129,10 +138,15 @@ class TrainingConfig:
 
 @dataclass
 class IndexConfig:
-    factory: str = _f("HNSW32", "FAISS index factory string: Flat, HNSW32, IVF1024,PQ48np, SQ8, ... "
-                      "(PQ without 'np' also trains polysemous codes: minutes on 2 cores)")
+    factory: str = _f(
+        "HNSW32",
+        "FAISS index factory string: Flat, HNSW32, IVF1024,PQ48np, SQ8, ... "
+        "(PQ without 'np' also trains polysemous codes: minutes on 2 cores)",
+    )
     metric: str = _f("inner_product", "inner_product (unit vectors: cosine) or l2")
-    search_params: str = _f("efSearch=128", "FAISS ParameterSpace string applied at search time, e.g. nprobe=16; empty = defaults")
+    search_params: str = _f(
+        "efSearch=128", "FAISS ParameterSpace string applied at search time, e.g. nprobe=16; empty = defaults"
+    )
     batch_size: int = _f(64, "catalog texts per item-tower batch")
     shard_size: int = _f(4096, "catalog items per embedding shard (a crashed build resumes from its shards)")
     work_dir: str = _f(".cache/index_shards", "local folder for the embedding shards, keyed by model and catalog")
@@ -156,7 +170,9 @@ class EvaluationConfig:
     gate_metric: str = _f("ndcg@10", "metric whose delta CI gates the blessing")
     gate_min_delta_ci_low: float = _f(0.0, "bless only if the lower CI bound of the gate metric's delta is >= this")
     gate_max_grade0_increase: float = _f(0.0, "bless only if grade0_share@k (main k) rises by at most this")
-    gate_max_engagement_drop: float = _f(0.05, "bless only if engagement_recall@k (main k) drops by at most this fraction")
+    gate_max_engagement_drop: float = _f(
+        0.05, "bless only if engagement_recall@k (main k) drops by at most this fraction"
+    )
     gate_baselines: list[str] = _f([], "baselines the gates apply to; empty = every baseline")
     gate_min_queries: int = _f(1, "bless only with at least this many judged queries")
 
@@ -165,22 +181,34 @@ class EvaluationConfig:
 class PromotionConfig:
     model_repository: str = _f("runs/serving/triton_models", "serving Triton model repository (local folder or gs://)")
     model_name: str = _f("query_encoder", "Triton model name of the query encoder")
-    serve_versions: int = _f(2, "Triton version policy: serve the latest N versions (control and treatment); "
-                             "batching and instances come from the training section's triton_* keys")
-    index_root: str = _f("runs/serving/indexes", "serving location of the indexes; version N goes to <root>/<model_name>/<N>")
-    config_root: str = _f("runs/serving/experiments", "A/B config location; <root>/experiments/<id>/v000N.json + current.json")
+    serve_versions: int = _f(
+        2,
+        "Triton version policy: serve the latest N versions (control and treatment); "
+        "batching and instances come from the training section's triton_* keys",
+    )
+    index_root: str = _f(
+        "runs/serving/indexes", "serving location of the indexes; version N goes to <root>/<model_name>/<N>"
+    )
+    config_root: str = _f(
+        "runs/serving/experiments", "A/B config location; <root>/experiments/<id>/v000N.json + current.json"
+    )
     experiment_id: str = _f("unisup-retrieval", "A/B experiment id")
     treatment_traffic: float = _f(0.1, "share of traffic sent to the treatment, 0..1")
     control_model_uri: str = _f("", "served control model; empty = the control of the current config")
     control_index_uri: str = _f("", "served control index; empty = the control of the current config")
     max_attempts: int = _f(20, "attempts of a conditional write lost to a concurrent push before a conflict error")
-    transient_attempts: int = _f(5, "attempts of a storage call that failed with a transient 5xx / 429 / connection error")
+    transient_attempts: int = _f(
+        5, "attempts of a storage call that failed with a transient 5xx / 429 / connection error"
+    )
 
 
 @dataclass
 class TeacherStageConfig:
     name: str = _f("fast", "stage name: the Triton model name and the value of labels.stage")
-    kind: str = _f("ordinal_cross_encoder", "ordinal_cross_encoder (trained here) | served (already in the Triton repository, e.g. an LLM judge)")
+    kind: str = _f(
+        "ordinal_cross_encoder",
+        "ordinal_cross_encoder (trained here) | served (already in the Triton repository, e.g. an LLM judge)",
+    )
     base_model: str = _f("", "encoder folder to fine-tune from; empty = the packaged MiniLM")
     num_layers: int = _f(0, "transformer layers kept from the base encoder (0 = all)")
     max_length: int = _f(32, "max tokens of the (query, item text) pair")
@@ -196,16 +224,29 @@ class TeacherStageConfig:
 
 def _default_teacher_stages() -> list[TeacherStageConfig]:
     return [
-        TeacherStageConfig("fast", num_layers=2, max_length=32, item_fields=["title", "brand"], epochs=4, batch_size=32),
-        TeacherStageConfig("precise", num_layers=0, max_length=128, item_fields=["title", "brand", "description"],
-                           attributes=5, epochs=2, batch_size=16),
+        TeacherStageConfig(
+            "fast", num_layers=2, max_length=32, item_fields=["title", "brand"], epochs=4, batch_size=32
+        ),
+        TeacherStageConfig(
+            "precise",
+            num_layers=0,
+            max_length=128,
+            item_fields=["title", "brand", "description"],
+            attributes=5,
+            epochs=2,
+            batch_size=16,
+        ),
     ]
 
 
 @dataclass
 class TeachersConfig:
-    stages: list[TeacherStageConfig] = field(default_factory=_default_teacher_stages, metadata={"help": "cascade stages, cheapest first"})
-    repository_uri: str = _f("runs/teachers/repository", "Triton model repository the teachers are exported to (local or gs://)")
+    stages: list[TeacherStageConfig] = field(
+        default_factory=_default_teacher_stages, metadata={"help": "cascade stages, cheapest first"}
+    )
+    repository_uri: str = _f(
+        "runs/teachers/repository", "Triton model repository the teachers are exported to (local or gs://)"
+    )
     max_train_pairs: int = _f(0, "subsample the training judgments to this many pairs (0 = all)")
     max_validation_pairs: int = _f(0, "subsample the validation judgments to this many pairs (0 = all)")
     class_weight_power: float = _f(0.5, "grade weights (N / (K * count))^power against class imbalance (0 = none)")
@@ -214,8 +255,12 @@ class TeachersConfig:
     warmup_fraction: float = _f(0.1, "share of steps with a linear learning-rate warmup")
     seed: int = _f(0, "seed of initialization, shuffling and subsampling")
     audit_split: str = _f("test", "held-out split of the quality audit")
-    freeze_embeddings: bool = _f(True, "keep the word embeddings fixed (a large, rarely-seen-vocabulary share of the weights)")
-    torch_threads: int = _f(0, "torch intra-op threads while training (0 = torch default; 1 is faster on a busy shared CPU)")
+    freeze_embeddings: bool = _f(
+        True, "keep the word embeddings fixed (a large, rarely-seen-vocabulary share of the weights)"
+    )
+    torch_threads: int = _f(
+        0, "torch intra-op threads while training (0 = torch default; 1 is faster on a busy shared CPU)"
+    )
     triton_max_batch_size: int = _f(256, "config.pbtxt max_batch_size")
     triton_instance_count: int = _f(1, "config.pbtxt instance_group count")
     triton_instance_kind: str = _f("KIND_CPU", "config.pbtxt instance_group kind: KIND_CPU | KIND_GPU")
@@ -225,7 +270,11 @@ class TeachersConfig:
 
 @dataclass
 class LabelingConfig:
-    backend: str = _f("inprocess", "inprocess (teachers loaded from the repository) | triton (gRPC to triton_url) | triton_local (start a tritonserver here over the teachers repository)")
+    backend: str = _f(
+        "inprocess",
+        "inprocess (teachers loaded from the repository) | triton (gRPC to triton_url) | "
+        "triton_local (start a tritonserver here over the teachers repository)",
+    )
     stages: list[str] = _f([], "cascade order by stage name; empty = every teachers.stages entry in order")
     triton_url: str = _f("localhost:8001", "Triton gRPC host:port")
     batch_size: int = _f(64, "pairs per request (client-side batching)")
@@ -243,7 +292,9 @@ class LabelingConfig:
 
 @dataclass
 class SimulatorConfig:
-    out_uri: str = _f("runs/logs", "where the simulated logs go (folder or gs:// prefix): date=YYYY-MM-DD/part-*.parquet")
+    out_uri: str = _f(
+        "runs/logs", "where the simulated logs go (folder or gs:// prefix): date=YYYY-MM-DD/part-*.parquet"
+    )
     seed: int = _f(17, "seed of every random draw of the simulator (same seed, same logs)")
     start_date: str = _f("2024-03-04", "first simulated day (YYYY-MM-DD, UTC)")
     num_days: int = _f(7, "number of simulated days (one partition and one resumable shard each)")
@@ -256,11 +307,20 @@ class SimulatorConfig:
     channel_depth: int = _f(20, "candidates each production channel retrieves per request (its top k)")
     product_types: int = _f(400, "size of the product-type vocabulary mined from catalog titles")
     attribute_keys: list[str] = _f(
-        ["product_colour", "colour", "printing_colours", "print_technology", "material", "connector_1", "processor_family"],
+        [
+            "product_colour",
+            "colour",
+            "printing_colours",
+            "print_technology",
+            "material",
+            "connector_1",
+            "processor_family",
+        ],
         "catalog attributes the attribute channel and the derived queries use",
     )
     attribute_weights: dict[str, float] = _f(
-        {"type": 2.0, "brand": 1.0, "attribute": 0.5}, "attribute channel: score of a matched product type, brand, attribute value"
+        {"type": 2.0, "brand": 1.0, "attribute": 0.5},
+        "attribute channel: score of a matched product type, brand, attribute value",
     )
     num_slots: int = _f(4, "ad slots filled per request by the auction")
     items_per_campaign: int = _f(40, "items per campaign (an advertiser = a brand, split into campaigns)")
@@ -291,7 +351,9 @@ class SimulatorConfig:
 @dataclass
 class ExtractionConfig:
     logs_uri: str = _f("runs/logs", "partitioned raw logs to read (folder or gs:// prefix)")
-    out_uri: str = _f("runs/engagement/engagement.parquet", "engagement table (Parquet); quarantine and report beside it")
+    out_uri: str = _f(
+        "runs/engagement/engagement.parquet", "engagement table (Parquet); quarantine and report beside it"
+    )
     start_date: str = _f("", "first day of the window (YYYY-MM-DD); empty = the first partition")
     end_date: str = _f("", "last day of the window, inclusive; empty = the last partition")
     max_position: int = _f(10, "highest possible ad slot; larger positions are quarantined")
@@ -301,7 +363,9 @@ class ExtractionConfig:
     bot_max_ctr: float = _f(0.5, "a user with a higher click-through rate is a bot ...")
     bot_min_impressions: int = _f(50, "... once they have at least this many impressions")
     estimate_propensities: bool = _f(True, "estimate examination propensities from the logs (intervention harvesting)")
-    propensities: list[float] = _f([1.0, 0.5, 0.333, 0.25], "given propensities per slot (used when not estimated, or where data is short)")
+    propensities: list[float] = _f(
+        [1.0, 0.5, 0.333, 0.25], "given propensities per slot (used when not estimated, or where data is short)"
+    )
     min_propensity: float = _f(0.05, "propensities are clipped below at this value")
     min_harvest_pairs: int = _f(20, "fewest (query, item) pairs seen at slot 1 and slot p to estimate p's propensity")
     ctr_prior_mean: float = _f(0.05, "Beta prior mean of the debiased CTR")
@@ -319,15 +383,31 @@ class Config:
 
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "inputs and grade scale"})
     channels: ChannelsConfig = field(default_factory=ChannelsConfig, metadata={"help": "retrieval channels"})
-    fusion: FusionConfig = field(default_factory=FusionConfig, metadata={"help": "prior, fused targets, training lists"})
-    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"help": "bi-encoder training and export"})
+    fusion: FusionConfig = field(
+        default_factory=FusionConfig, metadata={"help": "prior, fused targets, training lists"}
+    )
+    training: TrainingConfig = field(
+        default_factory=TrainingConfig, metadata={"help": "bi-encoder training and export"}
+    )
     index: IndexConfig = field(default_factory=IndexConfig, metadata={"help": "FAISS index of the item tower"})
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, metadata={"help": "offline evaluation and blessing gates"})
-    promotion: PromotionConfig = field(default_factory=PromotionConfig, metadata={"help": "model promotion and A/B config push"})
-    simulator: SimulatorConfig = field(default_factory=SimulatorConfig, metadata={"help": "sponsored-search log simulator"})
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig, metadata={"help": "log extraction: validation, bot filter, engagement"})
-    teachers: TeachersConfig = field(default_factory=TeachersConfig, metadata={"help": "teacher cascade models, training and Triton export"})
-    labeling: LabelingConfig = field(default_factory=LabelingConfig, metadata={"help": "cascade labeling of (query, item) pairs"})
+    evaluation: EvaluationConfig = field(
+        default_factory=EvaluationConfig, metadata={"help": "offline evaluation and blessing gates"}
+    )
+    promotion: PromotionConfig = field(
+        default_factory=PromotionConfig, metadata={"help": "model promotion and A/B config push"}
+    )
+    simulator: SimulatorConfig = field(
+        default_factory=SimulatorConfig, metadata={"help": "sponsored-search log simulator"}
+    )
+    extraction: ExtractionConfig = field(
+        default_factory=ExtractionConfig, metadata={"help": "log extraction: validation, bot filter, engagement"}
+    )
+    teachers: TeachersConfig = field(
+        default_factory=TeachersConfig, metadata={"help": "teacher cascade models, training and Triton export"}
+    )
+    labeling: LabelingConfig = field(
+        default_factory=LabelingConfig, metadata={"help": "cascade labeling of (query, item) pairs"}
+    )
 
 
 # ---------------------------------------------------------------- loading

@@ -157,8 +157,13 @@ def _bootstrap_means(values: np.ndarray, n_resamples: int, confidence: float, se
         mean = float(values.mean()) if len(values) else float("nan")
         return mean, mean, np.full(n_resamples, mean)
     res = bootstrap(
-        (values,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-        method="percentile", random_state=np.random.default_rng(seed), vectorized=True,
+        (values,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+        vectorized=True,
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high), res.bootstrap_distribution
 
@@ -176,13 +181,19 @@ def mean_with_ci(values: Sequence[float], n_resamples: int = 2000, confidence: f
 
 
 def paired_bootstrap(
-    candidate: Sequence[float], baseline: Sequence[float], n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+    candidate: Sequence[float],
+    baseline: Sequence[float],
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> Estimate:
     """Mean per-query delta (candidate minus baseline) over queries where both are defined,
     its percentile bootstrap CI, and the two-sided bootstrap p-value of "no difference"."""
     cand, base = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
     if cand.shape != base.shape:
-        raise ValueError(f"paired bootstrap needs one value per query in both systems, got {cand.shape} and {base.shape}")
+        raise ValueError(
+            f"paired bootstrap needs one value per query in both systems, got {cand.shape} and {base.shape}"
+        )
     deltas = (cand - base)[~(np.isnan(cand) | np.isnan(base))]
     if len(deltas) == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0, float("nan"))
@@ -275,8 +286,12 @@ def evaluate(
                     **boot,
                 )
                 cand_mean = mean_with_ci([per_query[candidate.name][metric][q] for q in queries], n_resamples=0).value
-                rows.append(_row(candidate.name, base, metric, slice_name, judged_by, est, delta=est.value, value=cand_mean))
-    table = validate(pa.Table.from_pylist(rows, schema=EVAL_RESULTS.arrow_schema()), EVAL_RESULTS, "evaluation").accepted
+                rows.append(
+                    _row(candidate.name, base, metric, slice_name, judged_by, est, delta=est.value, value=cand_mean)
+                )
+    table = validate(
+        pa.Table.from_pylist(rows, schema=EVAL_RESULTS.arrow_schema()), EVAL_RESULTS, "evaluation"
+    ).accepted
     result = EvaluationResult(
         table=table,
         per_query=per_query,
@@ -284,9 +299,14 @@ def evaluate(
         slices=slices,
         blessing={},
         systems={candidate.name: candidate.kind, **{b.name: b.kind for b in baselines}},
-        settings={"evaluation": to_dict(cfg), "relevance_threshold": relevance_threshold, "num_grades": num_grades,
-                  "rank_seconds": {k: round(v, 3) for k, v in seconds.items()},
-                  "human_queries": len(human_queries), "engagement_queries": len(engagement_queries)},
+        settings={
+            "evaluation": to_dict(cfg),
+            "relevance_threshold": relevance_threshold,
+            "num_grades": num_grades,
+            "rank_seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "human_queries": len(human_queries),
+            "engagement_queries": len(engagement_queries),
+        },
     )
     result.blessing = bless(result, candidate.name, [b.name for b in baselines], cfg, engagement is not None)
     return result
@@ -297,9 +317,17 @@ def _row(system, baseline, metric, slice_name, judged_by, est: Estimate, delta, 
         return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
     return {
-        "system": system, "baseline": baseline, "metric": metric, "slice": slice_name, "judged_by": judged_by,
-        "value": float(est.value if value is None else value), "delta": clean(delta),
-        "ci_low": clean(est.ci_low), "ci_high": clean(est.ci_high), "p_value": clean(est.p_value), "n_queries": est.n,
+        "system": system,
+        "baseline": baseline,
+        "metric": metric,
+        "slice": slice_name,
+        "judged_by": judged_by,
+        "value": float(est.value if value is None else value),
+        "delta": clean(delta),
+        "ci_low": clean(est.ci_low),
+        "ci_high": clean(est.ci_high),
+        "p_value": clean(est.p_value),
+        "n_queries": est.n,
     }
 
 
@@ -314,70 +342,105 @@ def _gate(passed: bool, observed, threshold, reason: str) -> dict:
     return {"passed": bool(passed), "observed": observed, "threshold": threshold, "reason": reason}
 
 
-def _baseline_gates(result: EvaluationResult, candidate: str, base: str, cfg: EvaluationConfig, has_engagement: bool) -> dict:
+def _baseline_gates(
+    result: EvaluationResult, candidate: str, base: str, cfg: EvaluationConfig, has_engagement: bool
+) -> dict:
     k = cfg.cutoffs[0]
     gates = {}
     row = result.value(cfg.gate_metric, candidate, base)
     low, high = _or_nan(row["ci_low"]), _or_nan(row["ci_high"])
     ok = low >= cfg.gate_min_delta_ci_low
     gates[f"{cfg.gate_metric}_delta_ci_low_vs_{base}"] = _gate(
-        ok, low, cfg.gate_min_delta_ci_low,
+        ok,
+        low,
+        cfg.gate_min_delta_ci_low,
         f"{cfg.gate_metric} delta vs {base} is {row['delta']:+.4f}, CI [{low:+.4f}, {high:+.4f}]: "
         f"lower bound {'>=' if ok else '<'} {cfg.gate_min_delta_ci_low}",
     )
     g0_delta = result.value(f"grade0_share@{k}", candidate, base)["delta"] or 0.0
     ok = g0_delta <= cfg.gate_max_grade0_increase
     gates[f"grade0_share@{k}_vs_{base}"] = _gate(
-        ok, g0_delta, cfg.gate_max_grade0_increase,
+        ok,
+        g0_delta,
+        cfg.gate_max_grade0_increase,
         f"grade-0 share@{k} changes by {g0_delta:+.4f} vs {base} "
         f"({'within' if ok else 'above'} the allowed +{cfg.gate_max_grade0_increase})",
     )
     name = f"engagement_recall@{k}_vs_{base}"
     if not has_engagement:
-        gates[name] = _gate(True, None, -cfg.gate_max_engagement_drop,
-                            f"engagement recall vs {base} not gated: no held-out engagement data was given")
+        gates[name] = _gate(
+            True,
+            None,
+            -cfg.gate_max_engagement_drop,
+            f"engagement recall vs {base} not gated: no held-out engagement data was given",
+        )
         return gates
     cand_value = result.value(f"engagement_recall@{k}", candidate)["value"]
     base_value = result.value(f"engagement_recall@{k}", base)["value"]
     change = (cand_value - base_value) / base_value if base_value > 0 else 0.0
     ok = change >= -cfg.gate_max_engagement_drop
     gates[name] = _gate(
-        ok, change, -cfg.gate_max_engagement_drop,
+        ok,
+        change,
+        -cfg.gate_max_engagement_drop,
         f"engagement recall@{k} {cand_value:.4f} vs {base} {base_value:.4f}: relative change {change:+.2%} "
         f"({'within' if ok else 'beyond'} the allowed -{cfg.gate_max_engagement_drop:.0%})",
     )
     return gates
 
 
-def bless(result: EvaluationResult, candidate: str, baselines: Sequence[str], cfg: EvaluationConfig, has_engagement: bool) -> dict:
+def bless(
+    result: EvaluationResult, candidate: str, baselines: Sequence[str], cfg: EvaluationConfig, has_engagement: bool
+) -> dict:
     """``{"blessed", "reasons", "gates", "evidence"}`` from the gates of ``cfg``: the reasons
     are the failed gates' when any failed, otherwise every gate's."""
     measured = set(result.per_query[candidate])
     if cfg.gate_metric not in measured:
-        raise ValueError(f"evaluation.gate_metric {cfg.gate_metric!r} is not measured; measured: {', '.join(sorted(measured))}")
+        raise ValueError(
+            f"evaluation.gate_metric {cfg.gate_metric!r} is not measured; measured: {', '.join(sorted(measured))}"
+        )
     unknown = [b for b in cfg.gate_baselines if b not in baselines]
     if unknown:
         raise ValueError(f"evaluation.gate_baselines names unknown systems {unknown}; systems: {', '.join(baselines)}")
     gated = list(cfg.gate_baselines) or list(baselines)
     n_queries = result.settings["human_queries"]
     enough = n_queries >= cfg.gate_min_queries
-    gates = {"min_queries": _gate(
-        enough, n_queries, cfg.gate_min_queries,
-        f"{n_queries} judged queries {'>=' if enough else '<'} the {cfg.gate_min_queries} required")}
+    gates = {
+        "min_queries": _gate(
+            enough,
+            n_queries,
+            cfg.gate_min_queries,
+            f"{n_queries} judged queries {'>=' if enough else '<'} the {cfg.gate_min_queries} required",
+        )
+    }
     for base in gated:
         gates.update(_baseline_gates(result, candidate, base, cfg, has_engagement))
     failed = [g["reason"] for g in gates.values() if not g["passed"]]
     rows = [r for r in result.table.to_pylist() if r["slice"] == "all"]
     evidence = {
-        "candidate": candidate, "baselines": list(baselines), "gated_baselines": gated,
-        "candidate_metrics": {r["metric"]: r["value"] for r in rows if r["system"] == candidate and r["baseline"] is None},
-        "deltas": {f"{r['metric']}_vs_{r['baseline']}": {"delta": r["delta"], "ci": [r["ci_low"], r["ci_high"]],
-                                                          "p_value": r["p_value"]}
-                   for r in rows if r["baseline"] is not None},
+        "candidate": candidate,
+        "baselines": list(baselines),
+        "gated_baselines": gated,
+        "candidate_metrics": {
+            r["metric"]: r["value"] for r in rows if r["system"] == candidate and r["baseline"] is None
+        },
+        "deltas": {
+            f"{r['metric']}_vs_{r['baseline']}": {
+                "delta": r["delta"],
+                "ci": [r["ci_low"], r["ci_high"]],
+                "p_value": r["p_value"],
+            }
+            for r in rows
+            if r["baseline"] is not None
+        },
         "queries": {"human": n_queries, "engagement": result.settings["engagement_queries"]},
     }
-    return {"blessed": not failed, "reasons": failed or [g["reason"] for g in gates.values()], "gates": gates,
-            "evidence": evidence}
+    return {
+        "blessed": not failed,
+        "reasons": failed or [g["reason"] for g in gates.values()],
+        "gates": gates,
+        "evidence": evidence,
+    }
 
 
 # ---------------------------------------------------------------- outputs
@@ -473,11 +536,23 @@ def run_evaluation(
         engagement = engagement_targets(table, cfg.evaluation.max_engagement_queries)
     result = evaluate(
         biencoder_system(CANDIDATE, candidate_model, candidate_index),
-        baselines, qrels, cfg.evaluation, cfg.data.relevance_threshold, cfg.data.num_grades, engagement,
+        baselines,
+        qrels,
+        cfg.evaluation,
+        cfg.data.relevance_threshold,
+        cfg.data.num_grades,
+        engagement,
     )
-    result.settings.update({"judgments_uri": data_cfg.judgments_uri, "split": split, "engagement_uri": engagement_uri,
-                            "candidate_model": candidate_model, "candidate_index": candidate_index,
-                            "model_baselines": [list(b) for b in model_baselines]})
+    result.settings.update(
+        {
+            "judgments_uri": data_cfg.judgments_uri,
+            "split": split,
+            "engagement_uri": engagement_uri,
+            "candidate_model": candidate_model,
+            "candidate_index": candidate_index,
+            "model_baselines": [list(b) for b in model_baselines],
+        }
+    )
     if out_uri:
         write_outputs(result, output_uris(out_uri))
     return result

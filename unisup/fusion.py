@@ -52,8 +52,14 @@ PRESETS: dict[str, Preset] = {
     "unified_no_engagement": Preset("fused", {"engagement_weight": 0.0}),
     "engagement_only": Preset(
         "clicks",
-        {"prior_weight": 0.0, "engagement_weight": 0.0, "hard_negative_weight": 0.0,
-         "max_hard_negatives": 0, "max_under_impressions": 0, "max_teacher": 0},
+        {
+            "prior_weight": 0.0,
+            "engagement_weight": 0.0,
+            "hard_negative_weight": 0.0,
+            "max_hard_negatives": 0,
+            "max_under_impressions": 0,
+            "max_teacher": 0,
+        },
         uses_labels=False,
     ),
 }
@@ -68,9 +74,13 @@ def resolve_preset(cfg: FusionConfig) -> tuple[FusionConfig, Preset]:
     if effective.prior_normalization not in NORMALIZATIONS:
         raise ValueError(f"fusion.prior_normalization: {effective.prior_normalization!r} not in {NORMALIZATIONS}")
     if effective.engagement_normalization not in ("max", "minmax", "none"):
-        raise ValueError(f"fusion.engagement_normalization: {effective.engagement_normalization!r} not in max, minmax, none")
+        raise ValueError(
+            f"fusion.engagement_normalization: {effective.engagement_normalization!r} not in max, minmax, none"
+        )
     if effective.num_random >= effective.list_size:
-        raise ValueError(f"fusion.num_random ({effective.num_random}) must be below fusion.list_size ({effective.list_size})")
+        raise ValueError(
+            f"fusion.num_random ({effective.num_random}) must be below fusion.list_size ({effective.list_size})"
+        )
     return effective, preset
 
 
@@ -101,7 +111,9 @@ def normalize_per_query(values: np.ndarray, query: np.ndarray, how: str) -> np.n
     raise ValueError(f"unknown normalization {how!r}; expected one of {NORMALIZATIONS}")
 
 
-def multichannel_prior(ranks: dict[str, np.ndarray], n_channels: np.ndarray, query: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+def multichannel_prior(
+    ranks: dict[str, np.ndarray], n_channels: np.ndarray, query: np.ndarray, cfg: FusionConfig
+) -> np.ndarray:
     """``sum_c w_c / (k + rank_c) + agreement * n_channels``, normalized per query.
 
     ``ranks`` maps a channel name to 1-based ranks (NaN = not retrieved by that channel).
@@ -133,7 +145,12 @@ def grade_gain(grade: np.ndarray, probs: np.ndarray | None, cfg: FusionConfig) -
 
 
 def fused_target(
-    gain: np.ndarray, grade: np.ndarray, prior: np.ndarray, engagement: np.ndarray, relevance_threshold: int, cfg: FusionConfig
+    gain: np.ndarray,
+    grade: np.ndarray,
+    prior: np.ndarray,
+    engagement: np.ndarray,
+    relevance_threshold: int,
+    cfg: FusionConfig,
 ) -> np.ndarray:
     """``t = g + a * prior + b * [grade >= r0] * e - c * [grade < r0] * prior``."""
     relevant = grade >= relevance_threshold
@@ -161,17 +178,22 @@ def _query_rng(seed: int, query: str) -> np.random.Generator:
     return np.random.default_rng([seed, digest])
 
 
-def _candidate_pool(labels: pa.Table | None, engagement: pa.Table, cfg: FusionConfig, r0: int, num_grades: int) -> pd.DataFrame:
+def _candidate_pool(
+    labels: pa.Table | None, engagement: pa.Table, cfg: FusionConfig, r0: int, num_grades: int
+) -> pd.DataFrame:
     """One row per (query, item) known from the logs or the teacher, with prior, engagement,
     gain, grade and source."""
     eng = engagement.to_pandas()
     ranks = rank_columns(engagement.column_names)
     eng_q = eng["query"].to_numpy()
-    rank_values = {c[len("best_rank_"):]: eng[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ranks}
+    rank_values = {c[len("best_rank_") :]: eng[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ranks}
     eng["prior"] = multichannel_prior(rank_values, eng["n_channels"].to_numpy(dtype=np.float64), eng_q, cfg)
     eng["engagement"] = engagement_signal(
-        eng["impressions"].to_numpy(dtype=np.float64), eng["ctr_smoothed"].to_numpy(dtype=np.float64),
-        eng["cvr_smoothed"].to_numpy(dtype=np.float64), eng_q, cfg,
+        eng["impressions"].to_numpy(dtype=np.float64),
+        eng["ctr_smoothed"].to_numpy(dtype=np.float64),
+        eng["cvr_smoothed"].to_numpy(dtype=np.float64),
+        eng_q,
+        cfg,
     )
     if rank_values:
         stacked = np.stack(list(rank_values.values()), axis=1)
@@ -179,7 +201,18 @@ def _candidate_pool(labels: pa.Table | None, engagement: pa.Table, cfg: FusionCo
     else:
         eng["best_rank"] = np.inf
     eng["in_logs"] = True
-    keep = ["query", "item_id", "impressions", "under_impressions", "clicks", "conversions", "prior", "engagement", "best_rank", "in_logs"]
+    keep = [
+        "query",
+        "item_id",
+        "impressions",
+        "under_impressions",
+        "clicks",
+        "conversions",
+        "prior",
+        "engagement",
+        "best_rank",
+        "in_logs",
+    ]
     pool = eng[keep]
     if labels is not None:
         lab = labels.select(["query", "item_id", "grade"]).to_pandas()
@@ -194,18 +227,29 @@ def _candidate_pool(labels: pa.Table | None, engagement: pa.Table, cfg: FusionCo
     for col in ("prior", "engagement"):
         pool[col] = pool[col].fillna(0.0).astype(np.float64)
     labeled = pool["grade"].notna().to_numpy()
-    grade = np.where(labeled, pool["grade"].fillna(cfg.unlabeled_grade).to_numpy(dtype=np.float64), cfg.unlabeled_grade).astype(np.int64)
+    grade = np.where(
+        labeled, pool["grade"].fillna(cfg.unlabeled_grade).to_numpy(dtype=np.float64), cfg.unlabeled_grade
+    ).astype(np.int64)
     probs_matrix = None
     if cfg.expected_gain and labeled.any():
         unlabeled_probs = np.eye(num_grades)[cfg.unlabeled_grade]
-        probs_matrix = np.stack([np.asarray(p, dtype=np.float64) if ok else unlabeled_probs for p, ok in zip(pool["probs"], labeled)])
+        probs_matrix = np.stack(
+            [np.asarray(p, dtype=np.float64) if ok else unlabeled_probs for p, ok in zip(pool["probs"], labeled)]
+        )
     pool["labeled"] = labeled
     pool["grade_used"] = grade
     pool["gain"] = grade_gain(grade, probs_matrix, cfg)
-    hard = labeled & (grade < r0) & (pool["best_rank"].fillna(np.inf).to_numpy(np.float64) <= cfg.hard_negative_max_rank)
+    hard = (
+        labeled & (grade < r0) & (pool["best_rank"].fillna(np.inf).to_numpy(np.float64) <= cfg.hard_negative_max_rank)
+    )
     source = np.where(
-        hard, "hard_negative",
-        np.where(pool["impressions"].to_numpy() > 0, "impression", np.where(pool["in_logs"].to_numpy(), "under_impression", "teacher")),
+        hard,
+        "hard_negative",
+        np.where(
+            pool["impressions"].to_numpy() > 0,
+            "impression",
+            np.where(pool["in_logs"].to_numpy(), "under_impression", "teacher"),
+        ),
     )
     pool["source"] = source
     return pool.drop(columns=["probs"]).sort_values(["query", "item_id"], kind="stable").reset_index(drop=True)
@@ -237,7 +281,9 @@ def build_training_lists(
     """
     cfg, preset = resolve_preset(cfg)
     if len(cfg.grade_gains) != num_grades:
-        raise ValueError(f"fusion.grade_gains has {len(cfg.grade_gains)} entries, expected one per grade ({num_grades})")
+        raise ValueError(
+            f"fusion.grade_gains has {len(cfg.grade_gains)} entries, expected one per grade ({num_grades})"
+        )
     pool = _candidate_pool(labels if preset.uses_labels else None, engagement, cfg, relevance_threshold, num_grades)
     requested = None
     if queries is not None:
@@ -248,12 +294,20 @@ def build_training_lists(
         pool["target"] = (pool["clicks"] > 0).astype(np.float64)
     else:
         pool["target"] = fused_target(
-            pool["gain"].to_numpy(), pool["grade_used"].to_numpy(), pool["prior"].to_numpy(),
-            pool["engagement"].to_numpy(), relevance_threshold, cfg,
+            pool["gain"].to_numpy(),
+            pool["grade_used"].to_numpy(),
+            pool["prior"].to_numpy(),
+            pool["engagement"].to_numpy(),
+            relevance_threshold,
+            cfg,
         )
     catalog = np.asarray(sorted(set(catalog_ids)), dtype=object)
-    quotas = {"impression": cfg.max_impressions, "hard_negative": cfg.max_hard_negatives,
-              "under_impression": cfg.max_under_impressions, "teacher": cfg.max_teacher}
+    quotas = {
+        "impression": cfg.max_impressions,
+        "hard_negative": cfg.max_hard_negatives,
+        "under_impression": cfg.max_under_impressions,
+        "teacher": cfg.max_teacher,
+    }
     lists, skipped = [], {}
     for query, items in pool.groupby("query", sort=True):
         rng = _query_rng(cfg.seed, query)
@@ -265,7 +319,11 @@ def build_training_lists(
             room -= len(picked)
             chosen.append(picked)
         chosen_frame = pd.concat(chosen)
-        positive = chosen_frame["clicks"] > 0 if preset.target == "clicks" else chosen_frame["grade_used"] >= relevance_threshold
+        positive = (
+            chosen_frame["clicks"] > 0
+            if preset.target == "clicks"
+            else chosen_frame["grade_used"] >= relevance_threshold
+        )
         reason = None
         if cfg.require_positive and not positive.any():
             reason = "no positive in the list"
@@ -295,15 +353,23 @@ def _random_negatives(catalog: np.ndarray, exclude: set[str], count: int, rng: n
 def _rows(query: str, chosen: pd.DataFrame, randoms: list[str], r0: int, cfg: FusionConfig, preset: Preset) -> pa.Table:
     n_random = len(randoms)
     random_target = 0.0 if preset.target == "clicks" else float(cfg.grade_gains[cfg.unlabeled_grade])
-    grades = [int(g) if ok else None for g, ok in zip(chosen["grade_used"], chosen["labeled"])] if preset.uses_labels else [None] * len(chosen)
+    grades = (
+        [int(g) if ok else None for g, ok in zip(chosen["grade_used"], chosen["labeled"])]
+        if preset.uses_labels
+        else [None] * len(chosen)
+    )
     return pa.table(
         {
             "query": pa.array([query] * (len(chosen) + n_random), pa.string()),
             "item_id": pa.array(chosen["item_id"].tolist() + randoms, pa.string()),
-            "target": pa.array(np.concatenate([chosen["target"].to_numpy(np.float64), np.full(n_random, random_target)]), pa.float32()),
+            "target": pa.array(
+                np.concatenate([chosen["target"].to_numpy(np.float64), np.full(n_random, random_target)]), pa.float32()
+            ),
             "grade": pa.array(grades + [None] * n_random, pa.int8()),
             "prior": pa.array(np.concatenate([chosen["prior"].to_numpy(np.float64), np.zeros(n_random)]), pa.float32()),
-            "engagement": pa.array(np.concatenate([chosen["engagement"].to_numpy(np.float64), np.zeros(n_random)]), pa.float32()),
+            "engagement": pa.array(
+                np.concatenate([chosen["engagement"].to_numpy(np.float64), np.zeros(n_random)]), pa.float32()
+            ),
             "clicked": pa.array((chosen["clicks"] > 0).tolist() + [False] * n_random, pa.bool_()),
             "converted": pa.array((chosen["conversions"] > 0).tolist() + [False] * n_random, pa.bool_()),
             "source": pa.array(chosen["source"].tolist() + ["random"] * n_random, pa.string()),
@@ -312,7 +378,9 @@ def _rows(query: str, chosen: pd.DataFrame, randoms: list[str], r0: int, cfg: Fu
     )
 
 
-def _report(table: pa.Table, pool: pd.DataFrame, skipped: dict[str, int], cfg: FusionConfig, preset: Preset, r0: int) -> dict:
+def _report(
+    table: pa.Table, pool: pd.DataFrame, skipped: dict[str, int], cfg: FusionConfig, preset: Preset, r0: int
+) -> dict:
     frame = table.to_pandas()
     per_list = frame.groupby("query").size() if len(frame) else pd.Series(dtype=int)
     target = frame["target"].to_numpy(np.float64) if len(frame) else np.zeros(0)
@@ -325,12 +393,19 @@ def _report(table: pa.Table, pool: pd.DataFrame, skipped: dict[str, int], cfg: F
         "pool_pairs": int(len(pool)),
         "skipped_lists": skipped,
         "items_per_source": {s: int((frame["source"] == s).sum()) if len(frame) else 0 for s in SOURCES},
-        "items_per_list": {"min": int(per_list.min()) if len(per_list) else 0, "mean": float(per_list.mean()) if len(per_list) else 0.0,
-                           "max": int(per_list.max()) if len(per_list) else 0},
+        "items_per_list": {
+            "min": int(per_list.min()) if len(per_list) else 0,
+            "mean": float(per_list.mean()) if len(per_list) else 0.0,
+            "max": int(per_list.max()) if len(per_list) else 0,
+        },
         "relevant_items": int((frame["grade"].fillna(-1) >= r0).sum()) if len(frame) else 0,
         "clicked_items": int(frame["clicked"].sum()) if len(frame) else 0,
-        "target_stats": {"min": float(target.min()) if len(target) else 0.0, "mean": float(target.mean()) if len(target) else 0.0,
-                         "max": float(target.max()) if len(target) else 0.0, "negative_share": float((target < 0).mean()) if len(target) else 0.0},
+        "target_stats": {
+            "min": float(target.min()) if len(target) else 0.0,
+            "mean": float(target.mean()) if len(target) else 0.0,
+            "max": float(target.max()) if len(target) else 0.0,
+            "negative_share": float((target < 0).mean()) if len(target) else 0.0,
+        },
         "parameters": dataclasses.asdict(cfg),
         "relevance_threshold": r0,
     }
@@ -373,8 +448,13 @@ def fuse(labels_uri: str, engagement_uri: str, out_uri: str, report_uri: str | N
         inputs["labels"] = _accounting(labels)
     queries = training_queries(config, engagement.accepted)
     result = build_training_lists(
-        labels.accepted if labels else None, engagement.accepted, catalog["product_id"].to_pylist(), config.fusion,
-        config.data.relevance_threshold, config.data.num_grades, queries,
+        labels.accepted if labels else None,
+        engagement.accepted,
+        catalog["product_id"].to_pylist(),
+        config.fusion,
+        config.data.relevance_threshold,
+        config.data.num_grades,
+        queries,
     )
     write_table(result.lists, out_uri)
     report = {**result.report, "split": config.fusion.split, "inputs": inputs}
@@ -393,5 +473,9 @@ def _read(uri: str, artifact: str) -> pa.Table:
 
 
 def _accounting(validated) -> dict:
-    return {"rows_in": validated.rows_in, "accepted": validated.accepted.num_rows,
-            "quarantined": validated.quarantined.num_rows, "reasons": validated.reason_counts()}
+    return {
+        "rows_in": validated.rows_in,
+        "accepted": validated.accepted.num_rows,
+        "quarantined": validated.quarantined.num_rows,
+        "reasons": validated.reason_counts(),
+    }

@@ -98,7 +98,9 @@ def _to_gpu(index, use_gpu: bool):
         return index, False
 
 
-def build_faiss_index(vectors: np.ndarray, factory: str, metric: str, train_size: int, seed: int = 0, use_gpu: bool = True):
+def build_faiss_index(
+    vectors: np.ndarray, factory: str, metric: str, train_size: int, seed: int = 0, use_gpu: bool = True
+):
     """A FAISS index of ``vectors`` from a factory string (trained on a seeded sample
     when the index needs training): (index in CPU form, whether it was built on a GPU)."""
     import faiss
@@ -111,7 +113,11 @@ def build_faiss_index(vectors: np.ndarray, factory: str, metric: str, train_size
     index, on_gpu = _to_gpu(index, use_gpu)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        sample = vectors if len(vectors) <= train_size else vectors[np.sort(rng.choice(len(vectors), train_size, replace=False))]
+        sample = (
+            vectors
+            if len(vectors) <= train_size
+            else vectors[np.sort(rng.choice(len(vectors), train_size, replace=False))]
+        )
         index.train(sample)
     index.add(vectors)
     return (faiss.index_gpu_to_cpu(index) if on_gpu else index), on_gpu
@@ -192,12 +198,21 @@ def build_index(
         shard_dir = Path(cfg.work_dir) / f"{fingerprint}-{_texts_digest(texts)}-{cfg.shard_size}"
         start = time.perf_counter()
         vectors = embed_in_shards(
-            lambda chunk: item_tower.encode(chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"),
-            texts, shard_dir, cfg.shard_size, progress,
+            lambda chunk: item_tower.encode(
+                chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"
+            ),
+            texts,
+            shard_dir,
+            cfg.shard_size,
+            progress,
         )
         embed_seconds = time.perf_counter() - start
         queries, query_source = _recall_queries(
-            query_texts, lambda t: query_tower.encode(t, batch_size=cfg.batch_size), vectors, cfg.recall_queries, cfg.seed
+            query_texts,
+            lambda t: query_tower.encode(t, batch_size=cfg.batch_size),
+            vectors,
+            cfg.recall_queries,
+            cfg.seed,
         )
     start = time.perf_counter()
     index, on_gpu = build_faiss_index(vectors, cfg.factory, cfg.metric, cfg.train_size, cfg.seed, cfg.use_gpu)
@@ -234,8 +249,12 @@ def build_catalog_index(model_path: str, out_uri: str, cfg: Config, progress: bo
     from unisup.data.sample import load_catalog, load_judgments
 
     catalog = load_catalog(cfg.data.catalog_uri).accepted
-    queries = sorted(set(load_judgments(cfg.data.judgments_uri, catalog, cfg.data.num_grades).accepted["query"].to_pylist()))
-    return build_index(model_path, catalog, out_uri, cfg.index, queries, progress, {"catalog_uri": cfg.data.catalog_uri})
+    queries = sorted(
+        set(load_judgments(cfg.data.judgments_uri, catalog, cfg.data.num_grades).accepted["query"].to_pylist())
+    )
+    return build_index(
+        model_path, catalog, out_uri, cfg.index, queries, progress, {"catalog_uri": cfg.data.catalog_uri}
+    )
 
 
 def write_index(index, item_ids: Sequence[str], metadata: dict, out_uri: str) -> None:

@@ -91,7 +91,9 @@ def partitions(logs_uri: str) -> list[tuple[str, str]]:
     files = [u for u in storage.list_prefix(logs_uri) if u.endswith(".parquet")]
     out = []
     for uri in files:
-        match = _DATE_PART.search(uri[len(str(logs_uri).rstrip("/")) :] if uri.startswith(str(logs_uri).rstrip("/")) else uri)
+        match = _DATE_PART.search(
+            uri[len(str(logs_uri).rstrip("/")) :] if uri.startswith(str(logs_uri).rstrip("/")) else uri
+        )
         if not match:
             raise DataValidationError("raw_logs", uri, "log file is not inside a date=YYYY-MM-DD partition folder")
         out.append((match.group(1), uri))
@@ -120,7 +122,9 @@ def _columns(files: list[str], sources: list[str]) -> tuple[set[str], list[str]]
         names = pq.read_schema(path).names
         for column in required:
             if column not in names:
-                raise DataValidationError("raw_logs", source, f"required column is missing (found: {', '.join(names)})", column=column)
+                raise DataValidationError(
+                    "raw_logs", source, f"required column is missing (found: {', '.join(names)})", column=column
+                )
         present.update(names)
     channels = sorted(name[len("rank_") :] for name in RAW_LOGS.dynamic_names(present))
     return present, channels
@@ -130,7 +134,10 @@ def _source_select(present: set[str], channels: list[str]) -> str:
     casts = []
     for column in RAW_LOGS.columns:
         sql_type = {
-            "string": "VARCHAR", "int16": "SMALLINT", "bool": "BOOLEAN", "double": "DOUBLE",
+            "string": "VARCHAR",
+            "int16": "SMALLINT",
+            "bool": "BOOLEAN",
+            "double": "DOUBLE",
         }.get(str(column.type), "TIMESTAMPTZ")
         value = f"CAST(r.{column.name} AS {sql_type})" if column.name in present else f"CAST(NULL AS {sql_type})"
         casts.append(f"{value} AS {column.name}")
@@ -233,10 +240,17 @@ def extract_logs(
         con.execute("SET TimeZone = 'UTC'")
         con.execute("SET preserve_insertion_order = false")
         con.register("catalog_ids", known)
-        con.execute("CREATE TEMP TABLE known AS SELECT DISTINCT CAST(product_id AS VARCHAR) AS product_id FROM catalog_ids")
+        con.execute(
+            "CREATE TEMP TABLE known AS SELECT DISTINCT CAST(product_id AS VARCHAR) AS product_id FROM catalog_ids"
+        )
         _create_table(
-            con, "files",
-            {"filename": pa.array(files), "source_uri": pa.array(selected), "file_index": pa.array(range(len(files)), pa.int64())},
+            con,
+            "files",
+            {
+                "filename": pa.array(files),
+                "source_uri": pa.array(selected),
+                "file_index": pa.array(range(len(files)), pa.int64()),
+            },
         )
         file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
         con.execute(
@@ -278,7 +292,9 @@ def extract_logs(
             f"FROM bad JOIN files ON bad.source_path = files.filename ORDER BY files.file_index, {SOURCE_ROW}) "
             f"TO '{local_quarantine}' (FORMAT PARQUET, COMPRESSION ZSTD)"
         )
-        by_reason = dict(con.execute(f"SELECT {QUARANTINE_REASON}, count(*) FROM bad GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+        by_reason = dict(
+            con.execute(f"SELECT {QUARANTINE_REASON}, count(*) FROM bad GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+        )
         con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM src ANTI JOIN bad USING (source_path, {SOURCE_ROW})")
 
         # 2. bot filter, from per (user, day, agent) statistics of the accepted rows
@@ -293,8 +309,13 @@ def extract_logs(
         )
         rows_accepted = int(con.execute("SELECT coalesce(sum(n), 0) FROM user_days").fetchall()[0][0])
         pattern = re.compile(cfg.bot_user_agent_pattern)
-        agents = [a for (a,) in con.execute("SELECT DISTINCT user_agent FROM user_days WHERE user_agent IS NOT NULL").fetchall()]
-        _create_table(con, "bot_agents", {"user_agent": pa.array([a for a in agents if pattern.search(a)], pa.string())})
+        agents = [
+            a
+            for (a,) in con.execute("SELECT DISTINCT user_agent FROM user_days WHERE user_agent IS NOT NULL").fetchall()
+        ]
+        _create_table(
+            con, "bot_agents", {"user_agent": pa.array([a for a in agents if pattern.search(a)], pa.string())}
+        )
         con.execute(
             f"""
             CREATE TEMP TABLE bots AS
@@ -327,7 +348,7 @@ def extract_logs(
             CREATE TEMP TABLE qip AS
             SELECT query, item_id, position, count(*) AS n,
                    count(*) FILTER (WHERE click) AS clicks, count(*) FILTER (WHERE conversion) AS conversions,
-                   coalesce(sum(price) FILTER (WHERE conversion), 0) AS revenue{', ' + ranks if ranks else ''}
+                   coalesce(sum(price) FILTER (WHERE conversion), 0) AS revenue{", " + ranks if ranks else ""}
             FROM clean WHERE user_id IS NULL OR user_id NOT IN (SELECT user_id FROM bots)
             GROUP BY query, item_id, position
             """
@@ -335,8 +356,12 @@ def extract_logs(
         max_slot = int(con.execute("SELECT coalesce(max(position), 1) FROM qip").fetchall()[0][0])
         propensity, propensity_sources = _propensities(con, cfg, max_slot)
         _create_table(
-            con, "slots",
-            {"position": pa.array(range(1, len(propensity) + 1), pa.int16()), "propensity": pa.array(propensity, pa.float64())},
+            con,
+            "slots",
+            {
+                "position": pa.array(range(1, len(propensity) + 1), pa.int16()),
+                "propensity": pa.array(propensity, pa.float64()),
+            },
         )
         totals = con.execute(
             "SELECT coalesce(sum(n), 0), coalesce(sum(clicks), 0), coalesce(sum(conversions), 0), coalesce(sum(revenue), 0), "
@@ -345,7 +370,9 @@ def extract_logs(
         ).fetchall()[0]
         rows_used, clicks, conversions, revenue, impressions, examined = totals
         ctr_mean = clicks / examined if cfg.estimate_prior_means and examined > 0 and clicks > 0 else cfg.ctr_prior_mean
-        cvr_mean = conversions / clicks if cfg.estimate_prior_means and clicks > 0 and conversions > 0 else cfg.cvr_prior_mean
+        cvr_mean = (
+            conversions / clicks if cfg.estimate_prior_means and clicks > 0 and conversions > 0 else cfg.cvr_prior_mean
+        )
         ctr_a, ctr_b = ctr_mean * cfg.ctr_prior_strength, (1 - ctr_mean) * cfg.ctr_prior_strength
         cvr_a, cvr_b = cvr_mean * cfg.cvr_prior_strength, (1 - cvr_mean) * cfg.cvr_prior_strength
 
@@ -365,7 +392,7 @@ def extract_logs(
                      CAST(coalesce(sum(clicks) / nullif(sum(q.n * s.propensity), 0), 0) AS DOUBLE) AS ctr_debiased,
                      CAST((sum(clicks) + {ctr_a}) / (coalesce(sum(q.n * s.propensity), 0) + {ctr_a + ctr_b}) AS DOUBLE) AS ctr_smoothed,
                      CAST((sum(conversions) + {cvr_a}) / (sum(clicks) + {cvr_a + cvr_b}) AS DOUBLE) AS cvr_smoothed,
-                     CAST({n_channels} AS TINYINT) AS n_channels{', ' + best if best else ''}
+                     CAST({n_channels} AS TINYINT) AS n_channels{", " + best if best else ""}
               FROM qip q LEFT JOIN slots s USING (position)
               GROUP BY query, item_id ORDER BY query, item_id
             ) TO '{local_engagement}' (FORMAT PARQUET, COMPRESSION ZSTD)
@@ -397,7 +424,11 @@ def extract_logs(
         "quarantined_by_reason": {k: int(v) for k, v in by_reason.items()},
         "rows_bot_filtered": int(bot_rule_counts[4]),
         "bot_users": int(bot_rule_counts[0]),
-        "bot_users_by_rule": {"user_agent": int(bot_rule_counts[1]), "volume": int(bot_rule_counts[2]), "ctr": int(bot_rule_counts[3])},
+        "bot_users_by_rule": {
+            "user_agent": int(bot_rule_counts[1]),
+            "volume": int(bot_rule_counts[2]),
+            "ctr": int(bot_rule_counts[3]),
+        },
         "rows_used": int(rows_used),
         "pairs": pairs,
         "impressions": int(impressions),

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import ir_measures
 import numpy as np
-from ir_measures import R, Judged, nDCG
+from ir_measures import Judged, R, nDCG
 
 Qrels = Mapping[str, Mapping[str, int]]
 Rankings = Mapping[str, Sequence[str]]
@@ -28,7 +28,9 @@ def metric_names(k: int) -> list[str]:
     return [f"ndcg@{k}", f"condensed_ndcg@{k}", f"judged@{k}", f"grade0_share@{k}", f"recall@{k}", f"avg_grade@{k}"]
 
 
-def per_query_metrics(rankings: Rankings, qrels: Qrels, k: int = 10, relevance_threshold: int = 2) -> dict[str, dict[str, float]]:
+def per_query_metrics(
+    rankings: Rankings, qrels: Qrels, k: int = 10, relevance_threshold: int = 2
+) -> dict[str, dict[str, float]]:
     """{metric: {query: value}} over every query of ``qrels`` (a query with no ranking scores 0).
 
     ``grade0_share@k`` and ``avg_grade@k`` are NaN for a query with no judged item in its top k.
@@ -52,7 +54,9 @@ def per_query_metrics(rankings: Rankings, qrels: Qrels, k: int = 10, relevance_t
 
 def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """Mean of each metric over queries (NaN-aware)."""
-    return {name: float(np.nanmean(list(values.values()))) if values else float("nan") for name, values in per_query.items()}
+    return {
+        name: float(np.nanmean(list(values.values()))) if values else float("nan") for name, values in per_query.items()
+    }
 
 
 def per_query_metrics_at(

@@ -137,13 +137,13 @@ def _create_once(store: _Store, uri: str, payload: dict) -> bool:
 
 def _numbered_children(store: _Store, prefix: str) -> list[int]:
     prefix = prefix.rstrip("/") + "/"
-    heads = {uri[len(prefix):].split("/", 1)[0] for uri in store.list_prefix(prefix)}
+    heads = {uri[len(prefix) :].split("/", 1)[0] for uri in store.list_prefix(prefix)}
     return sorted(int(h) for h in heads if h.isdigit())
 
 
 def _config_versions(store: _Store, experiment_root: str) -> list[int]:
     prefix = experiment_root.rstrip("/") + "/"
-    names = [uri[len(prefix):] for uri in store.list_prefix(prefix)]
+    names = [uri[len(prefix) :] for uri in store.list_prefix(prefix)]
     return sorted(int(n[1:-5]) for n in names if n.startswith("v") and n.endswith(".json") and n[1:-5].isdigit())
 
 
@@ -169,7 +169,10 @@ def _triton_config(cfg: Config, dim: int) -> str:
     from unisup.biencoder.export import model_config
 
     text = model_config(
-        cfg.promotion.model_name, dim, cfg.training.triton_max_batch_size, cfg.training.triton_queue_delay_us,
+        cfg.promotion.model_name,
+        dim,
+        cfg.training.triton_max_batch_size,
+        cfg.training.triton_queue_delay_us,
         cfg.training.triton_instances,
     )
     return text + f"version_policy: {{ latest: {{ num_versions: {cfg.promotion.serve_versions} }} }}\n"
@@ -281,19 +284,28 @@ def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> Push
     def build(latest: dict | None, version: int) -> dict:
         now = _now()
         return {
-            "experiment_id": p.experiment_id, "version": version, "created_at": now,
+            "experiment_id": p.experiment_id,
+            "version": version,
+            "created_at": now,
             "control_model_uri": p.control_model_uri or (latest or {}).get("control_model_uri", control_model),
             "control_index_uri": p.control_index_uri or (latest or {}).get("control_index_uri", control_index),
-            "treatment_model_uri": served_model, "treatment_index_uri": served_index,
-            "treatment_traffic": p.treatment_traffic, "start_time": now,
+            "treatment_model_uri": served_model,
+            "treatment_index_uri": served_index,
+            "treatment_traffic": p.treatment_traffic,
+            "start_time": now,
             "blessing": json.dumps(blessing, sort_keys=True),
             "previous_version": latest["version"] if latest else None,
-            "action": "push", "model_version": model_version,
-            "source_model_uri": model_uri, "source_index_uri": index_uri, "promotion": to_dict(p),
+            "action": "push",
+            "model_version": model_version,
+            "source_model_uri": model_uri,
+            "source_index_uri": index_uri,
+            "promotion": to_dict(p),
         }
 
     version, config = publish_config(store, root, build, p.max_attempts, push_id)
-    return PushResult(p.experiment_id, version, version_uri(root, version), config, model_version, served_model, served_index)
+    return PushResult(
+        p.experiment_id, version, version_uri(root, version), config, model_version, served_model, served_index
+    )
 
 
 def _current_config(store: _Store, root: str) -> dict | None:
@@ -325,9 +337,16 @@ def rollback(cfg: Config, experiment_id: str | None = None) -> PushResult:
             raise ValueError(f"experiment {experiment}: v{latest['version']:04d} has no previous config to restore")
         restored = json.loads(store.read_text(version_uri(root, latest["previous_version"])))
         now = _now()
-        return {**restored, "version": version, "created_at": now, "start_time": now, "action": "rollback",
-                "restored_version": restored["version"], "rolled_back_version": latest["version"],
-                "previous_version": restored.get("previous_version")}
+        return {
+            **restored,
+            "version": version,
+            "created_at": now,
+            "start_time": now,
+            "action": "rollback",
+            "restored_version": restored["version"],
+            "rolled_back_version": latest["version"],
+            "previous_version": restored.get("previous_version"),
+        }
 
     version, config = publish_config(store, root, build, cfg.promotion.max_attempts, push_id)
     return PushResult(experiment, version, version_uri(root, version), config)

@@ -44,8 +44,10 @@ def _fmt(x) -> str:
 def _main_metrics(result: EvaluationResult) -> list[str]:
     k = result.settings["evaluation"]["cutoffs"][0]
     wanted = [f"ndcg@{c}" for c in result.settings["evaluation"]["cutoffs"][:2]]
-    wanted += [f"{name}@{k}" for name in
-               ("recall", "avg_grade", "grade0_share", "judged", "condensed_ndcg", "engagement_recall")]
+    wanted += [
+        f"{name}@{k}"
+        for name in ("recall", "avg_grade", "grade0_share", "judged", "condensed_ndcg", "engagement_recall")
+    ]
     measured = set(next(iter(result.per_query.values())))
     return [m for m in wanted if m in measured]
 
@@ -59,8 +61,9 @@ def metric_bars(result: EvaluationResult):
 
     metrics = _main_metrics(result)
     systems = list(result.systems)
-    rows = {(r["system"], r["metric"]): r for r in result.table.to_pylist()
-            if r["baseline"] is None and r["slice"] == "all"}
+    rows = {
+        (r["system"], r["metric"]): r for r in result.table.to_pylist() if r["baseline"] is None and r["slice"] == "all"
+    }
     cols = min(4, len(metrics))
     n_rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 2.6 * n_rows), squeeze=False)
@@ -72,11 +75,16 @@ def metric_bars(result: EvaluationResult):
             values.append(row["value"])
             low.append(row["value"] - (row["ci_low"] if row["ci_low"] is not None else row["value"]))
             high.append((row["ci_high"] if row["ci_high"] is not None else row["value"]) - row["value"])
-        ax.bar(range(len(systems)), values, yerr=[low, high], capsize=4,
-               color=[colors[i % len(colors)] for i in range(len(systems))])
+        ax.bar(
+            range(len(systems)),
+            values,
+            yerr=[low, high],
+            capsize=4,
+            color=[colors[i % len(colors)] for i in range(len(systems))],
+        )
         ax.set_xticks(range(len(systems)), systems, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric, fontsize=10)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.tight_layout()
     return fig
@@ -139,32 +147,59 @@ def render_report(result: EvaluationResult) -> str:
     verdict = '<span class="pass">BLESSED</span>' if blessing["blessed"] else '<span class="fail">NOT BLESSED</span>'
     gates = _table(
         ["gate", "passed", "observed", "threshold", "reason"],
-        [[name, "yes" if g["passed"] else "NO", g["observed"], g["threshold"], g["reason"]]
-         for name, g in blessing["gates"].items()],
+        [
+            [name, "yes" if g["passed"] else "NO", g["observed"], g["threshold"], g["reason"]]
+            for name, g in blessing["gates"].items()
+        ],
     )
     rows = result.table.to_pylist()
     comparisons = _table(
         ["metric", "slice", "baseline", "candidate", "delta", "CI low", "CI high", "p", "queries"],
-        [[r["metric"], r["slice"], r["baseline"], r["value"], r["delta"], r["ci_low"], r["ci_high"], r["p_value"],
-          r["n_queries"]] for r in rows if r["baseline"] is not None and r["metric"] in _main_metrics(result)],
+        [
+            [
+                r["metric"],
+                r["slice"],
+                r["baseline"],
+                r["value"],
+                r["delta"],
+                r["ci_low"],
+                r["ci_high"],
+                r["p_value"],
+                r["n_queries"],
+            ]
+            for r in rows
+            if r["baseline"] is not None and r["metric"] in _main_metrics(result)
+        ],
     )
     values = _table(
         ["system", "metric", "slice", "judged by", "value", "CI low", "CI high", "queries"],
-        [[r["system"], r["metric"], r["slice"], r["judged_by"], r["value"], r["ci_low"], r["ci_high"], r["n_queries"]]
-         for r in rows if r["baseline"] is None],
+        [
+            [
+                r["system"],
+                r["metric"],
+                r["slice"],
+                r["judged_by"],
+                r["value"],
+                r["ci_low"],
+                r["ci_high"],
+                r["n_queries"],
+            ]
+            for r in rows
+            if r["baseline"] is None
+        ],
     )
     s, ev = result.settings, result.settings["evaluation"]
     systems = ", ".join(f"{html.escape(n)} ({html.escape(kind)})" for n, kind in result.systems.items())
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>unisup offline evaluation</title><style>{STYLE}</style></head><body>
 <h1>Offline evaluation: {verdict}</h1>
-<p>Systems: {systems}. {s['human_queries']} judged queries (split {html.escape(str(s.get('split', '')))}),
-{s['engagement_queries']} held-out engagement queries. Paired bootstrap: {ev['n_bootstrap']} resamples,
-{ev['confidence']:.0%} percentile intervals; head = the {ev['head_fraction']:.0%} most frequent queries.</p>
+<p>Systems: {systems}. {s["human_queries"]} judged queries (split {html.escape(str(s.get("split", "")))}),
+{s["engagement_queries"]} held-out engagement queries. Paired bootstrap: {ev["n_bootstrap"]} resamples,
+{ev["confidence"]:.0%} percentile intervals; head = the {ev["head_fraction"]:.0%} most frequent queries.</p>
 <h2>Blessing gates</h2>{gates}
 <h2>Metrics with confidence intervals</h2>{_png(metric_bars(result))}
-<h2>Per-query deltas of {html.escape(ev['gate_metric'])}</h2>{_png(per_query_deltas(result))}
-<h2>Grade distribution of the top {ev['cutoffs'][0]}</h2>{_png(grade_bars(result))}
+<h2>Per-query deltas of {html.escape(ev["gate_metric"])}</h2>{_png(per_query_deltas(result))}
+<h2>Grade distribution of the top {ev["cutoffs"][0]}</h2>{_png(grade_bars(result))}
 <h2>Candidate against baselines</h2>{comparisons}
 <h2>All values</h2>{values}
 </body></html>

@@ -550,9 +550,7 @@ def conform(table: pa.Table, schema: ArtifactSchema, source: str) -> pa.Table:
 _INT_TEXT = re.compile(r"^\s*[-+]?\d+(\.0*)?\s*$")
 
 
-def _cast_column(
-    values: pa.ChunkedArray, name: str, dtype: pa.DataType, artifact: str, source: str
-) -> pa.ChunkedArray:
+def _cast_column(values: pa.ChunkedArray, name: str, dtype: pa.DataType, artifact: str, source: str) -> pa.ChunkedArray:
     if values.type == dtype:
         return values
     if pa.types.is_string(dtype) and (

@@ -64,9 +64,7 @@ def _parquet_files(uri: str) -> list[str]:
     return files
 
 
-def split_table(
-    source_uri: str, key_column: str, num_shards: int, out_uri: str, batch_rows: int = 65536
-) -> dict:
+def split_table(source_uri: str, key_column: str, num_shards: int, out_uri: str, batch_rows: int = 65536) -> dict:
     """Write the rows of ``source_uri`` (a Parquet file or a folder of them, local or gs://)
     into ``num_shards`` Parquet shards under ``out_uri`` by the hash of ``key_column``.
 
@@ -79,20 +77,15 @@ def split_table(
     rows_in = 0
     with tempfile.TemporaryDirectory(prefix="unisup-split-") as tmp:
         local_files = [
-            str(storage.download_file(uri, Path(tmp) / f"in-{i:05d}.parquet"))
-            if storage.is_gcs(uri)
-            else uri
+            str(storage.download_file(uri, Path(tmp) / f"in-{i:05d}.parquet")) if storage.is_gcs(uri) else uri
             for i, uri in enumerate(files)
         ]
         dataset = ds.dataset(local_files, format="parquet")
         if key_column not in dataset.schema.names:
             raise ValueError(
-                f"{source_uri}: no column {key_column!r} to shard by "
-                f"(columns: {', '.join(dataset.schema.names)})"
+                f"{source_uri}: no column {key_column!r} to shard by (columns: {', '.join(dataset.schema.names)})"
             )
-        writers = [
-            pq.ParquetWriter(Path(tmp) / name, dataset.schema, compression="zstd") for name in names
-        ]
+        writers = [pq.ParquetWriter(Path(tmp) / name, dataset.schema, compression="zstd") for name in names]
         try:
             for batch in dataset.to_batches(batch_size=batch_rows):
                 rows_in += batch.num_rows
@@ -105,9 +98,7 @@ def split_table(
             for writer in writers:
                 writer.close()
         if rows_in != sum(rows):
-            raise AssertionError(
-                f"{source_uri}: rows in {rows_in} != rows in the shards {sum(rows)}"
-            )
+            raise AssertionError(f"{source_uri}: rows in {rows_in} != rows in the shards {sum(rows)}")
         for name in names:
             storage.upload_file(Path(tmp) / name, storage.join(out_uri, name))
     manifest = {
@@ -148,9 +139,7 @@ def merge_tables(uris: Iterable[str], out_uri: str) -> int:
 
 
 def _numbers(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-    )
+    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
 
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -175,9 +164,7 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def merge_outputs(
-    folders: list[str], out_uri: str, tables: Iterable[str], report: str = "report.json"
-) -> dict:
+def merge_outputs(folders: list[str], out_uri: str, tables: Iterable[str], report: str = "report.json") -> dict:
     """Merge the output folders of one stage run per shard into one folder of the same layout:
     each named table concatenated, the reports combined by :func:`merge_reports` (with
     ``shards`` = the number of folders). Returns the merged report."""
@@ -185,9 +172,7 @@ def merge_outputs(
         raise ValueError(f"{out_uri}: no shard output to merge")
     rows = {}
     for name in tables:
-        rows[name] = merge_tables(
-            [storage.join(f, name) for f in folders], storage.join(out_uri, name)
-        )
+        rows[name] = merge_tables([storage.join(f, name) for f in folders], storage.join(out_uri, name))
     reports = [
         json.loads(storage.read_text(storage.join(f, report)))
         for f in folders

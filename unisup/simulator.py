@@ -149,7 +149,9 @@ class World:
     setup_seconds: float
 
 
-def derived_queries(facets: list[dict[str, list[str]]], count: int, exclude: set[str], rng: np.random.Generator) -> list[str]:
+def derived_queries(
+    facets: list[dict[str, list[str]]], count: int, exclude: set[str], rng: np.random.Generator
+) -> list[str]:
     """``count`` distinct queries built from catalog facets: "type", "brand type",
     "attribute type"; drawn with probability growing with their catalog support."""
     support: dict[str, int] = {}
@@ -177,7 +179,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def build_world(dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig, num_grades: int, progress: bool = False) -> World:
+def build_world(
+    dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig, num_grades: int, progress: bool = False
+) -> World:
     """Items, campaigns, the query stream's queries and every query's candidates."""
     start = time.perf_counter()
     rng = np.random.default_rng([cfg.seed, 0])
@@ -193,7 +197,11 @@ def build_world(dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig
     discount = np.where(rng.random(n_items) < cfg.discount_share, rng.uniform(0.05, 0.5, n_items), 0.0)
     badge = (rng.random(n_items) < cfg.badge_share).astype(float)
     title_appeal = rng.normal(size=n_items)
-    price = np.array([float(p) if p is not None else np.nan for p in catalog["price"].to_pylist()]) if "price" in catalog.column_names else np.full(n_items, np.nan)
+    price = (
+        np.array([float(p) if p is not None else np.nan for p in catalog["price"].to_pylist()])
+        if "price" in catalog.column_names
+        else np.full(n_items, np.nan)
+    )
     price = np.where(np.isfinite(price), price, 20.0)
 
     # Advertisers are brands; each splits its items into campaigns.
@@ -208,7 +216,11 @@ def build_world(dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig
             campaign[rows[chunk : chunk + cfg.items_per_campaign]] = next_campaign
             next_campaign += 1
     campaign_bid = cfg.bid_mean * np.exp(cfg.bid_sigma * rng.normal(size=next_campaign))
-    bid = campaign_bid[campaign] * np.exp(0.2 * rng.normal(size=n_items)) * (1 + 0.1 * np.log1p(price) / np.log1p(price).max())
+    bid = (
+        campaign_bid[campaign]
+        * np.exp(0.2 * rng.normal(size=n_items))
+        * (1 + 0.1 * np.log1p(price) / np.log1p(price).max())
+    )
     daily_budget = cfg.daily_budget_mean * np.exp(cfg.daily_budget_sigma * rng.normal(size=next_campaign))
 
     # Queries: the training queries of the split, plus queries derived from the catalog.
@@ -218,11 +230,15 @@ def build_world(dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig
     queries = train + derived
     judged = np.array([True] * len(train) + [False] * len(derived))
     share = cfg.judged_query_share if train and derived else (1.0 if train else 0.0)
-    query_weight = np.concatenate([share * _zipf(len(train), cfg.zipf_exponent, rng), (1 - share) * _zipf(len(derived), cfg.zipf_exponent, rng)])
+    query_weight = np.concatenate(
+        [share * _zipf(len(train), cfg.zipf_exponent, rng), (1 - share) * _zipf(len(derived), cfg.zipf_exponent, rng)]
+    )
 
     # Production retrieval, once per distinct query.
     texts = item_texts(catalog)
-    encoder = DenseEncoder(channels.dense_model or None, max_length=channels.dense_max_length, batch_size=channels.dense_batch_size)
+    encoder = DenseEncoder(
+        channels.dense_model or None, max_length=channels.dense_max_length, batch_size=channels.dense_batch_size
+    )
     production = [
         BM25Channel(ids, texts, k1=channels.bm25_k1, b=channels.bm25_b),
         DenseChannel(ids, texts, encoder, cache_dir=channels.cache_dir, progress=progress),
@@ -234,7 +250,12 @@ def build_world(dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig
     qrels = dataset.qrels("train")
     w = cfg.click_weights
     c = cfg.conversion_weights
-    item_base = w.get("popularity", 0) * popularity + w.get("discount", 0) * discount + w.get("badge", 0) * badge + w.get("title", 0) * title_appeal
+    item_base = (
+        w.get("popularity", 0) * popularity
+        + w.get("discount", 0) * discount
+        + w.get("badge", 0) * badge
+        + w.get("title", 0) * title_appeal
+    )
     candidates = []
     for qi, query in enumerate(queries):
         ranks: dict[int, np.ndarray] = {}
@@ -245,19 +266,33 @@ def build_world(dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig
         rank_matrix = np.stack([ranks[i] for i in items]) if len(items) else np.zeros((0, len(CHANNELS)), np.int32)
         human = qrels.get(query, {})
         grades = np.array(
-            [human[ids[i]] if ids[i] in human else oracle_grade(query, facets[i], titles[i], num_grades) for i in items],
+            [
+                human[ids[i]] if ids[i] in human else oracle_grade(query, facets[i], titles[i], num_grades)
+                for i in items
+            ],
             dtype=np.int8,
         )
         relevance = grades / max(num_grades - 1, 1)
         attract = _sigmoid(w.get("intercept", 0) + w.get("relevance", 0) * relevance + item_base[items])
-        convert = _sigmoid(c.get("intercept", 0) + c.get("relevance", 0) * relevance + c.get("discount", 0) * discount[items])
+        convert = _sigmoid(
+            c.get("intercept", 0) + c.get("relevance", 0) * relevance + c.get("discount", 0) * discount[items]
+        )
         pctr = attract * np.exp(cfg.pctr_noise * rng.normal(size=len(items)))
         candidates.append(QueryCandidates(items, rank_matrix, grades, attract, convert, pctr))
 
     user_weight = np.exp(rng.normal(size=max(cfg.num_users, 1)))
     return World(
-        ids, price, bid, campaign, daily_budget, queries, judged, query_weight, candidates,
-        user_weight / user_weight.sum(), time.perf_counter() - start,
+        ids,
+        price,
+        bid,
+        campaign,
+        daily_budget,
+        queries,
+        judged,
+        query_weight,
+        candidates,
+        user_weight / user_weight.sum(),
+        time.perf_counter() - start,
     )
 
 
@@ -294,20 +329,32 @@ def _day_requests(world: World, cfg: SimulatorConfig, n: int, day_start_us: int,
     seconds = np.concatenate([starts[h_session] + h_offset, starts[h_count + b_session] + b_offset])
     seconds = np.minimum(seconds, SECONDS_PER_DAY - 1e-3)
     session_user = np.concatenate(
-        [rng.choice(len(world.user_weight), size=h_count, p=world.user_weight), rng.integers(0, max(cfg.num_bot_users, 1), size=b_count)]
+        [
+            rng.choice(len(world.user_weight), size=h_count, p=world.user_weight),
+            rng.integers(0, max(cfg.num_bot_users, 1), size=b_count),
+        ]
     )
     session = np.concatenate([h_session, h_count + b_session])
     bot = np.concatenate([np.zeros(n_human, bool), np.ones(n_bot, bool)])
     query = np.concatenate(
-        [rng.choice(len(world.queries), size=n_human, p=world.query_weight), rng.integers(0, len(world.queries), size=n_bot)]
+        [
+            rng.choice(len(world.queries), size=n_human, p=world.query_weight),
+            rng.integers(0, len(world.queries), size=n_bot),
+        ]
     )
     order = np.argsort(seconds, kind="stable")
     return _Requests(
-        (day_start_us + (seconds * 1e6).astype(np.int64))[order], query[order], session_user[session][order], session[order], bot[order]
+        (day_start_us + (seconds * 1e6).astype(np.int64))[order],
+        query[order],
+        session_user[session][order],
+        session[order],
+        bot[order],
     )
 
 
-def simulate_day(world: World, cfg: SimulatorConfig, day: int, n_requests: int, max_position: int = 10) -> tuple[pa.Table, dict]:
+def simulate_day(
+    world: World, cfg: SimulatorConfig, day: int, n_requests: int, max_position: int = 10
+) -> tuple[pa.Table, dict]:
     """Simulate one day's requests: auction, impressions, clicks, conversions; returns
     the day's raw-log table and its statistics."""
     rng = np.random.default_rng([cfg.seed, 1, day])
@@ -320,7 +367,9 @@ def simulate_day(world: World, cfg: SimulatorConfig, day: int, n_requests: int, 
     exhausted = np.zeros(n_campaigns, dtype=bool)
     exam = (1.0 / np.arange(1, cfg.num_slots + 1)) ** cfg.position_bias
     next_check = 1
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("request", "item", "position", "click", "conversion", "ranks")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("request", "item", "position", "click", "conversion", "ranks")
+    }
     judged_pairs: dict[str, dict[str, list[int]]] = {}
     for r in range(n_requests):
         elapsed = (requests.timestamp_us[r] - day_start_us) / 1e6 / SECONDS_PER_DAY
@@ -366,7 +415,15 @@ def simulate_day(world: World, cfg: SimulatorConfig, day: int, n_requests: int, 
                 counts = pairs.setdefault(world.item_ids[cand.items[i]], [0, 0])
                 counts[0] += 1
                 counts[1] += int(click[i])
-    table, malformed = _day_table(world, cfg, date, requests, {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}, rng, max_position)
+    table, malformed = _day_table(
+        world,
+        cfg,
+        date,
+        requests,
+        {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()},
+        rng,
+        max_position,
+    )
     stats = {
         "date": date.isoformat(),
         "requests": n_requests,
@@ -382,12 +439,22 @@ def simulate_day(world: World, cfg: SimulatorConfig, day: int, n_requests: int, 
     return table, stats
 
 
-def _day_table(world: World, cfg: SimulatorConfig, date: dt.date, requests: _Requests, rows: dict[str, np.ndarray], rng: np.random.Generator, max_position: int) -> tuple[pa.Table, dict[str, int]]:
+def _day_table(
+    world: World,
+    cfg: SimulatorConfig,
+    date: dt.date,
+    requests: _Requests,
+    rows: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    max_position: int,
+) -> tuple[pa.Table, dict[str, int]]:
     n = len(rows["request"])
     req = rows["request"].astype(np.int64)
     request_ids = [f"{date.isoformat()}-{i:07d}" for i in range(len(requests.query))]
     within = np.arange(n) - np.searchsorted(req, req)  # index of the row within its request
-    event_id: list[str | None] = [f"{request_ids[r]}-{j:03d}" for r, j in zip(req.tolist(), within.tolist(), strict=False)]
+    event_id: list[str | None] = [
+        f"{request_ids[r]}-{j:03d}" for r, j in zip(req.tolist(), within.tolist(), strict=False)
+    ]
     item_id: list[str | None] = [world.item_ids[i] for i in rows["item"].tolist()]
     position = rows["position"].astype(np.int16)
     impression = position > 0
@@ -418,8 +485,20 @@ def _day_table(world: World, cfg: SimulatorConfig, date: dt.date, requests: _Req
                 event_id[row] = event_id[row - 1]
             else:
                 timestamp[row] -= 400 * SECONDS_PER_DAY * 1_000_000
-    user_ids = np.array([f"b{u:03d}" if b else f"u{u:05d}" for u, b in zip(requests.user.tolist(), requests.bot.tolist(), strict=False)], dtype=object)
-    agents = np.array([BOT_AGENTS[u % 2] if b else HUMAN_AGENTS[u % len(HUMAN_AGENTS)] for u, b in zip(requests.user.tolist(), requests.bot.tolist(), strict=False)], dtype=object)
+    user_ids = np.array(
+        [
+            f"b{u:03d}" if b else f"u{u:05d}"
+            for u, b in zip(requests.user.tolist(), requests.bot.tolist(), strict=False)
+        ],
+        dtype=object,
+    )
+    agents = np.array(
+        [
+            BOT_AGENTS[u % 2] if b else HUMAN_AGENTS[u % len(HUMAN_AGENTS)]
+            for u, b in zip(requests.user.tolist(), requests.bot.tolist(), strict=False)
+        ],
+        dtype=object,
+    )
     sessions = np.array([f"{date.isoformat()}-s{s:06d}" for s in requests.session.tolist()], dtype=object)
     queries = np.array(world.queries, dtype=object)[requests.query]
     columns = {
@@ -511,7 +590,10 @@ def simulate_logs(
         storage.write_text(stats_uri, json.dumps(stats))
         days.append(stats)
 
-    totals = {k: sum(d[k] for d in days) for k in ("requests", "bot_requests", "rows", "impressions", "clicks", "conversions", "campaigns_exhausted")}
+    totals = {
+        k: sum(d[k] for d in days)
+        for k in ("requests", "bot_requests", "rows", "impressions", "clicks", "conversions", "campaigns_exhausted")
+    }
     malformed = {reason: sum(d["malformed"].get(reason, 0) for d in days) for reason in MALFORMED}
     summary = {
         "logs_uri": out,
@@ -525,11 +607,15 @@ def simulate_logs(
         "requests_per_second": round(simulated / loop_seconds, 1) if loop_seconds else None,
         "bias": bias_report(days, dataset.qrels("train"), relevance_threshold, seed=cfg.seed),
     }
-    storage.write_text(params_uri, json.dumps({"fingerprint": fingerprint, "parameters": parameters, "summary": summary}, indent=1))
+    storage.write_text(
+        params_uri, json.dumps({"fingerprint": fingerprint, "parameters": parameters, "summary": summary}, indent=1)
+    )
     return summary
 
 
-def bias_report(days: list[dict], qrels: dict[str, dict[str, int]], relevance_threshold: int = 2, k: int = 10, seed: int = 0) -> dict:
+def bias_report(
+    days: list[dict], qrels: dict[str, dict[str, int]], relevance_threshold: int = 2, k: int = 10, seed: int = 0
+) -> dict:
     """How far engagement is from relevance, on the judged pairs of the logged queries
     whose judged items do not all have the same grade.
 
@@ -566,7 +652,10 @@ def bias_report(days: list[dict], qrels: dict[str, dict[str, int]], relevance_th
         irrelevant_imp.extend(imp[~relevant])
         relevant_total += int(relevant.sum())
         relevant_unseen += int((relevant & (imp == 0)).sum())
-    ndcg = {name: mean_metrics(per_query_metrics(r, logged, k=k, relevance_threshold=relevance_threshold))[f"ndcg@{k}"] for name, r in rankings.items()}
+    ndcg = {
+        name: mean_metrics(per_query_metrics(r, logged, k=k, relevance_threshold=relevance_threshold))[f"ndcg@{k}"]
+        for name, r in rankings.items()
+    }
     return {
         "queries": len(logged),
         "judged_pairs": sum(len(g) for g in logged.values()),

@@ -58,7 +58,9 @@ def gcs_client():
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT", "unisup"), credentials=AnonymousCredentials())
+        return storage.Client(
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT", "unisup"), credentials=AnonymousCredentials()
+        )
     return storage.Client()
 
 
@@ -166,11 +168,7 @@ def list_prefix(uri: str) -> list[str]:
         return [str(root)]
     if not root.exists():
         return []
-    return sorted(
-        str(p)
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".")
-    )
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 def upload_file(local_path: str | Path, uri: str) -> None:

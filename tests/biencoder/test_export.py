@@ -22,12 +22,21 @@ def biencoder_dir(tiny_encoder_path, tmp_path_factory):
 
 
 def test_repository_layout_and_versions(biencoder_dir, tmp_path):
-    cfg = TrainingConfig(triton_model_name="qenc", triton_max_batch_size=32, triton_queue_delay_us=500, triton_instances=2)
+    cfg = TrainingConfig(
+        triton_model_name="qenc", triton_max_batch_size=32, triton_queue_delay_us=500, triton_instances=2
+    )
     assert export_query_encoder(biencoder_dir, tmp_path, cfg) == "qenc/1"
     assert export_query_encoder(biencoder_dir, tmp_path, cfg) == "qenc/2"
     config = (tmp_path / "qenc" / "config.pbtxt").read_text()
-    for line in ('name: "qenc"', 'backend: "python"', "max_batch_size: 32", 'name: "query" data_type: TYPE_STRING dims: [ 1 ]',
-                 'name: "embedding" data_type: TYPE_FP32 dims: [ 8 ]', "max_queue_delay_microseconds: 500", "count: 2 kind: KIND_CPU"):
+    for line in (
+        'name: "qenc"',
+        'backend: "python"',
+        "max_batch_size: 32",
+        'name: "query" data_type: TYPE_STRING dims: [ 1 ]',
+        'name: "embedding" data_type: TYPE_FP32 dims: [ 8 ]',
+        "max_queue_delay_microseconds: 500",
+        "count: 2 kind: KIND_CPU",
+    ):
         assert line in config
     for version in ("1", "2"):
         assert (tmp_path / "qenc" / version / "model.py").exists()
@@ -36,7 +45,9 @@ def test_repository_layout_and_versions(biencoder_dir, tmp_path):
 
 def test_model_py_imports_outside_triton(biencoder_dir, tmp_path):
     export_query_encoder(biencoder_dir, tmp_path, TrainingConfig())
-    spec = importlib.util.spec_from_file_location("exported_query_encoder_model", tmp_path / "query_encoder" / "1" / "model.py")
+    spec = importlib.util.spec_from_file_location(
+        "exported_query_encoder_model", tmp_path / "query_encoder" / "1" / "model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.pb_utils is None and hasattr(module.TritonPythonModel, "execute")
@@ -52,9 +63,11 @@ def test_service_embeds_the_whole_dynamic_batch_in_one_pass(biencoder_dir):
     calls = []
     original = service.tower.encode
     service.tower.encode = lambda texts, **kw: calls.append(len(texts)) or original(texts, **kw)
-    requests = [np.array([[q.encode()] for q in QUERIES[:2]], dtype=np.object_),
-                np.array([[QUERIES[2]]], dtype=np.object_),  # str is accepted too
-                np.array([[q.encode()] for q in QUERIES[3:]], dtype=np.object_)]
+    requests = [
+        np.array([[q.encode()] for q in QUERIES[:2]], dtype=np.object_),
+        np.array([[QUERIES[2]]], dtype=np.object_),  # str is accepted too
+        np.array([[q.encode()] for q in QUERIES[3:]], dtype=np.object_),
+    ]
     outputs = service.embed_batches(requests)
     assert calls == [5]
     assert [o.shape for o in outputs] == [(2, 8), (1, 8), (2, 8)]

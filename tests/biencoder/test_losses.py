@@ -25,7 +25,9 @@ def reference_listwise_ce(scores, targets, target_mask, candidate_mask, ts, tt):
         cand = [j for j in range(scores.shape[1]) if candidate_mask[b, j]]
         z_t = sum(torch.exp(targets[b, j] / tt) for j in own)
         z_s = sum(torch.exp(scores[b, j] / ts) for j in cand)
-        losses.append(-sum(torch.exp(targets[b, j] / tt) / z_t * torch.log(torch.exp(scores[b, j] / ts) / z_s) for j in own))
+        losses.append(
+            -sum(torch.exp(targets[b, j] / tt) / z_t * torch.log(torch.exp(scores[b, j] / ts) / z_s) for j in own)
+        )
     return sum(losses) / len(losses)
 
 
@@ -88,7 +90,9 @@ def test_listwise_gradcheck(batch):
     own, cand = in_batch_masks(owner, keys, 3)
     scores = scores.clone().requires_grad_(True)
     targets = targets.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda s, t: listwise_softmax_cross_entropy(s, t, own, cand, 0.7, 1.3), (scores, targets))
+    assert torch.autograd.gradcheck(
+        lambda s, t: listwise_softmax_cross_entropy(s, t, own, cand, 0.7, 1.3), (scores, targets)
+    )
 
 
 def test_listwise_ce_is_minimal_when_scores_match_targets():
@@ -117,7 +121,9 @@ def test_moppr_matches_reference_with_gradients(batch, temperature):
     ref.backward()
     torch.testing.assert_close(s1.grad, s2.grad)
     assert torch.count_nonzero(s1.grad[1]) == 0
-    assert torch.autograd.gradcheck(lambda s: moppr_multi_positive_softmax(s, positives, cand, temperature), (scores.clone().requires_grad_(True),))
+    assert torch.autograd.gradcheck(
+        lambda s: moppr_multi_positive_softmax(s, positives, cand, temperature), (scores.clone().requires_grad_(True),)
+    )
 
 
 def test_moppr_cap_stops_pulling_a_positive_that_holds_its_share():
@@ -137,7 +143,9 @@ def test_hierarchical_moppr_is_the_weighted_sum(batch):
     clicked = own & (torch.arange(12) % 4 == 0)
     objectives = [MopprObjective("relevance", relevant, cand, 1.0), MopprObjective("click", clicked, own, 0.5)]
     total = moppr_hierarchical_loss(scores, objectives, 0.5)
-    expected = moppr_multi_positive_softmax(scores, relevant, cand, 0.5) + 0.5 * moppr_multi_positive_softmax(scores, clicked, own, 0.5)
+    expected = moppr_multi_positive_softmax(scores, relevant, cand, 0.5) + 0.5 * moppr_multi_positive_softmax(
+        scores, clicked, own, 0.5
+    )
     torch.testing.assert_close(total, expected)
 
 

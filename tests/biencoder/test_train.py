@@ -18,9 +18,15 @@ from unisup.data.tables import read_table
 from unisup.schemas import DataValidationError
 
 TINY_TRAINING = [
-    "training.lists_per_batch=3", "training.items_per_list=8", "training.max_epochs=3", "training.checkpoint_every=2",
-    "training.validation_distractors=50", "training.learning_rate=0.001", "training.query_max_length=12",
-    "training.item_max_length=24", "training.patience=5",
+    "training.lists_per_batch=3",
+    "training.items_per_list=8",
+    "training.max_epochs=3",
+    "training.checkpoint_every=2",
+    "training.validation_distractors=50",
+    "training.learning_rate=0.001",
+    "training.query_max_length=12",
+    "training.item_max_length=24",
+    "training.patience=5",
 ]
 
 
@@ -38,8 +44,17 @@ class Killed(RuntimeError):
 def _run(setup, tmp, name, on_step=None, **changes):
     config, dataset, lists = setup
     cfg = dataclasses.replace(config.training, **changes)
-    return train_biencoder(lists, dataset.catalog, dataset.qrels("validation"), cfg, tmp / name, tmp / f"{name}-work",
-                           config.data.relevance_threshold, progress=False, on_step=on_step)
+    return train_biencoder(
+        lists,
+        dataset.catalog,
+        dataset.qrels("validation"),
+        cfg,
+        tmp / name,
+        tmp / f"{name}-work",
+        config.data.relevance_threshold,
+        progress=False,
+        on_step=on_step,
+    )
 
 
 def _weights(model_dir):
@@ -49,7 +64,10 @@ def _weights(model_dir):
 def test_unknown_items_are_named(setup):
     config, dataset, lists = setup
     bad = lists.set_column(1, "item_id", pa.array(["nope"] + lists["item_id"].to_pylist()[1:]))
-    with pytest.raises(DataValidationError, match=r"training_lists \(training_lists\): column 'item_id', row 1: item_id not in the catalog"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"training_lists \(training_lists\): column 'item_id', row 1: item_id not in the catalog",
+    ):
         group_lists(bad, dataset.catalog["product_id"].to_pylist(), 2)
 
 
@@ -111,7 +129,13 @@ def test_separate_towers_projection_and_moppr(setup, tmp_path):
 def test_train_stage_exports_the_triton_query_encoder(setup, tiny_training_lists, tmp_path):
     config = setup[0]
     config = dataclasses.replace(config, training=dataclasses.replace(config.training, max_steps=2, loss="listwise_kl"))
-    result = train(str(tiny_training_lists), str(tmp_path / "model"), config, triton_repository=str(tmp_path / "repo"),
-                   work_dir=str(tmp_path / "work"), progress=False)
+    result = train(
+        str(tiny_training_lists),
+        str(tmp_path / "model"),
+        config,
+        triton_repository=str(tmp_path / "repo"),
+        work_dir=str(tmp_path / "work"),
+        progress=False,
+    )
     assert result.triton_model == "query_encoder/1"
     assert (tmp_path / "repo" / "query_encoder" / "1" / "query_tower" / "tower.json").exists()

@@ -19,19 +19,30 @@ def tiny_model(tiny_encoder_path, tmp_path_factory):
 
 
 def _overrides(tiny_overrides, tmp_path):
-    return tiny_overrides + [f"index.work_dir={tmp_path / 'shards'}", "index.factory=HNSW16", "index.search_params=efSearch=64"]
+    return tiny_overrides + [
+        f"index.work_dir={tmp_path / 'shards'}",
+        "index.factory=HNSW16",
+        "index.search_params=efSearch=64",
+    ]
 
 
 def test_build_index_function(tiny_model, tiny_overrides, tmp_path):
     index, metrics = dsl.Artifact(uri=str(tmp_path / "index")), dsl.Metrics(uri=str(tmp_path / "metrics"))
-    build_index.python_func(model=dsl.Model(uri=str(tiny_model)), index=index, metrics=metrics,
-                            config="local", overrides=_overrides(tiny_overrides, tmp_path))
+    build_index.python_func(
+        model=dsl.Model(uri=str(tiny_model)),
+        index=index,
+        metrics=metrics,
+        config="local",
+        overrides=_overrides(tiny_overrides, tmp_path),
+    )
     loaded = ItemIndex.load(index.path)
     assert index.metadata["factory"] == "HNSW16" and index.metadata["search_params"] == "efSearch=64"
     assert index.metadata["num_items"] == len(loaded.item_ids) > 300
     assert json.loads(index.metadata["index_config"])["factory"] == "HNSW16"
     assert json.loads(index.metadata["overrides"]) == _overrides(tiny_overrides, tmp_path)
-    assert index.metadata["recall_queries"] == "12 queries encoded by the query tower"  # the tiny sample's judged queries
+    assert (
+        index.metadata["recall_queries"] == "12 queries encoded by the query tower"
+    )  # the tiny sample's judged queries
     assert 0 < metrics.metadata["recall_at_10"] <= 1.0
 
 

@@ -62,10 +62,7 @@ def recorded_results(results: dsl.Output[Artifact], source: str, preset: str):
 
 
 def test_compare_collects_a_parallel_for_through_kfp_local(tmp_path):
-    sources = {
-        p: write_results(tmp_path / f"{p}.json", v)
-        for p, v in (("unified", 0.5), ("relevance_only", 0.45))
-    }
+    sources = {p: write_results(tmp_path / f"{p}.json", v) for p, v in (("unified", 0.5), ("relevance_only", 0.45))}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
     @dsl.pipeline(name="compare-local")

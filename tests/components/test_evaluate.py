@@ -21,25 +21,38 @@ def model_and_index(tiny_encoder_path, tiny_overrides, tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate_component")
     tower = Tower.from_pretrained(tiny_encoder_path, max_length=16)
     model = save_biencoder(tower, tower, root / "model")
-    cfg = load_config("local", tiny_overrides + [f"index.work_dir={root / 'shards'}", "index.factory=Flat", "index.search_params=''"])
+    cfg = load_config(
+        "local", tiny_overrides + [f"index.work_dir={root / 'shards'}", "index.factory=Flat", "index.search_params=''"]
+    )
     build_catalog_index(str(model), str(root / "index"), cfg, progress=False)
     return str(model), str(root / "index")
 
 
 def _outputs(tmp_path):
-    return {"results": dsl.Dataset(uri=str(tmp_path / "results")), "results_json": dsl.Artifact(uri=str(tmp_path / "json")),
-            "metrics": dsl.Metrics(uri=str(tmp_path / "metrics")), "report": dsl.HTML(uri=str(tmp_path / "report")),
-            "blessing": dsl.Artifact(uri=str(tmp_path / "blessing"))}
+    return {
+        "results": dsl.Dataset(uri=str(tmp_path / "results")),
+        "results_json": dsl.Artifact(uri=str(tmp_path / "json")),
+        "metrics": dsl.Metrics(uri=str(tmp_path / "metrics")),
+        "report": dsl.HTML(uri=str(tmp_path / "report")),
+        "blessing": dsl.Artifact(uri=str(tmp_path / "blessing")),
+    }
 
 
-def test_evaluate_function_refuses_a_random_model_against_bm25(model_and_index, tiny_overrides, tiny_fusion_inputs, tmp_path):
+def test_evaluate_function_refuses_a_random_model_against_bm25(
+    model_and_index, tiny_overrides, tiny_fusion_inputs, tmp_path
+):
     model, index = model_and_index
     out = _outputs(tmp_path)
     blessed = evaluate.python_func(
-        candidate_model=dsl.Model(uri=model), candidate_index=dsl.Artifact(uri=index),
-        baseline_model=dsl.Model(uri=model), baseline_index=dsl.Artifact(uri=index),
-        engagement=dsl.Dataset(uri=str(tiny_fusion_inputs["engagement"])), baseline_name="same",
-        config="local", overrides=tiny_overrides + ["evaluation.n_bootstrap=200", "evaluation.baseline_channels=[bm25]"], **out,
+        candidate_model=dsl.Model(uri=model),
+        candidate_index=dsl.Artifact(uri=index),
+        baseline_model=dsl.Model(uri=model),
+        baseline_index=dsl.Artifact(uri=index),
+        engagement=dsl.Dataset(uri=str(tiny_fusion_inputs["engagement"])),
+        baseline_name="same",
+        config="local",
+        overrides=tiny_overrides + ["evaluation.n_bootstrap=200", "evaluation.baseline_channels=[bm25]"],
+        **out,
     )
     assert blessed is False
     table = validate(read_table(out["results"].path), "eval_results").accepted
@@ -60,25 +73,44 @@ def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_ov
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     serving = tmp_path / "serving"
     common = tiny_overrides + ["evaluation.n_bootstrap=200", "evaluation.baseline_channels=[]"]
-    push_overrides = [f"promotion.model_repository={serving / 'triton'}", f"promotion.index_root={serving / 'indexes'}",
-                      f"promotion.config_root={serving / 'config'}", f"promotion.control_model_uri={model}",
-                      f"promotion.control_index_uri={index}"]
+    push_overrides = [
+        f"promotion.model_repository={serving / 'triton'}",
+        f"promotion.index_root={serving / 'indexes'}",
+        f"promotion.config_root={serving / 'config'}",
+        f"promotion.control_model_uri={model}",
+        f"promotion.control_index_uri={index}",
+    ]
 
     @dsl.pipeline(name="evaluate-then-push")
     def pipeline(eval_overrides: list, push_overrides: list):
         candidate = dsl.importer(artifact_uri=model, artifact_class=dsl.Model)
         candidate_index = dsl.importer(artifact_uri=index, artifact_class=dsl.Artifact)
-        evaluation = evaluate(candidate_model=candidate.output, candidate_index=candidate_index.output,
-                              baseline_model=candidate.output, baseline_index=candidate_index.output,
-                              baseline_name="same", overrides=eval_overrides)
+        evaluation = evaluate(
+            candidate_model=candidate.output,
+            candidate_index=candidate_index.output,
+            baseline_model=candidate.output,
+            baseline_index=candidate_index.output,
+            baseline_name="same",
+            overrides=eval_overrides,
+        )
         with dsl.If(evaluation.outputs["Output"] == True):  # noqa: E712 (a KFP condition, not a Python comparison)
-            push_task = push(blessing=evaluation.outputs["blessing"], model=candidate.output,
-                             index=candidate_index.output, overrides=push_overrides)
+            push_task = push(
+                blessing=evaluation.outputs["blessing"],
+                model=candidate.output,
+                index=candidate_index.output,
+                overrides=push_overrides,
+            )
             push_task.set_caching_options(False)
 
     pipeline(eval_overrides=common, push_overrides=push_overrides)  # equal to its baseline: blessed
-    assert json.loads((serving / "config" / "experiments" / "unisup-retrieval" / "current.json").read_text())["version"] == 1
+    assert (
+        json.loads((serving / "config" / "experiments" / "unisup-retrieval" / "current.json").read_text())["version"]
+        == 1
+    )
     pipeline(eval_overrides=common + ["evaluation.gate_min_queries=100"], push_overrides=push_overrides)  # refused
-    assert json.loads((serving / "config" / "experiments" / "unisup-retrieval" / "current.json").read_text())["version"] == 1
+    assert (
+        json.loads((serving / "config" / "experiments" / "unisup-retrieval" / "current.json").read_text())["version"]
+        == 1
+    )
     [report] = [p for p in (tmp_path / "root").glob("evaluate-then-push-*/evaluate/report")][:1]
     assert report.read_text().startswith("<!DOCTYPE html>")

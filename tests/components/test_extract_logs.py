@@ -17,7 +17,10 @@ from unisup.simulator import simulate_logs
 @pytest.fixture(scope="module")
 def small_logs(tiny_overrides, tmp_path_factory):
     out = tmp_path_factory.mktemp("logs")
-    cfg = load_config("local", tiny_overrides + ["simulator.num_requests=300", "simulator.num_days=2", "simulator.num_derived_queries=60"])
+    cfg = load_config(
+        "local",
+        tiny_overrides + ["simulator.num_requests=300", "simulator.num_days=2", "simulator.num_derived_queries=60"],
+    )
     summary = simulate_logs(load_dataset(cfg.data), cfg.simulator, cfg.channels, cfg.data.num_grades, out_uri=str(out))
     return out, summary
 
@@ -27,8 +30,13 @@ def test_extract_logs_function(small_logs, tiny_overrides, tmp_path):
     outputs = {name: dsl.Dataset(uri=str(tmp_path / name)) for name in ("engagement", "quarantine")}
     report, metrics = dsl.Artifact(uri=str(tmp_path / "report")), dsl.Metrics(uri=str(tmp_path / "metrics"))
     extract_logs.python_func(
-        **outputs, report=report, metrics=metrics, logs_uri=str(logs), config="local",
-        overrides=tiny_overrides + ["extraction.ctr_prior_strength=5"], end_date="2024-03-05",
+        **outputs,
+        report=report,
+        metrics=metrics,
+        logs_uri=str(logs),
+        config="local",
+        overrides=tiny_overrides + ["extraction.ctr_prior_strength=5"],
+        end_date="2024-03-05",
     )
     engagement = validate(read_table(outputs["engagement"].path), "engagement").accepted
     written = json.loads((tmp_path / "report").read_text())

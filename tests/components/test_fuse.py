@@ -11,10 +11,19 @@ from unisup.schemas import validate
 
 
 def test_fuse_function(tiny_fusion_inputs, tiny_overrides, tmp_path):
-    lists, report, metrics = dsl.Dataset(uri=str(tmp_path / "lists")), dsl.Artifact(uri=str(tmp_path / "report")), dsl.Metrics(uri=str(tmp_path / "m"))
+    lists, report, metrics = (
+        dsl.Dataset(uri=str(tmp_path / "lists")),
+        dsl.Artifact(uri=str(tmp_path / "report")),
+        dsl.Metrics(uri=str(tmp_path / "m")),
+    )
     fuse.python_func(
-        labels=dsl.Dataset(uri=str(tiny_fusion_inputs["labels"])), engagement=dsl.Dataset(uri=str(tiny_fusion_inputs["engagement"])),
-        training_lists=lists, report=report, metrics=metrics, config="local", overrides=tiny_overrides + ["fusion.preset=engagement_only"],
+        labels=dsl.Dataset(uri=str(tiny_fusion_inputs["labels"])),
+        engagement=dsl.Dataset(uri=str(tiny_fusion_inputs["engagement"])),
+        training_lists=lists,
+        report=report,
+        metrics=metrics,
+        config="local",
+        overrides=tiny_overrides + ["fusion.preset=engagement_only"],
     )
     table = validate(read_table(lists.path), "training_lists").accepted
     assert set(table["source"].to_pylist()) <= {"impression", "random"}

@@ -28,15 +28,24 @@ def candidate(tiny_encoder_path, tmp_path_factory):
 
 
 def _overrides(serving):
-    return [f"promotion.model_repository={serving / 'triton'}", f"promotion.index_root={serving / 'indexes'}",
-            f"promotion.config_root={serving / 'config'}", "promotion.control_model_uri=gs://prod/model/1",
-            "promotion.control_index_uri=gs://prod/index/1", "promotion.treatment_traffic=0.25"]
+    return [
+        f"promotion.model_repository={serving / 'triton'}",
+        f"promotion.index_root={serving / 'indexes'}",
+        f"promotion.config_root={serving / 'config'}",
+        "promotion.control_model_uri=gs://prod/model/1",
+        "promotion.control_index_uri=gs://prod/index/1",
+        "promotion.treatment_traffic=0.25",
+    ]
 
 
 def test_push_function_promotes_and_refuses_unblessed(candidate, tmp_path):
     out = dsl.Artifact(uri=str(tmp_path / "experiment_config"))
-    args = {"model": dsl.Model(uri=str(candidate / "model")), "index": dsl.Artifact(uri=str(candidate / "index")),
-            "config": "local", "overrides": _overrides(tmp_path / "serving")}
+    args = {
+        "model": dsl.Model(uri=str(candidate / "model")),
+        "index": dsl.Artifact(uri=str(candidate / "index")),
+        "config": "local",
+        "overrides": _overrides(tmp_path / "serving"),
+    }
     push.python_func(blessing=dsl.Artifact(uri=str(candidate / "blessed.json")), experiment_config=out, **args)
     config = json.loads((tmp_path / "experiment_config").read_text())
     assert config["version"] == 1 and config["treatment_traffic"] == 0.25
@@ -46,8 +55,11 @@ def test_push_function_promotes_and_refuses_unblessed(candidate, tmp_path):
     assert (tmp_path / "serving" / "triton" / "query_encoder" / "1" / "model.py").exists()
 
     with pytest.raises(NotBlessedError, match="grade-0 share up"):
-        push.python_func(blessing=dsl.Artifact(uri=str(candidate / "unblessed.json")),
-                         experiment_config=dsl.Artifact(uri=str(tmp_path / "again")), **args)
+        push.python_func(
+            blessing=dsl.Artifact(uri=str(candidate / "unblessed.json")),
+            experiment_config=dsl.Artifact(uri=str(tmp_path / "again")),
+            **args,
+        )
     assert not (tmp_path / "serving" / "triton" / "query_encoder" / "2").exists()
 
 
@@ -60,7 +72,9 @@ def test_push_component_in_kfp_local(candidate, tmp_path):
         blessing = dsl.importer(artifact_uri=str(candidate / "blessed.json"), artifact_class=dsl.Artifact)
         model = dsl.importer(artifact_uri=str(candidate / "model"), artifact_class=dsl.Model)
         index = dsl.importer(artifact_uri=str(candidate / "index"), artifact_class=dsl.Artifact)
-        push(blessing=blessing.output, model=model.output, index=index.output, overrides=overrides).set_caching_options(False)
+        push(blessing=blessing.output, model=model.output, index=index.output, overrides=overrides).set_caching_options(
+            False
+        )
 
     pipeline(overrides=_overrides(serving))
     pipeline(overrides=_overrides(serving))

@@ -18,9 +18,7 @@ from unisup.data.tables import read_table, write_table
 def pairs(tmp_path) -> Path:
     path = tmp_path / "pairs.parquet"
     pq.write_table(
-        pa.table(
-            {"query": [f"q{i % 7}" for i in range(60)], "item_id": [f"p{i}" for i in range(60)]}
-        ),
+        pa.table({"query": [f"q{i % 7}" for i in range(60)], "item_id": [f"p{i}" for i in range(60)]}),
         path,
     )
     return path
@@ -40,9 +38,7 @@ def test_functions_split_pick_and_merge(tmp_path, pairs):
         assert shard.metadata == {"index": index, "rows": shards.metadata["rows_per_shard"][index]}
         folder = str(tmp_path / f"out{index}")
         write_table(read_table(shard.path), storage.join(folder, "labels.parquet"))
-        storage.write_text(
-            storage.join(folder, "report.json"), json.dumps({"rows_in": shard.metadata["rows"]})
-        )
+        storage.write_text(storage.join(folder, "report.json"), json.dumps({"rows_in": shard.metadata["rows"]}))
         parts.append(Dataset(name="out", uri=folder))
     merged = Artifact(name="merged", uri=str(tmp_path / "merged"))
     merged_table = Dataset(name="merged_table", uri=str(tmp_path / "merged_table"))
@@ -54,9 +50,9 @@ def test_functions_split_pick_and_merge(tmp_path, pairs):
         merged_table=merged_table,
     )
     assert read_table(merged_table.path).num_rows == 60 == merged_table.metadata["rows"]
-    assert sorted(
-        read_table(str(tmp_path / "merged" / "labels.parquet"))["item_id"].to_pylist()
-    ) == sorted(f"p{i}" for i in range(60))
+    assert sorted(read_table(str(tmp_path / "merged" / "labels.parquet"))["item_id"].to_pylist()) == sorted(
+        f"p{i}" for i in range(60)
+    )
     assert merged.metadata == {
         "tables": ["labels.parquet"],
         "shards": 3,

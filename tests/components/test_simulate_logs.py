@@ -22,9 +22,7 @@ def test_simulate_then_locate_functions(tmp_path, tiny_overrides):
         dsl.Dataset(name="logs", uri=str(tmp_path / "logs")),
         dsl.Metrics(name="m", uri=str(tmp_path / "m")),
     )
-    out = simulate_logs.python_func(
-        logs=logs, metrics=metrics, config="local", overrides=tiny_overrides + SMALL
-    )
+    out = simulate_logs.python_func(logs=logs, metrics=metrics, config="local", overrides=tiny_overrides + SMALL)
     assert out.logs_uri == logs.uri
     assert logs.metadata["requests"] == 60 == metrics.metadata["requests"]
     assert sorted(p.parent.name for p in (tmp_path / "logs").rglob("part-*.parquet")) == [
@@ -47,9 +45,7 @@ def test_simulate_and_locate_through_kfp_local(tmp_path, tiny_overrides):
         locate_logs(logs_uri=simulated.outputs["logs_uri"])
 
     pipeline(overrides=tiny_overrides + SMALL)
-    output = json.loads(
-        next((tmp_path / "root").rglob("locate-logs/executor_output.json")).read_text()
-    )
+    output = json.loads(next((tmp_path / "root").rglob("locate-logs/executor_output.json")).read_text())
     logs = next((tmp_path / "root").rglob("simulate-logs/logs"))
     assert output["parameterValues"]["Output"] == str(logs)
     assert output["artifacts"]["metrics"]["artifacts"][0]["metadata"]["days"] == 2

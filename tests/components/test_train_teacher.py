@@ -19,18 +19,36 @@ from unisup.schemas import validate
 @pytest.fixture(scope="module")
 def component_overrides(tiny_overrides, tiny_encoder_path, tmp_path_factory) -> list[str]:
     stages = [
-        {"name": "fast", "base_model": str(tiny_encoder_path), "num_layers": 1, "max_length": 24, "epochs": 1,
-         "max_steps": 2},
-        {"name": "precise", "base_model": str(tiny_encoder_path), "max_length": 48, "epochs": 1, "max_steps": 2,
-         "item_fields": ["title", "brand", "description"]},
+        {
+            "name": "fast",
+            "base_model": str(tiny_encoder_path),
+            "num_layers": 1,
+            "max_length": 24,
+            "epochs": 1,
+            "max_steps": 2,
+        },
+        {
+            "name": "precise",
+            "base_model": str(tiny_encoder_path),
+            "max_length": 48,
+            "epochs": 1,
+            "max_steps": 2,
+            "item_fields": ["title", "brand", "description"],
+        },
     ]
-    return tiny_overrides + [f"teachers.stages={json.dumps(stages)}", "teachers.max_train_pairs=32",
-                             "teachers.max_validation_pairs=16", "labeling.shard_size=16"]
+    return tiny_overrides + [
+        f"teachers.stages={json.dumps(stages)}",
+        "teachers.max_train_pairs=32",
+        "teachers.max_validation_pairs=16",
+        "labeling.shard_size=16",
+    ]
 
 
 @pytest.fixture(scope="module")
 def pairs_file(tiny_sample, tmp_path_factory) -> Path:
-    table = pacsv.read_csv(tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()}))
+    table = pacsv.read_csv(
+        tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()})
+    )
     path = tmp_path_factory.mktemp("component_pairs") / "pairs.parquet"
     pq.write_table(table.select(["query", "product_id"]).slice(0, 40).rename_columns(["query", "item_id"]), path)
     return path
@@ -40,14 +58,23 @@ def test_train_teacher_and_label_functions(component_overrides, pairs_file, tmp_
     teachers = dsl.Model(uri=str(tmp_path / "teachers"))
     audit = dsl.Metrics(uri=str(tmp_path / "audit.json"))
     train_teacher.python_func(teachers=teachers, audit=audit, config="local", overrides=component_overrides)
-    assert (Path(teachers.path) / "fast" / "config.pbtxt").exists() and (Path(teachers.path) / "precise" / "1" / "model.py").exists()
+    assert (Path(teachers.path) / "fast" / "config.pbtxt").exists() and (
+        Path(teachers.path) / "precise" / "1" / "model.py"
+    ).exists()
     assert teachers.metadata["fast_steps"] == 2 and json.loads(teachers.metadata["stages"])[1]["name"] == "precise"
     assert set(json.loads(Path(audit.path).read_text())["stages"]) == {"fast", "precise"}
     assert "cascade_exact" in audit.metadata and "raters_qwk" in audit.metadata
 
     labels, work = dsl.Dataset(uri=str(tmp_path / "labels.parquet")), dsl.Artifact(uri=str(tmp_path / "work"))
-    label.python_func(pairs=dsl.Dataset(uri=str(pairs_file)), teachers=teachers, labels=labels, work=work,
-                      metrics=dsl.Metrics(uri=str(tmp_path / "m")), config="local", overrides=component_overrides)
+    label.python_func(
+        pairs=dsl.Dataset(uri=str(pairs_file)),
+        teachers=teachers,
+        labels=labels,
+        work=work,
+        metrics=dsl.Metrics(uri=str(tmp_path / "m")),
+        config="local",
+        overrides=component_overrides,
+    )
     table = validate(read_table(labels.path), "labels").accepted
     assert table.num_rows == labels.metadata["rows"] == 40
     assert labels.metadata["backend"] == "inprocess" and labels.metadata["shard_size"] == 16

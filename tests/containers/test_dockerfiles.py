@@ -61,9 +61,7 @@ def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
     for args in copies:
         parts = [p for p in args.split() if not p.startswith("--")]
         for source in parts[:-1]:
-            assert (REPO / source).exists(), (
-                f"{dockerfile.name}: COPY source {source} does not exist"
-            )
+            assert (REPO / source).exists(), f"{dockerfile.name}: COPY source {source} does not exist"
             assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), (
                 f"{dockerfile.name}: COPY source {source} is excluded by its .dockerignore"
             )
@@ -76,36 +74,24 @@ def test_base_images_are_pinned(dockerfile):
     for base in bases:
         name, _, tag = base.rpartition(":")
         assert name and "/" not in tag, f"{dockerfile.name}: base image {base} has no tag"
-        assert tag != "latest" and re.search(r"\d", tag), (
-            f"{dockerfile.name}: base {base} is not pinned"
-        )
+        assert tag != "latest" and re.search(r"\d", tag), f"{dockerfile.name}: base {base} is not pinned"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_package_pins_agree_with_pyproject(dockerfile):
     pins = pyproject_pins()
-    installs = [
-        args for word, args in instructions(dockerfile) if word == "RUN" and "pip install" in args
-    ]
+    installs = [args for word, args in instructions(dockerfile) if word == "RUN" and "pip install" in args]
     assert installs, f"{dockerfile.name} installs no Python packages"
     found = 0
     for args in installs:
         for name, version in PIN.findall(args):
             key = re.sub(r"\[.*\]", "", name).lower().replace("_", "-")
-            assert key in pins, (
-                f"{dockerfile.name}: {name}=={version} is not pinned in pyproject.toml"
-            )
-            assert pins[key] == version, (
-                f"{dockerfile.name}: {name}=={version}, pyproject pins {pins[key]}"
-            )
+            assert key in pins, f"{dockerfile.name}: {name}=={version} is not pinned in pyproject.toml"
+            assert pins[key] == version, f"{dockerfile.name}: {name}=={version}, pyproject pins {pins[key]}"
             found += 1
-        unpinned = re.findall(
-            r"pip install(?:\s+--\S+(?:\s+\"?\$?\w+\"?)?)*\s+(?:-U|--upgrade)\b", args
-        )
+        unpinned = re.findall(r"pip install(?:\s+--\S+(?:\s+\"?\$?\w+\"?)?)*\s+(?:-U|--upgrade)\b", args)
         assert not unpinned, f"{dockerfile.name}: pip install --upgrade is not reproducible"
-    assert found, (
-        f"{dockerfile.name}: no pinned package (torch must be pinned to pyproject's version)"
-    )
+    assert found, f"{dockerfile.name}: no pinned package (torch must be pinned to pyproject's version)"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -124,9 +110,7 @@ def test_build_script_tags_with_the_image_constant():
     )
     lines = out.stdout.splitlines()
     assert len(lines) == 3
-    for line, tag, dockerfile in zip(
-        lines, (COMPONENTS_IMAGE, TRAINER_IMAGE, TRITON_IMAGE), DOCKERFILES, strict=True
-    ):
+    for line, tag, dockerfile in zip(lines, (COMPONENTS_IMAGE, TRAINER_IMAGE, TRITON_IMAGE), DOCKERFILES, strict=True):
         assert f"--tag {tag} " in line and f"--file containers/{dockerfile.name}" in line
 
 
@@ -136,8 +120,6 @@ def test_build_script_fails_clearly_without_docker(tmp_path):
     for tool in ("python3", "dirname", "bash"):
         (bindir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
     env = {**os.environ, "PATH": str(bindir)}
-    out = subprocess.run(
-        ["bash", str(CONTAINERS / "build.sh")], capture_output=True, text=True, env=env
-    )
+    out = subprocess.run(["bash", str(CONTAINERS / "build.sh")], capture_output=True, text=True, env=env)
     assert out.returncode != 0
     assert "no 'docker' command" in out.stderr

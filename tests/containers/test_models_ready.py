@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PROBE = runpy.run_path(
-    str(Path(__file__).resolve().parents[2] / "containers" / "triton" / "models_ready.py")
-)
+PROBE = runpy.run_path(str(Path(__file__).resolve().parents[2] / "containers" / "triton" / "models_ready.py"))
 
 
 class _ReadyEndpoints(BaseHTTPRequestHandler):

@@ -42,32 +42,40 @@ def test_wands_unknown_label(wands_dir):
 
 
 def test_esci(tmp_path):
-    examples = pa.table({
-        "example_id": [0, 1, 2, 3],
-        "query": ["revent 80 cfm", "revent 80 cfm", "usb c hub", "usb c hub"],
-        "query_id": [0, 0, 1, 1],
-        "product_id": ["B0", "B1", "B2", "B9"],
-        "product_locale": ["us", "us", "us", "jp"],
-        "esci_label": ["E", "I", "S", "C"],
-        "small_version": [1, 1, 1, 1],
-        "large_version": [1, 1, 1, 1],
-        "split": ["train"] * 4,
-    })
-    products = pa.table({
-        "product_id": ["B0", "B1", "B2", "B9"],
-        "product_title": ["Panasonic fan", "Hat", "Anker USB-C hub", "jp item"],
-        "product_description": [None, "a hat", None, None],
-        "product_bullet_point": ["quiet", None, "4 ports", None],
-        "product_brand": ["Panasonic", None, "Anker", None],
-        "product_color": ["white", None, None, None],
-        "product_locale": ["us", "us", "us", "jp"],
-    })
+    examples = pa.table(
+        {
+            "example_id": [0, 1, 2, 3],
+            "query": ["revent 80 cfm", "revent 80 cfm", "usb c hub", "usb c hub"],
+            "query_id": [0, 0, 1, 1],
+            "product_id": ["B0", "B1", "B2", "B9"],
+            "product_locale": ["us", "us", "us", "jp"],
+            "esci_label": ["E", "I", "S", "C"],
+            "small_version": [1, 1, 1, 1],
+            "large_version": [1, 1, 1, 1],
+            "split": ["train"] * 4,
+        }
+    )
+    products = pa.table(
+        {
+            "product_id": ["B0", "B1", "B2", "B9"],
+            "product_title": ["Panasonic fan", "Hat", "Anker USB-C hub", "jp item"],
+            "product_description": [None, "a hat", None, None],
+            "product_bullet_point": ["quiet", None, "4 ports", None],
+            "product_brand": ["Panasonic", None, "Anker", None],
+            "product_color": ["white", None, None, None],
+            "product_locale": ["us", "us", "us", "jp"],
+        }
+    )
     pq.write_table(examples, tmp_path / "shopping_queries_dataset_examples.parquet")
     pq.write_table(products, tmp_path / "shopping_queries_dataset_products.parquet")
     catalog, judgments = load_esci(tmp_path)
     assert sorted(catalog["product_id"].to_pylist()) == ["B0", "B1", "B2"]
     assert dict(zip(catalog["product_id"].to_pylist(), catalog["description"].to_pylist()))["B0"] == "quiet"
-    assert dict(zip(judgments["product_id"].to_pylist(), judgments["rating"].to_pylist())) == {"B0": 3, "B1": 0, "B2": 2}
+    assert dict(zip(judgments["product_id"].to_pylist(), judgments["rating"].to_pylist())) == {
+        "B0": 3,
+        "B1": 0,
+        "B2": 2,
+    }
 
 
 def test_missing_layout_file(tmp_path):

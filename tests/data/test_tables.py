@@ -51,7 +51,9 @@ def test_duplicate_product_ids(tmp_path):
 def test_judgments_naming_unknown_products(tmp_path, catalog_file):
     catalog = load_catalog(str(catalog_file)).accepted
     path = write(tmp_path, "judgments.csv", "query,product_id,rating\ntv,1,3\ntv,42,0\n")
-    with pytest.raises(DataValidationError, match=r"judgments.csv\): column 'product_id', row 2 \[rule: product_known\]"):
+    with pytest.raises(
+        DataValidationError, match=r"judgments.csv\): column 'product_id', row 2 \[rule: product_known\]"
+    ):
         load_judgments(path, catalog, num_grades=4)
 
 
@@ -77,7 +79,9 @@ def test_header_only_file(tmp_path):
 
 def test_non_utf8_line(tmp_path):
     path = write(tmp_path, "judgments.csv", b"query,product_id,rating\ntv,1,3\ncaf\xe9 machine,2,1\n")
-    with pytest.raises(DataValidationError, match=r"judgments.csv\), row 2 \[rule: encoding\]: line 3 is not valid UTF-8"):
+    with pytest.raises(
+        DataValidationError, match=r"judgments.csv\), row 2 \[rule: encoding\]: line 3 is not valid UTF-8"
+    ):
         read_artifact(path, "judgments")
 
 

@@ -21,11 +21,7 @@ BUILDS = {
     "dev": MANIFESTS / "overlays" / "dev",
     "prod": MANIFESTS / "overlays" / "prod",
 }
-CRD_SCHEMAS = {
-    ("kubeflow.org/v1beta1", "ScheduledWorkflow"): MANIFESTS
-    / "schemas"
-    / "scheduledworkflow_v1beta1.json"
-}
+CRD_SCHEMAS = {("kubeflow.org/v1beta1", "ScheduledWorkflow"): MANIFESTS / "schemas" / "scheduledworkflow_v1beta1.json"}
 KINDS = {
     "ServiceAccount",
     "Role",
@@ -79,17 +75,10 @@ def test_triton_deployment(build):
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == TRITON_IMAGE
-    assert (
-        container["resources"]["limits"]["nvidia.com/gpu"]
-        == container["resources"]["requests"]["nvidia.com/gpu"]
-    )
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == container["resources"]["requests"]["nvidia.com/gpu"]
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]) and pod["nodeSelector"]
-    shm_volumes = {
-        v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"
-    }
-    assert any(
-        m["mountPath"] == "/dev/shm" and m["name"] in shm_volumes for m in container["volumeMounts"]
-    )
+    shm_volumes = {v["name"] for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"}
+    assert any(m["mountPath"] == "/dev/shm" and m["name"] in shm_volumes for m in container["volumeMounts"])
     repository = [a for a in container["args"] if a.startswith("--model-repository=")]
     assert len(repository) == 1 and repository[0].startswith("--model-repository=gs://")
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -100,12 +89,9 @@ def test_triton_deployment(build):
     assert pod["securityContext"]["runAsNonRoot"] is True
     account = pod["serviceAccountName"]
     annotations = {
-        a["metadata"]["name"]: a["metadata"].get("annotations", {})
-        for a in by_kind(objects, "ServiceAccount")
+        a["metadata"]["name"]: a["metadata"].get("annotations", {}) for a in by_kind(objects, "ServiceAccount")
     }
-    assert annotations[account]["iam.gke.io/gcp-service-account"].endswith(
-        ".iam.gserviceaccount.com"
-    )
+    assert annotations[account]["iam.gke.io/gcp-service-account"].endswith(".iam.gserviceaccount.com")
 
 
 def test_service_hpa_and_pdb_point_at_the_triton_pods(build):
@@ -156,9 +142,7 @@ def test_overlays_differ_where_they_should():
     repos = {
         name: [
             a
-            for a in by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0][
-                "args"
-            ]
+            for a in by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
             if a.startswith("--model-repository")
         ]
         for name, objs in (("dev", dev), ("prod", prod))

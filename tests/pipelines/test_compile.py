@@ -31,9 +31,7 @@ def test_committed_yaml_is_current(compiled):
     for name in pipelines():
         committed = COMPILED / f"{name}.yaml"
         assert committed.exists(), f"{committed} missing: run `make compile`"
-        assert committed.read_text() == compiled[name + ":text"], (
-            f"{committed} is stale: run `make compile`"
-        )
+        assert committed.read_text() == compiled[name + ":text"], f"{committed} is stale: run `make compile`"
 
 
 def all_tasks(spec: dict) -> dict[str, dict]:
@@ -77,20 +75,11 @@ def test_gpu_stages_are_placed_on_gpu_nodes(compiled):
     spec, platform = compiled["unified_supervision"]
     executors = spec["deploymentSpec"]["executors"]
     config = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    gpu = [
-        name
-        for name, e in executors.items()
-        if "accelerator" in e["container"].get("resources", {})
-    ]
+    gpu = [name for name, e in executors.items() if "accelerator" in e["container"].get("resources", {})]
     assert {"exec-train", "exec-build-index", "exec-train-teacher"} <= set(gpu)
     for name in gpu:
-        assert (
-            executors[name]["container"]["image"] == TRAINER_IMAGE or name == "exec-train-teacher"
-        )
-        assert (
-            config[name]["nodeSelector"]["labels"]
-            and config[name]["tolerations"][0]["key"] == "nvidia.com/gpu"
-        )
+        assert executors[name]["container"]["image"] == TRAINER_IMAGE or name == "exec-train-teacher"
+        assert config[name]["nodeSelector"]["labels"] and config[name]["tolerations"][0]["key"] == "nvidia.com/gpu"
     for name, e in executors.items():
         assert e["container"]["resources"]["memoryLimit"] > 0, f"{name} has no memory limit"
 
@@ -139,9 +128,7 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         "treatment_traffic": cfg.promotion.treatment_traffic,
     }
     for name, value in defaults.items():
-        assert params[name]["defaultValue"] == value, (
-            f"{name}: pipeline default differs from the config's"
-        )
+        assert params[name]["defaultValue"] == value, f"{name}: pipeline default differs from the config's"
 
 
 def test_ablation_trains_presets_in_parallel_and_compares_them(compiled):
@@ -151,11 +138,7 @@ def test_ablation_trains_presets_in_parallel_and_compares_them(compiled):
     assert "parameterIterator" in presets
     assert presets["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--presets"
     assert {"fuse", "train", "build-index", "evaluate"} <= set(tasks)
-    loop_key = next(
-        k
-        for k, task in spec["root"]["dag"]["tasks"].items()
-        if task["taskInfo"]["name"] == "presets"
-    )
+    loop_key = next(k for k, task in spec["root"]["dag"]["tasks"].items() if task["taskInfo"]["name"] == "presets")
     assert tasks["compare-runs"]["dependentTasks"] == [loop_key]
     default = spec["root"]["inputDefinitions"]["parameters"]["presets"]["defaultValue"]
     assert {"unified", "engagement_only"} <= set(default)
@@ -164,13 +147,9 @@ def test_ablation_trains_presets_in_parallel_and_compares_them(compiled):
 def test_recurring_run_parameters_exist_in_the_pipeline(compiled):
     params = compiled["unified_supervision"][0]["root"]["inputDefinitions"]["parameters"]
     for overlay in ("base", "overlays/dev", "overlays/prod"):
-        schedule = next(
-            o for o in render(REPO / "manifests" / overlay) if o["kind"] == "ScheduledWorkflow"
-        )
+        schedule = next(o for o in render(REPO / "manifests" / overlay) if o["kind"] == "ScheduledWorkflow")
         for parameter in schedule["spec"]["workflow"]["parameters"]:
-            assert parameter["name"] in params, (
-                f"{overlay}: {parameter['name']} is not a pipeline parameter"
-            )
+            assert parameter["name"] in params, f"{overlay}: {parameter['name']} is not a pipeline parameter"
 
 
 def test_ci_workflow_tests_compiles_checks_and_publishes():
@@ -179,7 +158,5 @@ def test_ci_workflow_tests_compiles_checks_and_publishes():
     runs = "\n".join(step.get("run", "") for step in steps)
     assert "make test" in runs and "make compile" in runs
     assert "git diff --exit-code -- pipelines/compiled" in runs
-    upload = next(
-        step for step in steps if step.get("uses", "").startswith("actions/upload-artifact")
-    )
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["with"]["path"] == "pipelines/compiled/*.yaml"

@@ -42,9 +42,7 @@ def test_load_package_reads_name_parameters_and_a_content_version(package_path, 
 
 def test_parse_params_converts_and_checks(package_path):
     package = load_package(package_path)
-    params = parse_params(
-        ["num_shards=8", "fraction=1", "dry=true", "table_uri=gs://b/pairs.parquet"], package
-    )
+    params = parse_params(["num_shards=8", "fraction=1", "dry=true", "table_uri=gs://b/pairs.parquet"], package)
     assert params == {
         "num_shards": 8,
         "fraction": 1.0,
@@ -52,9 +50,7 @@ def test_parse_params_converts_and_checks(package_path):
         "table_uri": "gs://b/pairs.parquet",
     }
     assert isinstance(params["fraction"], float)
-    with pytest.raises(
-        SubmitError, match="no such parameter; it has: dry, fraction, num_shards, table_uri"
-    ):
+    with pytest.raises(SubmitError, match="no such parameter; it has: dry, fraction, num_shards, table_uri"):
         parse_params(["shards=3"], package)
     with pytest.raises(SubmitError, match="expected number_integer"):
         parse_params(["num_shards=many"], package)

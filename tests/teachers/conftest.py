@@ -13,14 +13,36 @@ from unisup.teachers.triton_server import pytriton_server_dir, triton_server
 def tiny_teacher_overrides(encoder_path, repository) -> list[str]:
     """Two tiny stages of different cost on the tiny encoder, a few steps each."""
     stages = [
-        {"name": "fast", "base_model": str(encoder_path), "num_layers": 1, "max_length": 24,
-         "item_fields": ["title", "brand"], "epochs": 2, "batch_size": 16, "max_steps": 12, "learning_rate": 1e-3},
-        {"name": "precise", "base_model": str(encoder_path), "num_layers": 0, "max_length": 64,
-         "item_fields": ["title", "brand", "description"], "attributes": 3, "epochs": 1, "batch_size": 16,
-         "max_steps": 8, "learning_rate": 1e-3},
+        {
+            "name": "fast",
+            "base_model": str(encoder_path),
+            "num_layers": 1,
+            "max_length": 24,
+            "item_fields": ["title", "brand"],
+            "epochs": 2,
+            "batch_size": 16,
+            "max_steps": 12,
+            "learning_rate": 1e-3,
+        },
+        {
+            "name": "precise",
+            "base_model": str(encoder_path),
+            "num_layers": 0,
+            "max_length": 64,
+            "item_fields": ["title", "brand", "description"],
+            "attributes": 3,
+            "epochs": 1,
+            "batch_size": 16,
+            "max_steps": 8,
+            "learning_rate": 1e-3,
+        },
     ]
-    return [f"teachers.stages={json.dumps(stages)}", f"teachers.repository_uri={repository}",
-            "teachers.max_train_pairs=160", "teachers.max_validation_pairs=80"]
+    return [
+        f"teachers.stages={json.dumps(stages)}",
+        f"teachers.repository_uri={repository}",
+        "teachers.max_train_pairs=160",
+        "teachers.max_validation_pairs=80",
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -33,11 +33,15 @@ class CrashingBackend:
 
 @pytest.fixture(scope="module")
 def pairs(tiny_sample, tmp_path_factory):
-    table = pacsv.read_csv(tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(
-        column_types={"product_id": pa.string()}))
+    table = pacsv.read_csv(
+        tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()})
+    )
     rows = table.select(["query", "product_id"]).slice(0, 60).rename_columns(["query", "item_id"]).to_pylist()
-    bad = [{"query": rows[0]["query"], "item_id": rows[0]["item_id"]},  # duplicate
-           {"query": "laptop", "item_id": "no-such-item"}, {"query": " ", "item_id": rows[1]["item_id"]}]
+    bad = [
+        {"query": rows[0]["query"], "item_id": rows[0]["item_id"]},  # duplicate
+        {"query": "laptop", "item_id": "no-such-item"},
+        {"query": " ", "item_id": rows[1]["item_id"]},
+    ]
     path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
     pq.write_table(pa.Table.from_pylist(rows + bad), path)
     return path
@@ -47,8 +51,11 @@ def test_label_pairs_accounts_for_every_row(pairs, teacher_config, trained_teach
     backend = InProcessBackend(trained_teachers["repository"])
     report = label_pairs(str(pairs), str(tmp_path / "out"), teacher_config, backend)
     assert report["rows_in"] == 63 and report["labeled"] == 60 and report["quarantined"] == 3
-    assert report["quarantine_reasons"] == {"duplicate (query, item_id)": 1, "item_id not in the catalog": 1,
-                                            "missing query": 1}
+    assert report["quarantine_reasons"] == {
+        "duplicate (query, item_id)": 1,
+        "item_id not in the catalog": 1,
+        "missing query": 1,
+    }
     labels = read_labels(str(tmp_path / "out"))
     validate(labels, "labels")
     assert labels.num_rows == 60 and set(labels["stage"].to_pylist()) <= {"fast", "precise"}
@@ -82,8 +89,11 @@ def test_rerun_after_a_crash_resumes_and_labels_each_pair_once(pairs, teacher_co
     assert len(keys) == len(set(keys)) == 60
     fresh = label_pairs(str(pairs), str(tmp_path / "fresh"), cfg, inner)
     assert fresh["shards_resumed"] == 0
-    np.testing.assert_allclose(np.array(read_labels(str(tmp_path / "fresh"))["probs"].to_pylist()),
-                               np.array(labels["probs"].to_pylist()), atol=1e-5)
+    np.testing.assert_allclose(
+        np.array(read_labels(str(tmp_path / "fresh"))["probs"].to_pylist()),
+        np.array(labels["probs"].to_pylist()),
+        atol=1e-5,
+    )
     cfg.labeling.shard_size = 32
     with pytest.raises(ValueError, match="other pairs or settings"):
         label_pairs(str(pairs), out, cfg, inner)
@@ -97,7 +107,9 @@ def test_bad_pairs_file_is_named(teacher_config, trained_teachers, tmp_path):
 
 
 @pytest.mark.triton
-def test_triton_local_backend_serves_the_teachers_it_is_given(tritonserver_available, trained_teachers, teacher_config, tmp_path):
+def test_triton_local_backend_serves_the_teachers_it_is_given(
+    tritonserver_available, trained_teachers, teacher_config, tmp_path
+):
     from dataclasses import replace
 
     from unisup.teachers.labeling import label_pairs, serving_backend

@@ -22,12 +22,15 @@ def test_bytes_round_trip():
 def test_dynamic_batch_is_scored_together_and_split_per_request(trained_teachers):
     folder = Path(trained_teachers["repository"]) / "fast" / "1" / "teacher"
     service = TeacherService(folder)
-    requests = [(encode_texts(["usb cable", "laptop"]), encode_texts(["USB cable", "Notebook"])),
-                (encode_texts(["mouse"]), encode_texts(["Wireless mouse"]))]
+    requests = [
+        (encode_texts(["usb cable", "laptop"]), encode_texts(["USB cable", "Notebook"])),
+        (encode_texts(["mouse"]), encode_texts(["Wireless mouse"])),
+    ]
     outputs = service.score_batches(requests)
     assert [o.shape for o in outputs] == [(2, 4), (1, 4)] and all(o.dtype == np.float32 for o in outputs)
-    alone = InProcessBackend(trained_teachers["repository"]).predict("fast", ["usb cable", "laptop", "mouse"],
-                                                                     ["USB cable", "Notebook", "Wireless mouse"])
+    alone = InProcessBackend(trained_teachers["repository"]).predict(
+        "fast", ["usb cable", "laptop", "mouse"], ["USB cable", "Notebook", "Wireless mouse"]
+    )
     np.testing.assert_allclose(np.concatenate(outputs), alone, atol=1e-5)
 
 

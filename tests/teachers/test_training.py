@@ -48,6 +48,8 @@ def test_train_teachers_exports_a_triton_repository(trained_teachers, teacher_co
         assert (version / "model.py").exists()
         saved = json.loads((version / "teacher" / "teacher.json").read_text())
         assert saved["item_fields"] == stage.item_fields and saved["num_grades"] == 4
-    layers = {s: json.loads((repository / s / "1" / "teacher" / "teacher.json").read_text())["num_layers"]
-              for s in ("fast", "precise")}
+    layers = {
+        s: json.loads((repository / s / "1" / "teacher" / "teacher.json").read_text())["num_layers"]
+        for s in ("fast", "precise")
+    }
     assert layers == {"fast": 1, "precise": 2}

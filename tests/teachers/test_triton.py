@@ -16,8 +16,9 @@ pytestmark = pytest.mark.triton
 
 @pytest.fixture(scope="module")
 def judged_pairs(tiny_sample, tmp_path_factory):
-    table = pacsv.read_csv(tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(
-        column_types={"product_id": pa.string()}))
+    table = pacsv.read_csv(
+        tiny_sample["judgments"], convert_options=pacsv.ConvertOptions(column_types={"product_id": pa.string()})
+    )
     path = tmp_path_factory.mktemp("triton_pairs") / "pairs.parquet"
     pq.write_table(table.select(["query", "product_id"]).slice(0, 96), path)
     return path
@@ -27,11 +28,13 @@ def _backend(server, **kwargs):
     return TritonBackend(server.grpc_url, batch_size=8, concurrency=4, timeout_s=30, **kwargs)
 
 
-def test_triton_and_in_process_give_the_same_labels(triton_teachers, judged_pairs, teacher_config, trained_teachers,
-                                                    tmp_path):
+def test_triton_and_in_process_give_the_same_labels(
+    triton_teachers, judged_pairs, teacher_config, trained_teachers, tmp_path
+):
     served = label_pairs(str(judged_pairs), str(tmp_path / "triton"), teacher_config, _backend(triton_teachers))
-    local = label_pairs(str(judged_pairs), str(tmp_path / "local"), teacher_config,
-                        InProcessBackend(trained_teachers["repository"]))
+    local = label_pairs(
+        str(judged_pairs), str(tmp_path / "local"), teacher_config, InProcessBackend(trained_teachers["repository"])
+    )
     assert served["backend"] == "triton" and served["labeled"] == local["labeled"] == 96
     a, b = read_labels(str(tmp_path / "triton")), read_labels(str(tmp_path / "local"))
     assert a["grade"].to_pylist() == b["grade"].to_pylist() and a["stage"].to_pylist() == b["stage"].to_pylist()
@@ -44,8 +47,9 @@ def test_unknown_model_is_not_ready(triton_teachers):
         backend.wait_ready(["fast", "no_such_stage"])
 
 
-def test_server_killed_mid_run_then_restarted_resumes_exactly_once(triton_teachers, judged_pairs, teacher_config,
-                                                                    tmp_path):
+def test_server_killed_mid_run_then_restarted_resumes_exactly_once(
+    triton_teachers, judged_pairs, teacher_config, tmp_path
+):
     from copy import deepcopy
 
     cfg = deepcopy(teacher_config)
@@ -57,8 +61,13 @@ def test_server_killed_mid_run_then_restarted_resumes_exactly_once(triton_teache
             triton_teachers.kill()
 
     with pytest.raises(BackendUnavailable, match="gave up after 2 attempts"):
-        label_pairs(str(judged_pairs), out, cfg, _backend(triton_teachers, retries=2, backoff_s=0.05),
-                    on_shard=kill_after_first_shard)
+        label_pairs(
+            str(judged_pairs),
+            out,
+            cfg,
+            _backend(triton_teachers, retries=2, backoff_s=0.05),
+            on_shard=kill_after_first_shard,
+        )
     manifest = json.loads((tmp_path / "labels" / "manifest.json").read_text())
     assert list(manifest["shards"]) == ["0"]
     triton_teachers.restart()

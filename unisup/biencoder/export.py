@@ -34,7 +34,9 @@ TOWER_FOLDER = "query_tower"
 
 def decode_queries(array: np.ndarray) -> list[str]:
     """A BYTES tensor (np.object_ of bytes or str, any shape) as a flat list of str."""
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array, dtype=np.object_).reshape(-1)]
+    return [
+        v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array, dtype=np.object_).reshape(-1)
+    ]
 
 
 class QueryEncoderService:
@@ -63,8 +65,15 @@ class QueryEncoderService:
         return np.split(vectors, np.cumsum(sizes)[:-1])
 
 
-def model_config(name: str, dim: int, max_batch_size: int, queue_delay_us: int, instances: int,
-                 instance_kind: str = "KIND_CPU", python_paths: str = "") -> str:
+def model_config(
+    name: str,
+    dim: int,
+    max_batch_size: int,
+    queue_delay_us: int,
+    instances: int,
+    instance_kind: str = "KIND_CPU",
+    python_paths: str = "",
+) -> str:
     """The config.pbtxt text of the query-encoder model."""
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
         raise ValueError(f"instance_kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}")
@@ -86,12 +95,20 @@ parameters: {{ key: "python_paths" value: {{ string_value: "{python_paths}" }} }
 
 
 def _next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
+    versions = (
+        [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()] if model_dir.exists() else []
+    )
     return max(versions, default=0) + 1
 
 
-def export_query_encoder(model_dir: str | Path, repository: str | Path, cfg: TrainingConfig,
-                         version: int | None = None, instance_kind: str = "KIND_CPU", python_paths: str = "") -> str:
+def export_query_encoder(
+    model_dir: str | Path,
+    repository: str | Path,
+    cfg: TrainingConfig,
+    version: int | None = None,
+    instance_kind: str = "KIND_CPU",
+    python_paths: str = "",
+) -> str:
     """Write the query tower of the bi-encoder folder ``model_dir`` as a new version of the
     query-encoder model in ``repository`` (local path or gs://); returns ``<name>/<version>``.
 
@@ -109,7 +126,7 @@ def export_query_encoder(model_dir: str | Path, repository: str | Path, cfg: Tra
         local = Path(tmp) if remote else Path(repository)
         if remote and version is None:
             prefix = storage.join(str(repository), name) + "/"
-            heads = {uri[len(prefix):].split("/", 1)[0] for uri in storage.list_prefix(prefix)}
+            heads = {uri[len(prefix) :].split("/", 1)[0] for uri in storage.list_prefix(prefix)}
             version = max((int(h) for h in heads if h.isdigit()), default=0) + 1
         target = local / name
         version = version or _next_version(target)
@@ -119,9 +136,17 @@ def export_query_encoder(model_dir: str | Path, repository: str | Path, cfg: Tra
         version_dir.mkdir(parents=True)
         shutil.copytree(tower_dir, version_dir / TOWER_FOLDER)
         shutil.copyfile(MODEL_TEMPLATE, version_dir / "model.py")
-        (target / "config.pbtxt").write_text(model_config(
-            name, int(manifest["dim"]), cfg.triton_max_batch_size, cfg.triton_queue_delay_us, cfg.triton_instances,
-            instance_kind, python_paths))
+        (target / "config.pbtxt").write_text(
+            model_config(
+                name,
+                int(manifest["dim"]),
+                cfg.triton_max_batch_size,
+                cfg.triton_queue_delay_us,
+                cfg.triton_instances,
+                instance_kind,
+                python_paths,
+            )
+        )
         if remote:
             storage.upload_dir(local, str(repository))
     return f"{name}/{version}"

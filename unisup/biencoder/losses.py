@@ -48,7 +48,9 @@ def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return log_q.masked_fill(~mask, 0.0)
 
 
-def _resolve_masks(scores: torch.Tensor, target_mask: torch.Tensor, candidate_mask: torch.Tensor | None) -> torch.Tensor:
+def _resolve_masks(
+    scores: torch.Tensor, target_mask: torch.Tensor, candidate_mask: torch.Tensor | None
+) -> torch.Tensor:
     _check_matrix("target_mask", target_mask, scores.shape, "bool")
     if candidate_mask is None:
         return target_mask
@@ -92,7 +94,9 @@ def listwise_kl(
     target_temperature: float = 1.0,
 ) -> torch.Tensor:
     """KL(p || q): :func:`listwise_softmax_cross_entropy` minus the entropy of the target distribution."""
-    ce = listwise_softmax_cross_entropy(scores, targets, target_mask, candidate_mask, score_temperature, target_temperature)
+    ce = listwise_softmax_cross_entropy(
+        scores, targets, target_mask, candidate_mask, score_temperature, target_temperature
+    )
     log_p = _masked_log_softmax(targets.detach() / target_temperature, target_mask)
     entropy = -(torch.exp(log_p) * log_p).sum(dim=1).mean()
     return ce - entropy
@@ -130,7 +134,9 @@ class MopprObjective:
     weight: float
 
 
-def moppr_hierarchical_loss(scores: torch.Tensor, objectives: Sequence[MopprObjective], temperature: float = 1.0) -> torch.Tensor:
+def moppr_hierarchical_loss(
+    scores: torch.Tensor, objectives: Sequence[MopprObjective], temperature: float = 1.0
+) -> torch.Tensor:
     """Weighted sum of :func:`moppr_multi_positive_softmax` over the objectives
     (e.g. relevance > click > conversion, weights decreasing)."""
     if not objectives:
@@ -139,11 +145,15 @@ def moppr_hierarchical_loss(scores: torch.Tensor, objectives: Sequence[MopprObje
     for objective in objectives:
         if objective.weight < 0:
             raise ValueError(f"MOPPR objective {objective.name!r}: weight must be >= 0, got {objective.weight}")
-        total = total + objective.weight * moppr_multi_positive_softmax(scores, objective.positives, objective.candidates, temperature)
+        total = total + objective.weight * moppr_multi_positive_softmax(
+            scores, objective.positives, objective.candidates, temperature
+        )
     return total
 
 
-def in_batch_masks(owner: torch.Tensor, item_keys: torch.Tensor, num_lists: int, in_batch_negatives: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def in_batch_masks(
+    owner: torch.Tensor, item_keys: torch.Tensor, num_lists: int, in_batch_negatives: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(target_mask, candidate_mask)``, each ``(num_lists, N)``, for ``N`` batch items.
 
     ``owner[n]`` is the list item ``n`` belongs to and ``item_keys[n]`` an integer id of the
@@ -151,7 +161,9 @@ def in_batch_masks(owner: torch.Tensor, item_keys: torch.Tensor, num_lists: int,
     (same key) of its own items, which would otherwise count as negatives.
     """
     if owner.dim() != 1 or item_keys.shape != owner.shape:
-        raise ValueError(f"owner and item_keys must be 1-D of the same length, got {tuple(owner.shape)} and {tuple(item_keys.shape)}")
+        raise ValueError(
+            f"owner and item_keys must be 1-D of the same length, got {tuple(owner.shape)} and {tuple(item_keys.shape)}"
+        )
     if owner.numel() and (int(owner.min()) < 0 or int(owner.max()) >= num_lists):
         raise ValueError(f"owner values must lie in 0 .. {num_lists - 1}")
     lists = torch.arange(num_lists, device=owner.device)

@@ -41,19 +41,25 @@ class Tower(nn.Module):
         self.projection = nn.Linear(hidden, projection_dim, bias=False) if projection_dim else None
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, max_length: int = 64, projection_dim: int | None = None, seed: int = 0) -> Tower:
+    def from_pretrained(
+        cls, path: str | Path, max_length: int = 64, projection_dim: int | None = None, seed: int = 0
+    ) -> Tower:
         """A fresh tower on an HF encoder folder (e.g. the packaged MiniLM)."""
         from transformers import AutoModel, AutoTokenizer
 
         torch.manual_seed(seed)
-        return cls(AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)), max_length, projection_dim)
+        return cls(
+            AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)), max_length, projection_dim
+        )
 
     @property
     def dim(self) -> int:
         return self.projection.out_features if self.projection is not None else self.encoder.config.hidden_size
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
@@ -63,7 +69,9 @@ class Tower(nn.Module):
         return nn.functional.normalize(pooled, dim=-1)
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False, desc: str = "encoding") -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False, desc: str = "encoding"
+    ) -> np.ndarray:
         """Unit-norm float32 embeddings, batched by length to limit padding."""
         from tqdm.auto import tqdm
 
@@ -88,8 +96,13 @@ class Tower(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        config = {"max_length": self.max_length, "pooling": "mean", "normalize": True, "dim": self.dim,
-                  "projection_dim": self.projection.out_features if self.projection is not None else None}
+        config = {
+            "max_length": self.max_length,
+            "pooling": "mean",
+            "normalize": True,
+            "dim": self.dim,
+            "projection_dim": self.projection.out_features if self.projection is not None else None,
+        }
         (path / TOWER_CONFIG).write_text(json.dumps(config, indent=1))
         if self.projection is not None:
             save_file({"weight": self.projection.weight.detach().cpu().contiguous()}, str(path / PROJECTION_FILE))
@@ -102,7 +115,12 @@ class Tower(nn.Module):
 
         path = Path(path)
         config = json.loads((path / TOWER_CONFIG).read_text())
-        tower = cls(AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)), config["max_length"], config["projection_dim"])
+        tower = cls(
+            AutoModel.from_pretrained(str(path)),
+            AutoTokenizer.from_pretrained(str(path)),
+            config["max_length"],
+            config["projection_dim"],
+        )
         if tower.projection is not None:
             tower.projection.weight.data.copy_(load_file(str(path / PROJECTION_FILE))["weight"])
         return tower.to(device or "cpu").eval()
@@ -115,8 +133,13 @@ def save_biencoder(query_tower: Tower, item_tower: Tower, path: str | Path, meta
     query_tower.save(path / "query_tower")
     if not shared:
         item_tower.save(path / "item_tower")
-    manifest = {"query_tower": "query_tower", "item_tower": "query_tower" if shared else "item_tower",
-                "shared": shared, "dim": query_tower.dim, **(metadata or {})}
+    manifest = {
+        "query_tower": "query_tower",
+        "item_tower": "query_tower" if shared else "item_tower",
+        "shared": shared,
+        "dim": query_tower.dim,
+        **(metadata or {}),
+    }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return path
 
@@ -129,7 +152,11 @@ def load_biencoder(path: str | Path, device: str | None = None) -> tuple[Tower, 
         raise FileNotFoundError(f"{path}: not a bi-encoder folder ({MANIFEST} missing)")
     manifest = json.loads(manifest_path.read_text())
     query = Tower.load(path / manifest["query_tower"], device)
-    item = query if manifest["item_tower"] == manifest["query_tower"] else Tower.load(path / manifest["item_tower"], device)
+    item = (
+        query
+        if manifest["item_tower"] == manifest["query_tower"]
+        else Tower.load(path / manifest["item_tower"], device)
+    )
     return query, item
 
 

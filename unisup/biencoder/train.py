@@ -68,7 +68,9 @@ class QueryList:
     impressed: np.ndarray
 
 
-def group_lists(table: pa.Table, catalog_ids: list[str], relevance_threshold: int, source: str = "training_lists") -> list[QueryList]:
+def group_lists(
+    table: pa.Table, catalog_ids: list[str], relevance_threshold: int, source: str = "training_lists"
+) -> list[QueryList]:
     """Training lists (``schemas.TRAINING_LISTS``) grouped per query, sorted by query.
 
     Raises :class:`DataValidationError` naming the rows whose item is not in the catalog.
@@ -77,20 +79,24 @@ def group_lists(table: pa.Table, catalog_ids: list[str], relevance_threshold: in
     items = table["item_id"].to_pylist()
     unknown = [row for row, item in enumerate(items, start=1) if item not in index]
     if unknown:
-        raise DataValidationError("training_lists", source, "item_id not in the catalog", column="item_id", rows=unknown)
+        raise DataValidationError(
+            "training_lists", source, "item_id not in the catalog", column="item_id", rows=unknown
+        )
     frame = table.select(["query", "target", "grade", "clicked", "converted", "source"]).to_pandas()
     frame["item"] = [index[i] for i in items]
     lists = []
     for query, rows in frame.groupby("query", sort=True):
-        lists.append(QueryList(
-            query=query,
-            items=rows["item"].to_numpy(np.int64),
-            targets=rows["target"].to_numpy(np.float32),
-            relevant=(rows["grade"].fillna(-1).to_numpy() >= relevance_threshold),
-            clicked=rows["clicked"].to_numpy(bool),
-            converted=rows["converted"].to_numpy(bool),
-            impressed=(rows["source"] == "impression").to_numpy(),
-        ))
+        lists.append(
+            QueryList(
+                query=query,
+                items=rows["item"].to_numpy(np.int64),
+                targets=rows["target"].to_numpy(np.float32),
+                relevant=(rows["grade"].fillna(-1).to_numpy() >= relevance_threshold),
+                clicked=rows["clicked"].to_numpy(bool),
+                converted=rows["converted"].to_numpy(bool),
+                impressed=(rows["source"] == "impression").to_numpy(),
+            )
+        )
     return lists
 
 
@@ -125,7 +131,9 @@ class BiEncoder(nn.Module):
     def shared(self) -> bool:
         return self.query_tower is self.item_tower
 
-    def forward(self, queries: dict[str, torch.Tensor], items: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query_tower(**queries), self.item_tower(**items)
 
 
@@ -186,8 +194,15 @@ def batch_loss(
         weights = cfg.moppr_weights
         objectives = [
             MopprObjective("relevance", per_row(gather("relevant")), candidates, weights.get("relevance", 0.0)),
-            MopprObjective("click", per_row(gather("clicked")), own & per_row(gather("impressed")), weights.get("click", 0.0)),
-            MopprObjective("conversion", per_row(gather("converted")), own & per_row(gather("clicked")), weights.get("conversion", 0.0)),
+            MopprObjective(
+                "click", per_row(gather("clicked")), own & per_row(gather("impressed")), weights.get("click", 0.0)
+            ),
+            MopprObjective(
+                "conversion",
+                per_row(gather("converted")),
+                own & per_row(gather("clicked")),
+                weights.get("conversion", 0.0),
+            ),
         ]
         loss = moppr_hierarchical_loss(scores, objectives, cfg.score_temperature)
     else:
@@ -199,7 +214,9 @@ def batch_loss(
 # ---------------------------------------------------------------- validation
 
 
-def validation_candidates(catalog_ids: list[str], qrels: dict[str, dict[str, int]], distractors: int, seed: int) -> np.ndarray:
+def validation_candidates(
+    catalog_ids: list[str], qrels: dict[str, dict[str, int]], distractors: int, seed: int
+) -> np.ndarray:
     """Catalog indices retrieved over in validation: the judged items of the validation
     queries plus ``distractors`` seeded random items (all items with -1)."""
     if distractors < 0:
@@ -212,15 +229,22 @@ def validation_candidates(catalog_ids: list[str], qrels: dict[str, dict[str, int
 
 
 def validate_ndcg(
-    towers: BiEncoder, catalog_ids: list[str], item_texts: list[str], candidates: np.ndarray,
-    qrels: dict[str, dict[str, int]], cfg: TrainingConfig, relevance_threshold: int,
+    towers: BiEncoder,
+    catalog_ids: list[str],
+    item_texts: list[str],
+    candidates: np.ndarray,
+    qrels: dict[str, dict[str, int]],
+    cfg: TrainingConfig,
+    relevance_threshold: int,
 ) -> float:
     """Mean nDCG@k of the validation queries, retrieving over ``candidates``."""
     from unisup.channels import top_k_inner_product
     from unisup.metrics import per_query_metrics
 
     queries = sorted(qrels)
-    item_vecs = _encode(towers.item_tower, [item_texts[i] for i in candidates], cfg.item_max_length, cfg.encode_batch_size)
+    item_vecs = _encode(
+        towers.item_tower, [item_texts[i] for i in candidates], cfg.item_max_length, cfg.encode_batch_size
+    )
     query_vecs = _encode(towers.query_tower, queries, cfg.query_max_length, cfg.encode_batch_size)
     idx, _ = top_k_inner_product(query_vecs, item_vecs, cfg.validation_k)
     rankings = {q: [catalog_ids[candidates[j]] for j in row] for q, row in zip(queries, idx)}
@@ -272,11 +296,21 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(folder: Path, towers: BiEncoder, optimizer, scheduler, state: LoopState, fingerprint: str, keep: int) -> Path:
+def save_checkpoint(
+    folder: Path, towers: BiEncoder, optimizer, scheduler, state: LoopState, fingerprint: str, keep: int
+) -> Path:
     """Write ``step-XXXXXXXX.pt`` atomically and keep the ``keep`` most recent."""
     path = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}.pt"
-    _atomic_save({"model": towers.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                  "state": dataclasses.asdict(state), "fingerprint": fingerprint}, path)
+    _atomic_save(
+        {
+            "model": towers.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": dataclasses.asdict(state),
+            "fingerprint": fingerprint,
+        },
+        path,
+    )
     for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.pt"))[:-keep] if keep > 0 else []:
         old.unlink()
     return path
@@ -389,8 +423,10 @@ def train_biencoder(
     if checkpoint is not None:
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         if saved["fingerprint"] != fingerprint:
-            raise ValueError(f"{checkpoint}: written by a run with a different training config or lists; "
-                             f"use another work_dir or resume=False")
+            raise ValueError(
+                f"{checkpoint}: written by a run with a different training config or lists; "
+                f"use another work_dir or resume=False"
+            )
         towers.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -407,8 +443,10 @@ def train_biencoder(
             started = time.perf_counter()
             chosen = batches[state.batch_in_epoch][rank::world]
             batch_lists = [query_lists[i] for i in chosen]
-            positions = [sample_list(query_lists[i], cfg.items_per_list, np.random.default_rng([cfg.seed, state.epoch, int(i)]))
-                         for i in chosen]
+            positions = [
+                sample_list(query_lists[i], cfg.items_per_list, np.random.default_rng([cfg.seed, state.epoch, int(i)]))
+                for i in chosen
+            ]
             torch.manual_seed(cfg.seed * 1_000_003 + state.step * 101 + rank)
             loss, n_items = batch_loss(model, towers, batch_lists, positions, texts, cfg, device)
             optimizer.zero_grad(set_to_none=True)
@@ -428,15 +466,35 @@ def train_biencoder(
                 save_checkpoint(checkpoints, towers, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
             if on_step is not None:
                 on_step(state.step, float(loss.item()))
-        _end_epoch(state, towers, catalog_ids, texts, candidates, validation_qrels, cfg, relevance_threshold, best_path, rank, world)
+        _end_epoch(
+            state,
+            towers,
+            catalog_ids,
+            texts,
+            candidates,
+            validation_qrels,
+            cfg,
+            relevance_threshold,
+            best_path,
+            rank,
+            world,
+        )
     bar.close()
     if rank == 0:
         save_checkpoint(checkpoints, towers, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
     result = TrainResult(
-        model_dir=str(out_dir), steps=state.step, epochs=state.epoch, best_metric=state.best_metric, best_step=state.best_step,
-        stopped_early=state.stopped_early, resumed_from_step=resumed_from, history=state.history,
-        train_seconds=seconds, lists_per_second=lists_seen * world / seconds if seconds else 0.0,
-        items_per_second=items_seen * world / seconds if seconds else 0.0, parameters=dataclasses.asdict(cfg),
+        model_dir=str(out_dir),
+        steps=state.step,
+        epochs=state.epoch,
+        best_metric=state.best_metric,
+        best_step=state.best_step,
+        stopped_early=state.stopped_early,
+        resumed_from_step=resumed_from,
+        history=state.history,
+        train_seconds=seconds,
+        lists_per_second=lists_seen * world / seconds if seconds else 0.0,
+        items_per_second=items_seen * world / seconds if seconds else 0.0,
+        parameters=dataclasses.asdict(cfg),
     )
     if rank == 0:
         if best_path.exists():
@@ -447,7 +505,9 @@ def train_biencoder(
     return result
 
 
-def _end_epoch(state: LoopState, towers: BiEncoder, catalog_ids, texts, candidates, qrels, cfg, r0, best_path, rank, world) -> None:
+def _end_epoch(
+    state: LoopState, towers: BiEncoder, catalog_ids, texts, candidates, qrels, cfg, r0, best_path, rank, world
+) -> None:
     """Validate (rank 0), update early stopping and the best weights, move to the next epoch."""
     decision = [state.stopped_early]
     if rank == 0 and qrels:
@@ -466,7 +526,9 @@ def _end_epoch(state: LoopState, towers: BiEncoder, catalog_ids, texts, candidat
     state.batch_in_epoch = 0
 
 
-def _export(towers: BiEncoder, out_dir: Path, cfg: TrainingConfig, result: TrainResult, triton_repository, metadata: dict) -> None:
+def _export(
+    towers: BiEncoder, out_dir: Path, cfg: TrainingConfig, result: TrainResult, triton_repository, metadata: dict
+) -> None:
     from unisup.biencoder.export import export_query_encoder
 
     towers.eval()
@@ -479,8 +541,15 @@ def _export(towers: BiEncoder, out_dir: Path, cfg: TrainingConfig, result: Train
 # ---------------------------------------------------------------- the stage
 
 
-def train(lists_uri: str, out_uri: str, config: Config, triton_repository: str | None = None,
-          work_dir: str | None = None, resume: bool = True, progress: bool = True) -> TrainResult:
+def train(
+    lists_uri: str,
+    out_uri: str,
+    config: Config,
+    triton_repository: str | None = None,
+    work_dir: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
     """The ``train`` stage: lists (Parquet, local or gs://) + catalog + validation judgments
     of ``config.data`` -> a bi-encoder folder at ``out_uri`` (and the Triton query encoder)."""
     import tempfile
@@ -495,8 +564,16 @@ def train(lists_uri: str, out_uri: str, config: Config, triton_repository: str |
     with tempfile.TemporaryDirectory(prefix="unisup-train-") as tmp:
         local_out = Path(tmp) / "model" if storage.is_gcs(out_uri) else Path(out_uri)
         result = train_biencoder(
-            lists, dataset.catalog, dataset.qrels("validation"), config.training, local_out, work_dir,
-            config.data.relevance_threshold, triton_repository, resume, progress,
+            lists,
+            dataset.catalog,
+            dataset.qrels("validation"),
+            config.training,
+            local_out,
+            work_dir,
+            config.data.relevance_threshold,
+            triton_repository,
+            resume,
+            progress,
             metadata={"training_lists": lists_uri},
         )
         if storage.is_gcs(out_uri):

@@ -32,5 +32,9 @@ def _attribute_text(raw: str, limit: int) -> str:
         values = json.loads(raw)
     except json.JSONDecodeError:
         return ""
-    pairs = [f"{k.replace('_', ' ')}: {v}" for k, v in values.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+    pairs = [
+        f"{k.replace('_', ' ')}: {v}"
+        for k, v in values.items()
+        if isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    ]
     return "; ".join(pairs[:limit])

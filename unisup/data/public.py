@@ -27,15 +27,23 @@ WANDS_FILES = ("product.csv", "query.csv", "label.csv")
 def _require(table: pa.Table, columns: list[str], artifact: str, source: str) -> None:
     for col in columns:
         if col not in table.column_names:
-            raise DataValidationError(artifact, source, f"required column is missing (found: {', '.join(table.column_names)})", column=col)
+            raise DataValidationError(
+                artifact, source, f"required column is missing (found: {', '.join(table.column_names)})", column=col
+            )
 
 
-def _map_labels(values: list[str | None], mapping: dict[str, int], artifact: str, source: str, column: str) -> list[int]:
+def _map_labels(
+    values: list[str | None], mapping: dict[str, int], artifact: str, source: str, column: str
+) -> list[int]:
     bad = [i for i, v in enumerate(values) if v not in mapping]
     if bad:
         raise DataValidationError(
-            artifact, source, f"unknown label(s) {sorted({str(values[i]) for i in bad})[:5]}; expected {list(mapping)}",
-            column=column, rows=[i + 1 for i in bad], rule="label_known",
+            artifact,
+            source,
+            f"unknown label(s) {sorted({str(values[i]) for i in bad})[:5]}; expected {list(mapping)}",
+            column=column,
+            rows=[i + 1 for i in bad],
+            rule="label_known",
         )
     return [mapping[v] for v in values]
 
@@ -59,37 +67,56 @@ def load_wands(folder: str | Path, num_grades: int = 4) -> tuple[pa.Table, pa.Ta
         path = folder / name
         if not path.exists():
             raise FileNotFoundError(f"WANDS layout: {path} is missing (expected {', '.join(WANDS_FILES)})")
-        raw[name] = parse_csv(path.read_bytes(), "catalog" if name == "product.csv" else "judgments", str(path), delimiter="\t")
+        raw[name] = parse_csv(
+            path.read_bytes(), "catalog" if name == "product.csv" else "judgments", str(path), delimiter="\t"
+        )
     products, queries, labels = raw["product.csv"], raw["query.csv"], raw["label.csv"]
     _require(products, ["product_id", "product_name"], "catalog", str(folder / "product.csv"))
     _require(queries, ["query_id", "query"], "judgments", str(folder / "query.csv"))
     _require(labels, ["query_id", "product_id", "label"], "judgments", str(folder / "label.csv"))
-    optional = {c: products[c] if c in products.column_names else pa.nulls(products.num_rows, pa.string())
-                for c in ("product_description", "category hierarchy", "product_features", "product_class")}
-    catalog = pa.table({
-        "product_id": products["product_id"],
-        "title": products["product_name"],
-        "name": products["product_name"],
-        "description": optional["product_description"],
-        "category": pc.coalesce(optional["category hierarchy"], optional["product_class"]),
-        "attributes": pa.array([_features_json(v) for v in optional["product_features"].to_pylist()], pa.string()),
-    })
+    optional = {
+        c: products[c] if c in products.column_names else pa.nulls(products.num_rows, pa.string())
+        for c in ("product_description", "category hierarchy", "product_features", "product_class")
+    }
+    catalog = pa.table(
+        {
+            "product_id": products["product_id"],
+            "title": products["product_name"],
+            "name": products["product_name"],
+            "description": optional["product_description"],
+            "category": pc.coalesce(optional["category hierarchy"], optional["product_class"]),
+            "attributes": pa.array([_features_json(v) for v in optional["product_features"].to_pylist()], pa.string()),
+        }
+    )
     catalog = validate(catalog, "catalog", str(folder / "product.csv")).accepted
     query_text = dict(zip(queries["query_id"].to_pylist(), queries["query"].to_pylist()))
     query_ids = labels["query_id"].to_pylist()
     missing = [i for i, q in enumerate(query_ids) if q not in query_text]
     if missing:
-        raise DataValidationError("judgments", str(folder / "label.csv"), "query_id not in query.csv", column="query_id", rows=[i + 1 for i in missing])
-    judgments = pa.table({
-        "query": [query_text[q] for q in query_ids],
-        "product_id": labels["product_id"],
-        "rating": pa.array(_map_labels(labels["label"].to_pylist(), WANDS_GRADES, "judgments", str(folder / "label.csv"), "label"), pa.int8()),
-    })
+        raise DataValidationError(
+            "judgments",
+            str(folder / "label.csv"),
+            "query_id not in query.csv",
+            column="query_id",
+            rows=[i + 1 for i in missing],
+        )
+    judgments = pa.table(
+        {
+            "query": [query_text[q] for q in query_ids],
+            "product_id": labels["product_id"],
+            "rating": pa.array(
+                _map_labels(labels["label"].to_pylist(), WANDS_GRADES, "judgments", str(folder / "label.csv"), "label"),
+                pa.int8(),
+            ),
+        }
+    )
     ctx = RuleContext(num_grades=num_grades, known_items=frozenset(catalog["product_id"].to_pylist()))
     return catalog, validate(judgments, "judgments", str(folder / "label.csv"), ctx).accepted
 
 
-def load_esci(folder: str | Path, locale: str = "us", small_version: bool = True, num_grades: int = 4) -> tuple[pa.Table, pa.Table]:
+def load_esci(
+    folder: str | Path, locale: str = "us", small_version: bool = True, num_grades: int = 4
+) -> tuple[pa.Table, pa.Table]:
     """Catalog and judgments (validated, strict) from the ESCI parquet files of one locale."""
     folder = Path(folder)
     examples_path, products_path = (folder / n for n in ESCI_FILES)
@@ -108,20 +135,35 @@ def load_esci(folder: str | Path, locale: str = "us", small_version: bool = True
     products = products.filter(needed)
 
     def col(name: str) -> pa.ChunkedArray:
-        return products[name] if name in products.column_names else pa.chunked_array([pa.nulls(products.num_rows, pa.string())])
+        return (
+            products[name]
+            if name in products.column_names
+            else pa.chunked_array([pa.nulls(products.num_rows, pa.string())])
+        )
 
-    catalog = pa.table({
-        "product_id": products["product_id"],
-        "title": products["product_title"],
-        "brand": col("product_brand"),
-        "description": pc.coalesce(col("product_description"), col("product_bullet_point")),
-        "attributes": pa.array([json.dumps({"color": c}) if c else None for c in col("product_color").to_pylist()], pa.string()),
-    })
+    catalog = pa.table(
+        {
+            "product_id": products["product_id"],
+            "title": products["product_title"],
+            "brand": col("product_brand"),
+            "description": pc.coalesce(col("product_description"), col("product_bullet_point")),
+            "attributes": pa.array(
+                [json.dumps({"color": c}) if c else None for c in col("product_color").to_pylist()], pa.string()
+            ),
+        }
+    )
     catalog = validate(catalog, "catalog", str(products_path)).accepted
-    judgments = pa.table({
-        "query": examples["query"],
-        "product_id": examples["product_id"],
-        "rating": pa.array(_map_labels(examples["esci_label"].to_pylist(), ESCI_GRADES, "judgments", str(examples_path), "esci_label"), pa.int8()),
-    })
+    judgments = pa.table(
+        {
+            "query": examples["query"],
+            "product_id": examples["product_id"],
+            "rating": pa.array(
+                _map_labels(
+                    examples["esci_label"].to_pylist(), ESCI_GRADES, "judgments", str(examples_path), "esci_label"
+                ),
+                pa.int8(),
+            ),
+        }
+    )
     ctx = RuleContext(num_grades=num_grades, known_items=frozenset(catalog["product_id"].to_pylist()))
     return catalog, validate(judgments, "judgments", str(examples_path), ctx).accepted

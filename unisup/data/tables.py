@@ -51,7 +51,7 @@ def parse_csv(data: bytes, artifact: str, source: str, delimiter: str = ",") -> 
                 raise DataValidationError(
                     artifact,
                     source,
-                    f"line {number} is not valid UTF-8 (byte {line[err.start:err.start + 1]!r} at "
+                    f"line {number} is not valid UTF-8 (byte {line[err.start : err.start + 1]!r} at "
                     f"column {err.start + 1}); re-encode the file as UTF-8",
                     rows=[number - 1],
                     rule="encoding",

@@ -34,9 +34,12 @@ def agreement(predicted: np.ndarray, truth: np.ndarray, num_grades: int) -> dict
     if len(truth) == 0:
         return {"n": 0, "exact": None, "within_one": None, "qwk": None}
     kappa = cohen_kappa_score(truth, predicted, weights="quadratic", labels=list(range(num_grades)))
-    return {"n": int(len(truth)), "exact": float(np.mean(predicted == truth)),
-            "within_one": float(np.mean(np.abs(predicted - truth) <= 1)),
-            "qwk": None if np.isnan(kappa) else float(kappa)}
+    return {
+        "n": int(len(truth)),
+        "exact": float(np.mean(predicted == truth)),
+        "within_one": float(np.mean(np.abs(predicted - truth) <= 1)),
+        "qwk": None if np.isnan(kappa) else float(kappa),
+    }
 
 
 def rater_agreement(judgments, num_grades: int) -> dict:
@@ -49,8 +52,9 @@ def rater_agreement(judgments, num_grades: int) -> dict:
         both = np.array([u is not None and v is not None for u, v in zip(x, y)], dtype=bool)
         out[f"{a}~{b}"] = agreement(x[both].astype(np.int64), y[both].astype(np.int64), num_grades)
     if out:
-        out["mean"] = {k: float(np.mean([v[k] for v in out.values() if v[k] is not None]))
-                       for k in ("exact", "within_one", "qwk")}
+        out["mean"] = {
+            k: float(np.mean([v[k] for v in out.values() if v[k] is not None])) for k in ("exact", "within_one", "qwk")
+        }
     return out
 
 
@@ -69,20 +73,25 @@ def held_out_scores(cfg: Config, backend: Backend, split: str | None = None):
     return judgments, names, stage_probs
 
 
-def audit_scores(judgments, names: list[str], stage_probs: list[np.ndarray], rule: EscalationRule,
-                 num_grades: int, split: str) -> dict:
+def audit_scores(
+    judgments, names: list[str], stage_probs: list[np.ndarray], rule: EscalationRule, num_grades: int, split: str
+) -> dict:
     """The audit figures from per-stage probabilities on judged pairs."""
     truth = np.array(judgments["rating"].to_pylist(), dtype=np.int64)
     cascade = decide(stage_probs, rule)
     k = num_grades
     return {
-        "split": split, "pairs": len(truth), "queries": len(set(judgments["query"].to_pylist())),
+        "split": split,
+        "pairs": len(truth),
+        "queries": len(set(judgments["query"].to_pylist())),
         "human_grade_counts": np.bincount(truth, minlength=k).tolist(),
         "stages": {n: agreement(p.argmax(axis=1), truth, k) for n, p in zip(names, stage_probs)},
-        "cascade": {**agreement(cascade.grades, truth, k),
-                    "reached": dict(zip(names, cascade.pairs_per_stage)),
-                    "decided": dict(zip(names, np.bincount(cascade.decided_by, minlength=len(names)).tolist())),
-                    "agreement_with_last_stage": float(np.mean(cascade.grades == stage_probs[-1].argmax(axis=1)))},
+        "cascade": {
+            **agreement(cascade.grades, truth, k),
+            "reached": dict(zip(names, cascade.pairs_per_stage)),
+            "decided": dict(zip(names, np.bincount(cascade.decided_by, minlength=len(names)).tolist())),
+            "agreement_with_last_stage": float(np.mean(cascade.grades == stage_probs[-1].argmax(axis=1))),
+        },
         "raters": rater_agreement(judgments, k),
         "rule": asdict(rule),
     }
@@ -99,8 +108,12 @@ def format_audit(audit: dict) -> str:
     """The audit as a Markdown table."""
     rows = [(f"stage {n}", a) for n, a in audit["stages"].items()] + [("cascade", audit["cascade"])]
     rows += [(f"humans {n}", a) for n, a in audit["raters"].items()]
-    lines = [f"Quality audit on {audit['pairs']} judged pairs of {audit['queries']} {audit['split']} queries",
-             "", "| labeler | exact | within one | QWK |", "|---|---|---|---|"]
+    lines = [
+        f"Quality audit on {audit['pairs']} judged pairs of {audit['queries']} {audit['split']} queries",
+        "",
+        "| labeler | exact | within one | QWK |",
+        "|---|---|---|---|",
+    ]
     for name, a in rows:
         cells = ["-" if a.get(key) is None else f"{a[key]:.3f}" for key in ("exact", "within_one", "qwk")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -59,8 +59,10 @@ class InProcessBackend:
         if stage not in self._teachers:
             folder = self.teacher_dir(stage)
             if not folder.exists():
-                raise FileNotFoundError(f"stage {stage!r}: no teacher at {folder} (in-process needs the model files;"
-                                        " stages of kind 'served' run on the triton backend only)")
+                raise FileNotFoundError(
+                    f"stage {stage!r}: no teacher at {folder} (in-process needs the model files;"
+                    " stages of kind 'served' run on the triton backend only)"
+                )
             self._teachers[stage] = OrdinalCrossEncoder.load(folder)
         return self._teachers[stage]
 
@@ -73,8 +75,16 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, url: str, batch_size: int = 64, concurrency: int = 8, timeout_s: float = 60.0,
-                 retries: int = 5, backoff_s: float = 0.5, ready_timeout_s: float = 60.0):
+    def __init__(
+        self,
+        url: str,
+        batch_size: int = 64,
+        concurrency: int = 8,
+        timeout_s: float = 60.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        ready_timeout_s: float = 60.0,
+    ):
         self.url = url
         self.batch_size = batch_size
         self.concurrency = max(1, concurrency)
@@ -105,23 +115,30 @@ class TritonBackend:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise BackendUnavailable(f"Triton at {self.url}: model(s) {', '.join(pending)} not ready after "
-                                         f"{self.ready_timeout_s:.0f} s{last_error}")
+                raise BackendUnavailable(
+                    f"Triton at {self.url}: model(s) {', '.join(pending)} not ready after "
+                    f"{self.ready_timeout_s:.0f} s{last_error}"
+                )
             time.sleep(0.2)
 
     def _infer_once(self, stage: str, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
         import tritonclient.grpc as grpcclient
 
-        inputs = [grpcclient.InferInput(QUERY_INPUT, [len(queries), 1], "BYTES"),
-                  grpcclient.InferInput(ITEM_INPUT, [len(items), 1], "BYTES")]
+        inputs = [
+            grpcclient.InferInput(QUERY_INPUT, [len(queries), 1], "BYTES"),
+            grpcclient.InferInput(ITEM_INPUT, [len(items), 1], "BYTES"),
+        ]
         inputs[0].set_data_from_numpy(encode_texts(queries))
         inputs[1].set_data_from_numpy(encode_texts(items))
-        result = self._client().infer(stage, inputs, outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)],
-                                      client_timeout=self.timeout_s)
+        result = self._client().infer(
+            stage, inputs, outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)], client_timeout=self.timeout_s
+        )
         probs = result.as_numpy(PROBS_OUTPUT)
         if probs is None or probs.shape[0] != len(queries):
-            raise BackendUnavailable(f"Triton model {stage}: expected {len(queries)} rows of probs, got "
-                                     f"{None if probs is None else probs.shape}")
+            raise BackendUnavailable(
+                f"Triton model {stage}: expected {len(queries)} rows of probs, got "
+                f"{None if probs is None else probs.shape}"
+            )
         return probs.astype(np.float32)
 
     def _infer(self, stage: str, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
@@ -140,14 +157,19 @@ class TritonBackend:
                 return True
             return False
 
-        retrying = Retrying(stop=stop_after_attempt(self.retries), retry=retry_if_exception(retryable),
-                            wait=wait_exponential(multiplier=self.backoff_s, max=10), reraise=False)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retries),
+            retry=retry_if_exception(retryable),
+            wait=wait_exponential(multiplier=self.backoff_s, max=10),
+            reraise=False,
+        )
         try:
             return retrying(self._infer_once, stage, queries, items)
         except RetryError as err:
             cause = err.last_attempt.exception()
-            raise BackendUnavailable(f"Triton at {self.url}, model {stage}: gave up after {self.retries} attempts: "
-                                     f"{cause}") from cause
+            raise BackendUnavailable(
+                f"Triton at {self.url}, model {stage}: gave up after {self.retries} attempts: {cause}"
+            ) from cause
 
     def predict(self, stage: str, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
         queries, items = list(queries), list(items)
@@ -156,8 +178,9 @@ class TritonBackend:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="triton")
         starts = range(0, len(queries), self.batch_size)
-        parts = self._pool.map(lambda s: self._infer(stage, queries[s : s + self.batch_size], items[s : s + self.batch_size]),
-                               starts)
+        parts = self._pool.map(
+            lambda s: self._infer(stage, queries[s : s + self.batch_size], items[s : s + self.batch_size]), starts
+        )
         return np.concatenate(list(parts))
 
     def close(self) -> None:

@@ -76,13 +76,23 @@ def decide(stage_probs: Sequence[np.ndarray], rule: EscalationRule) -> CascadeRe
         decided_by[decide_here] = index
         pending &= ~decide_here
     reached += [0] * (len(stage_probs) - len(reached))
-    probs = np.stack([stage_probs[s][i] for i, s in enumerate(decided_by)]) if n else np.zeros((0, stage_probs[0].shape[1]))
-    return CascadeResult(probs.argmax(axis=1).astype(np.int8), probs.astype(np.float32), decided_by,
-                         list(stage_probs), reached)
+    probs = (
+        np.stack([stage_probs[s][i] for i, s in enumerate(decided_by)]) if n else np.zeros((0, stage_probs[0].shape[1]))
+    )
+    return CascadeResult(
+        probs.argmax(axis=1).astype(np.int8), probs.astype(np.float32), decided_by, list(stage_probs), reached
+    )
 
 
-def run_cascade(queries: Sequence[str], items: Sequence[str], stage_texts: Sequence[dict[str, str]],
-                stages: Sequence[str], backend: Backend, rule: EscalationRule, num_grades: int) -> CascadeResult:
+def run_cascade(
+    queries: Sequence[str],
+    items: Sequence[str],
+    stage_texts: Sequence[dict[str, str]],
+    stages: Sequence[str],
+    backend: Backend,
+    rule: EscalationRule,
+    num_grades: int,
+) -> CascadeResult:
     """Label pairs (query, item id) with the cascade; ``stage_texts[k]`` maps item ids to stage k's text."""
     n = len(queries)
     stage_probs = [np.full((n, num_grades), np.nan, dtype=np.float32) for _ in stages]
@@ -94,8 +104,9 @@ def run_cascade(queries: Sequence[str], items: Sequence[str], stage_texts: Seque
         if len(rows):
             probs = backend.predict(stage, [queries[i] for i in rows], [stage_texts[index][items[i]] for i in rows])
             if probs.shape != (len(rows), num_grades):
-                raise ValueError(f"stage {stage}: expected probabilities of shape {(len(rows), num_grades)}, "
-                                 f"got {probs.shape}")
+                raise ValueError(
+                    f"stage {stage}: expected probabilities of shape {(len(rows), num_grades)}, got {probs.shape}"
+                )
             stage_probs[index][rows] = probs
             if index < len(stages) - 1:
                 pending[rows[~rule.uncertain(probs)]] = False

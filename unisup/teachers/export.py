@@ -25,8 +25,15 @@ MODEL_TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "teache
 VERSION = "1"
 
 
-def model_config(name: str, num_grades: int, max_batch_size: int, instance_count: int, instance_kind: str,
-                 max_queue_delay_us: int = 0, python_paths: str = "") -> str:
+def model_config(
+    name: str,
+    num_grades: int,
+    max_batch_size: int,
+    instance_count: int,
+    instance_kind: str,
+    max_queue_delay_us: int = 0,
+    python_paths: str = "",
+) -> str:
     """The config.pbtxt text of one teacher stage."""
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
         raise ValueError(f"instance_kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}")
@@ -47,7 +54,9 @@ parameters: {{ key: "python_paths" value: {{ string_value: "{python_paths}" }} }
 '''
 
 
-def export_repository(teachers: dict[str, Path], repository: str | Path, cfg: TeachersConfig, num_grades: int) -> list[str]:
+def export_repository(
+    teachers: dict[str, Path], repository: str | Path, cfg: TeachersConfig, num_grades: int
+) -> list[str]:
     """Write each teacher folder as a model of the Triton repository (local path or gs://).
 
     Returns the model names written. Other models already in the repository stay.
@@ -63,9 +72,17 @@ def export_repository(teachers: dict[str, Path], repository: str | Path, cfg: Te
             (model_dir / VERSION).mkdir(parents=True)
             shutil.copytree(folder, model_dir / VERSION / "teacher")
             shutil.copyfile(MODEL_TEMPLATE, model_dir / VERSION / "model.py")
-            (model_dir / "config.pbtxt").write_text(model_config(
-                name, num_grades, cfg.triton_max_batch_size, cfg.triton_instance_count, cfg.triton_instance_kind,
-                cfg.triton_max_queue_delay_us, cfg.triton_python_paths))
+            (model_dir / "config.pbtxt").write_text(
+                model_config(
+                    name,
+                    num_grades,
+                    cfg.triton_max_batch_size,
+                    cfg.triton_instance_count,
+                    cfg.triton_instance_kind,
+                    cfg.triton_max_queue_delay_us,
+                    cfg.triton_python_paths,
+                )
+            )
         if storage.is_gcs(str(repository)):
             storage.upload_dir(local, str(repository))
     return list(teachers)

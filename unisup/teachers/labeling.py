@@ -27,7 +27,6 @@ from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from unisup import storage
 from unisup.config import Config, TeacherStageConfig
@@ -60,8 +59,9 @@ def cascade_stages(cfg: Config) -> list[TeacherStageConfig]:
     names = cfg.labeling.stages or list(by_name)
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ValueError(f"labeling.stages names unknown stage(s) {', '.join(unknown)}; teachers.stages has "
-                         f"{', '.join(by_name)}")
+        raise ValueError(
+            f"labeling.stages names unknown stage(s) {', '.join(unknown)}; teachers.stages has {', '.join(by_name)}"
+        )
     return [by_name[n] for n in names]
 
 
@@ -74,8 +74,15 @@ def make_backend(cfg: Config, repository: str | None = None) -> Backend:
     """The configured backend; in-process teachers come from ``repository`` (default: teachers.repository_uri)."""
     lab = cfg.labeling
     if lab.backend == "triton":
-        return TritonBackend(lab.triton_url, lab.batch_size, lab.concurrency, lab.timeout_s, lab.retries,
-                             lab.backoff_s, lab.ready_timeout_s)
+        return TritonBackend(
+            lab.triton_url,
+            lab.batch_size,
+            lab.concurrency,
+            lab.timeout_s,
+            lab.retries,
+            lab.backoff_s,
+            lab.ready_timeout_s,
+        )
     if lab.backend == "inprocess":
         return InProcessBackend(repository or cfg.teachers.repository_uri, lab.batch_size)
     raise ValueError(f"labeling.backend must be inprocess, triton or triton_local, got {lab.backend!r}")
@@ -107,8 +114,15 @@ def serving_backend(cfg: Config, repository: str | None = None) -> Iterator[Back
         yield fallback
         return
     try:
-        backend = TritonBackend(running.grpc_url, lab.batch_size, lab.concurrency, lab.timeout_s, lab.retries,
-                                lab.backoff_s, lab.ready_timeout_s)
+        backend = TritonBackend(
+            running.grpc_url,
+            lab.batch_size,
+            lab.concurrency,
+            lab.timeout_s,
+            lab.retries,
+            lab.backoff_s,
+            lab.ready_timeout_s,
+        )
         backend.name = f"triton_local (tritonserver at {running.grpc_url})"
         yield backend
     finally:
@@ -133,8 +147,9 @@ def check_pairs(table: pa.Table, source: str, known_items: set[str]) -> tuple[pa
         table = table.rename_columns(["item_id" if c == "product_id" else c for c in table.column_names])
     for column in ("query", "item_id"):
         if column not in table.column_names:
-            raise DataValidationError(PAIRS, source, f"required column is missing (found: {', '.join(table.column_names)})",
-                                      column=column)
+            raise DataValidationError(
+                PAIRS, source, f"required column is missing (found: {', '.join(table.column_names)})", column=column
+            )
     queries = table["query"].cast(pa.string()).to_pylist()
     items = table["item_id"].cast(pa.string()).to_pylist()
     reasons: list[str | None] = []
@@ -153,15 +168,18 @@ def check_pairs(table: pa.Table, source: str, known_items: set[str]) -> tuple[pa
             reasons.append(None)
     bad = np.array([r is not None for r in reasons], dtype=bool)
     index = np.flatnonzero(bad)
-    quarantined = pa.table({
-        "query": pa.array([queries[i] for i in index], pa.string()),
-        "item_id": pa.array([items[i] for i in index], pa.string()),
-        QUARANTINE_REASON: pa.array([reasons[i] for i in index], pa.string()),
-        SOURCE_ROW: pa.array(index, pa.int64()),
-    })
+    quarantined = pa.table(
+        {
+            "query": pa.array([queries[i] for i in index], pa.string()),
+            "item_id": pa.array([items[i] for i in index], pa.string()),
+            QUARANTINE_REASON: pa.array([reasons[i] for i in index], pa.string()),
+            SOURCE_ROW: pa.array(index, pa.int64()),
+        }
+    )
     good = sorted((queries[i], items[i]) for i in np.flatnonzero(~bad))
-    accepted = pa.table({"query": pa.array([q for q, _ in good], pa.string()),
-                         "item_id": pa.array([t for _, t in good], pa.string())})
+    accepted = pa.table(
+        {"query": pa.array([q for q, _ in good], pa.string()), "item_id": pa.array([t for _, t in good], pa.string())}
+    )
     return accepted, quarantined
 
 
@@ -176,20 +194,29 @@ def _fingerprint(pairs: pa.Table, settings: dict) -> str:
 
 
 def _shard_table(queries: list[str], items: list[str], result, stage_names: list[str]) -> pa.Table:
-    stage_scores = [[None if np.isnan(p[i]).any() else p[i].tolist() for p in result.stage_probs]
-                    for i in range(len(queries))]
-    return pa.table({
-        "query": pa.array(queries, pa.string()),
-        "item_id": pa.array(items, pa.string()),
-        "grade": pa.array(result.grades, pa.int8()),
-        "probs": pa.array(result.probs.tolist(), pa.list_(pa.float32())),
-        "stage": pa.array([stage_names[s] for s in result.decided_by], pa.string()),
-        "stage_scores": pa.array(stage_scores, pa.list_(pa.list_(pa.float32()))),
-    }, schema=LABELS.arrow_schema())
+    stage_scores = [
+        [None if np.isnan(p[i]).any() else p[i].tolist() for p in result.stage_probs] for i in range(len(queries))
+    ]
+    return pa.table(
+        {
+            "query": pa.array(queries, pa.string()),
+            "item_id": pa.array(items, pa.string()),
+            "grade": pa.array(result.grades, pa.int8()),
+            "probs": pa.array(result.probs.tolist(), pa.list_(pa.float32())),
+            "stage": pa.array([stage_names[s] for s in result.decided_by], pa.string()),
+            "stage_scores": pa.array(stage_scores, pa.list_(pa.list_(pa.float32()))),
+        },
+        schema=LABELS.arrow_schema(),
+    )
 
 
-def label_pairs(pairs: str | pa.Table, out_uri: str, cfg: Config, backend: Backend | None = None,
-                on_shard: Callable[[int], None] | None = None) -> dict:
+def label_pairs(
+    pairs: str | pa.Table,
+    out_uri: str,
+    cfg: Config,
+    backend: Backend | None = None,
+    on_shard: Callable[[int], None] | None = None,
+) -> dict:
     """Label every accepted pair exactly once with the cascade; see the module docstring.
 
     ``backend`` defaults to :func:`make_backend`. ``on_shard(index)`` is called after each
@@ -209,8 +236,12 @@ def label_pairs(pairs: str | pa.Table, out_uri: str, cfg: Config, backend: Backe
     queries, items = accepted["query"].to_pylist(), accepted["item_id"].to_pylist()
     texts = [stage_item_texts(catalog, stage, items) for stage in stages]
     shard_size = cfg.labeling.shard_size
-    settings = {"stages": [asdict(s) for s in stages], "rule": asdict(rule), "shard_size": shard_size,
-                "num_grades": cfg.data.num_grades}
+    settings = {
+        "stages": [asdict(s) for s in stages],
+        "rule": asdict(rule),
+        "shard_size": shard_size,
+        "num_grades": cfg.data.num_grades,
+    }
     fingerprint = _fingerprint(accepted, settings)
     work = storage.join(cfg.labeling.work_uri, fingerprint[:16]) if cfg.labeling.work_uri else out_uri
     manifest_uri = storage.join(work, MANIFEST)
@@ -219,11 +250,19 @@ def label_pairs(pairs: str | pa.Table, out_uri: str, cfg: Config, backend: Backe
     if generation:
         manifest = json.loads(storage.read_text(manifest_uri))
         if manifest["fingerprint"] != fingerprint:
-            raise ValueError(f"{manifest_uri}: holds shards of other pairs or settings (fingerprint "
-                             f"{manifest['fingerprint'][:12]} != {fingerprint[:12]}); use another folder or remove it")
+            raise ValueError(
+                f"{manifest_uri}: holds shards of other pairs or settings (fingerprint "
+                f"{manifest['fingerprint'][:12]} != {fingerprint[:12]}); use another folder or remove it"
+            )
     else:
-        manifest = {"fingerprint": fingerprint, "num_pairs": accepted.num_rows, "num_shards": num_shards,
-                    "shard_size": shard_size, "stages": names, "shards": {}}
+        manifest = {
+            "fingerprint": fingerprint,
+            "num_pairs": accepted.num_rows,
+            "num_shards": num_shards,
+            "shard_size": shard_size,
+            "stages": names,
+            "shards": {},
+        }
     done_before = {int(k) for k, v in manifest["shards"].items() if storage.exists(storage.join(work, v["file"]))}
     if backend is None:
         backend = make_backend(cfg)
@@ -236,36 +275,49 @@ def label_pairs(pairs: str | pa.Table, out_uri: str, cfg: Config, backend: Backe
         file = f"shards/part-{index:05d}.parquet"
         write_table(_shard_table(queries[lo:hi], items[lo:hi], result, names), storage.join(work, file))
         manifest["shards"][str(index)] = {
-            "file": file, "rows": hi - lo, "pairs_per_stage": result.pairs_per_stage,
+            "file": file,
+            "rows": hi - lo,
+            "pairs_per_stage": result.pairs_per_stage,
             "seconds_per_stage": [round(s, 4) for s in result.seconds_per_stage],
             "decided_per_stage": np.bincount(result.decided_by, minlength=len(names)).tolist(),
         }
         generation = storage.write_text(manifest_uri, json.dumps(manifest, indent=1), if_generation_match=generation)
         if on_shard is not None:
             on_shard(index)
-    labels = pa.concat_tables([read_table(storage.join(work, manifest["shards"][str(i)]["file"]))
-                               for i in range(num_shards)])
+    labels = pa.concat_tables(
+        [read_table(storage.join(work, manifest["shards"][str(i)]["file"])) for i in range(num_shards)]
+    )
     checked = validate(labels, LABELS, storage.join(work, "shards"), RuleContext(num_grades=cfg.data.num_grades))
     write_table(checked.accepted, storage.join(out_uri, LABELS_FILE))
     write_table(quarantined, storage.join(out_uri, QUARANTINE_FILE))
     shards = [manifest["shards"][str(i)] for i in range(num_shards)]
     report = {
-        "rows_in": table.num_rows, "labeled": checked.accepted.num_rows, "quarantined": quarantined.num_rows,
+        "rows_in": table.num_rows,
+        "labeled": checked.accepted.num_rows,
+        "quarantined": quarantined.num_rows,
         "quarantine_reasons": dict(zip(*np.unique(quarantined[QUARANTINE_REASON].to_pylist(), return_counts=True)))
-        if quarantined.num_rows else {},
-        "shards": num_shards, "shards_resumed": len(done_before), "shards_labeled_now": len(todo),
-        "backend": getattr(backend, "name", type(backend).__name__), "stages": names,
+        if quarantined.num_rows
+        else {},
+        "shards": num_shards,
+        "shards_resumed": len(done_before),
+        "shards_labeled_now": len(todo),
+        "backend": getattr(backend, "name", type(backend).__name__),
+        "stages": names,
         "pairs_per_stage": dict(zip(names, np.sum([s["pairs_per_stage"] for s in shards], axis=0).tolist())),
         "decided_per_stage": dict(zip(names, np.sum([s["decided_per_stage"] for s in shards], axis=0).tolist())),
-        "seconds_per_stage": dict(zip(names, np.round(np.sum([s["seconds_per_stage"] for s in shards], axis=0), 3).tolist())),
+        "seconds_per_stage": dict(
+            zip(names, np.round(np.sum([s["seconds_per_stage"] for s in shards], axis=0), 3).tolist())
+        ),
         "grade_counts": np.bincount(checked.accepted["grade"].to_numpy(), minlength=cfg.data.num_grades).tolist(),
         "seconds": round(time.perf_counter() - started, 2),
         "settings": {"labeling": asdict(cfg.labeling), "rule": asdict(rule), "fingerprint": fingerprint},
     }
     report["quarantine_reasons"] = {str(k): int(v) for k, v in report["quarantine_reasons"].items()}
     if report["rows_in"] != report["labeled"] + report["quarantined"]:
-        raise AssertionError(f"{source}: rows in {report['rows_in']} != labeled {report['labeled']} + "
-                             f"quarantined {report['quarantined']}")
+        raise AssertionError(
+            f"{source}: rows in {report['rows_in']} != labeled {report['labeled']} + "
+            f"quarantined {report['quarantined']}"
+        )
     storage.write_text(storage.join(out_uri, REPORT_FILE), json.dumps(report, indent=1))
     return report
 

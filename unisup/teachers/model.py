@@ -63,9 +63,17 @@ class OrdinalHead(nn.Module):
 class OrdinalCrossEncoder(nn.Module):
     """Encoder + mean pooling + ordinal head; see the module docstring."""
 
-    def __init__(self, encoder: nn.Module, tokenizer: Any, num_grades: int, max_length: int,
-                 item_fields: Sequence[str] = ("title", "brand"), attributes: int = 0, temperature: float = 1.0,
-                 record: dict | None = None):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        num_grades: int,
+        max_length: int,
+        item_fields: Sequence[str] = ("title", "brand"),
+        attributes: int = 0,
+        temperature: float = 1.0,
+        record: dict | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.tokenizer = tokenizer
@@ -78,8 +86,16 @@ class OrdinalCrossEncoder(nn.Module):
         self.head = OrdinalHead(encoder.config.hidden_size, num_grades)
 
     @classmethod
-    def from_encoder(cls, path: str | Path, num_grades: int, max_length: int, num_layers: int = 0,
-                     item_fields: Sequence[str] = ("title", "brand"), attributes: int = 0, seed: int = 0) -> OrdinalCrossEncoder:
+    def from_encoder(
+        cls,
+        path: str | Path,
+        num_grades: int,
+        max_length: int,
+        num_layers: int = 0,
+        item_fields: Sequence[str] = ("title", "brand"),
+        attributes: int = 0,
+        seed: int = 0,
+    ) -> OrdinalCrossEncoder:
         """A fresh teacher on an HF encoder folder, keeping its first ``num_layers`` layers (0 = all)."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -94,8 +110,14 @@ class OrdinalCrossEncoder(nn.Module):
         return cls(encoder, AutoTokenizer.from_pretrained(str(path)), num_grades, max_length, item_fields, attributes)
 
     def tokenize(self, queries: Sequence[str], items: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(list(queries), list(items), padding=True, truncation="longest_first",
-                              max_length=self.max_length, return_tensors="pt")
+        return self.tokenizer(
+            list(queries),
+            list(items),
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         """Cumulative logits (n, K-1), before temperature."""
@@ -132,10 +154,16 @@ class OrdinalCrossEncoder(nn.Module):
         self.encoder.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
-        config = {"kind": "ordinal_cross_encoder", "num_grades": self.num_grades, "max_length": self.max_length,
-                  "item_fields": list(self.item_fields), "attributes": self.attributes,
-                  "temperature": self.temperature, "num_layers": self.encoder.config.num_hidden_layers,
-                  "record": self.record}
+        config = {
+            "kind": "ordinal_cross_encoder",
+            "num_grades": self.num_grades,
+            "max_length": self.max_length,
+            "item_fields": list(self.item_fields),
+            "attributes": self.attributes,
+            "temperature": self.temperature,
+            "num_layers": self.encoder.config.num_hidden_layers,
+            "record": self.record,
+        }
         (path / TEACHER_CONFIG).write_text(json.dumps(config, indent=1))
         return path
 
@@ -150,8 +178,15 @@ class OrdinalCrossEncoder(nn.Module):
         if not config_path.exists():
             raise FileNotFoundError(f"{path}: not a teacher folder ({TEACHER_CONFIG} missing)")
         config = json.loads(config_path.read_text())
-        teacher = cls(AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)),
-                      config["num_grades"], config["max_length"], config["item_fields"], config["attributes"],
-                      config["temperature"], config.get("record"))
+        teacher = cls(
+            AutoModel.from_pretrained(str(path)),
+            AutoTokenizer.from_pretrained(str(path)),
+            config["num_grades"],
+            config["max_length"],
+            config["item_fields"],
+            config["attributes"],
+            config["temperature"],
+            config.get("record"),
+        )
         teacher.head.load_state_dict(load_file(str(path / HEAD_FILE)))
         return teacher.to(device or "cpu").eval()

@@ -20,7 +20,9 @@ PROBS_OUTPUT = "probs"
 
 def decode_texts(array: np.ndarray) -> list[str]:
     """A BYTES tensor (any shape, np.object_ of bytes or str) as a flat list of str."""
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array, dtype=np.object_).reshape(-1)]
+    return [
+        v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array, dtype=np.object_).reshape(-1)
+    ]
 
 
 def encode_texts(texts: Sequence[str]) -> np.ndarray:

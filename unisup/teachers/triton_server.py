@@ -57,7 +57,9 @@ def prepare_server(dest: str | Path) -> Path:
     if not stub.exists():
         raise FileNotFoundError(f"no python backend stub for Python {version} in {source}")
     dest = Path(dest)
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__"), dirs_exist_ok=True)
+    shutil.copytree(
+        source, dest, ignore=shutil.ignore_patterns("python_backend_stubs", "__pycache__"), dirs_exist_ok=True
+    )
     shutil.copy2(stub, dest / "backends" / "python" / "triton_python_backend_stub")
     return dest / "bin" / "tritonserver"
 
@@ -66,8 +68,9 @@ def server_environment() -> dict[str, str]:
     """The environment of the server process: library path and where unisup lives."""
     env = dict(os.environ)
     libs = Path(pytriton_server_dir() or ".").parent.parent / "nvidia_pytriton.libs"
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (str(libs), sysconfig.get_config_var("LIBDIR"),
-                                                  os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    env["LD_LIBRARY_PATH"] = ":".join(
+        p for p in (str(libs), sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH", "")) if p
+    )
     project = str(Path(unisup.__file__).resolve().parents[1])
     env[PATH_ENV] = ":".join([project, sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     return env
@@ -121,8 +124,14 @@ class TritonServer:
     def start(self, ready_timeout_s: float = 180.0) -> None:
         """Start the process and wait until every model is ready."""
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(self.command, stdout=log_file, stderr=subprocess.STDOUT, env=self.env,
-                                            cwd=self.cwd, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
         self.wait_ready(self.models, ready_timeout_s)
 
     def restart(self, ready_timeout_s: float = 180.0) -> None:
@@ -150,8 +159,9 @@ class TritonServer:
                 raise RuntimeError(f"tritonserver exited with status {self.process.returncode}:\n{self.log_tail()}")
             pending = [m for m in pending if not self.model_ready(m)]
             if pending and time.monotonic() > deadline:
-                raise TimeoutError(f"tritonserver: model(s) {', '.join(pending)} not ready after {timeout_s:.0f} s:\n"
-                                   f"{self.log_tail()}")
+                raise TimeoutError(
+                    f"tritonserver: model(s) {', '.join(pending)} not ready after {timeout_s:.0f} s:\n{self.log_tail()}"
+                )
             if pending:
                 time.sleep(0.25)
 
@@ -172,9 +182,14 @@ class TritonServer:
 
 
 @contextmanager
-def triton_server(repository: str | Path, models: Sequence[str] | None = None, grpc_port: int | None = None,
-                  http_port: int | None = None, ready_timeout_s: float = 180.0,
-                  execution_env: str | None = "current") -> Iterator[TritonServer]:
+def triton_server(
+    repository: str | Path,
+    models: Sequence[str] | None = None,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
+    ready_timeout_s: float = 180.0,
+    execution_env: str | None = "current",
+) -> Iterator[TritonServer]:
     """Run tritonserver on ``repository`` (free ports unless given) until every model is ready.
 
     ``models`` defaults to every model of the repository. ``execution_env`` is the
@@ -189,13 +204,27 @@ def triton_server(repository: str | Path, models: Sequence[str] | None = None, g
         view = Path(tmp) / "repository"
         names = serving_view(repository, view, execution_env)
         grpc_port, http_port = grpc_port or _free_port(), http_port or _free_port()
-        command = [str(binary), f"--model-repository={view}", f"--backend-directory={binary.parents[1] / 'backends'}",
-                   f"--grpc-port={grpc_port}", f"--http-port={http_port}", "--allow-metrics=false",
-                   "--backend-config=python,shm-default-byte-size=16777216", "--exit-on-error=true"]
+        command = [
+            str(binary),
+            f"--model-repository={view}",
+            f"--backend-directory={binary.parents[1] / 'backends'}",
+            f"--grpc-port={grpc_port}",
+            f"--http-port={http_port}",
+            "--allow-metrics=false",
+            "--backend-config=python,shm-default-byte-size=16777216",
+            "--exit-on-error=true",
+        ]
         if models is not None:
             command += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models]
-        server = TritonServer(command, server_environment(), Path(tmp), grpc_port, http_port,
-                              Path(tmp) / "tritonserver.log", list(models if models is not None else names))
+        server = TritonServer(
+            command,
+            server_environment(),
+            Path(tmp),
+            grpc_port,
+            http_port,
+            Path(tmp) / "tritonserver.log",
+            list(models if models is not None else names),
+        )
         try:
             server.start(ready_timeout_s)
             yield server
