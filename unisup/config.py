@@ -220,12 +220,26 @@ class TeacherStageConfig:
     max_steps: int = _f(0, "stop after this many steps (0 = no limit)")
     max_seconds: float = _f(0.0, "stop training after this many seconds (0 = no limit)")
     patience: int = _f(1, "epochs without a better validation NLL before stopping")
+    distill_from: str = _f(
+        "",
+        "a later stage this stage imitates (trained first; soft targets: its per-grade probabilities on the "
+        "training judged pairs + BM25 candidates of the training queries); empty = human grades only",
+    )
+    distill_weight: float = _f(
+        0.8, "with distill_from: weight w of the KL to the soft targets; 1 - w weighs the ordinal loss on human grades"
+    )
 
 
 def _default_teacher_stages() -> list[TeacherStageConfig]:
     return [
         TeacherStageConfig(
-            "fast", num_layers=2, max_length=32, item_fields=["title", "brand"], epochs=4, batch_size=32
+            "fast",
+            num_layers=3,
+            max_length=48,
+            item_fields=["title", "brand"],
+            epochs=4,
+            batch_size=32,
+            distill_from="precise",
         ),
         TeacherStageConfig(
             "precise",
@@ -255,6 +269,14 @@ class TeachersConfig:
     warmup_fraction: float = _f(0.1, "share of steps with a linear learning-rate warmup")
     seed: int = _f(0, "seed of initialization, shuffling and subsampling")
     audit_split: str = _f("test", "held-out split of the quality audit")
+    distill_candidates: int = _f(
+        50, "unlabeled BM25 top-k catalog items per training query added to the pairs of distilled stages"
+    )
+    escalation_target_share: float = _f(
+        0.3,
+        "after training, report the labeling.max_prob_threshold / boundary_margin that send this share of the "
+        "validation pairs to the last stage, and the agreement with it they give (0 = skip)",
+    )
     freeze_embeddings: bool = _f(
         True, "keep the word embeddings fixed (a large, rarely-seen-vocabulary share of the weights)"
     )

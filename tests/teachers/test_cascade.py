@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unisup.teachers.backends import InProcessBackend
-from unisup.teachers.cascade import EscalationRule, decide, run_cascade
+from unisup.teachers.cascade import EscalationRule, calibrate_escalation, decide, run_cascade
 
 CONFIDENT_IRRELEVANT = [0.9, 0.05, 0.03, 0.02]
 UNSURE_LOW = [0.4, 0.35, 0.15, 0.1]
@@ -46,3 +46,19 @@ def test_run_cascade_sends_only_uncertain_pairs_on(trained_teachers):
     assert np.isnan(result.stage_probs[1][~escalated]).all() and not np.isnan(result.stage_probs[1][escalated]).any()
     np.testing.assert_allclose(result.stage_probs[0], fast, atol=1e-5)
     assert len(result.seconds_per_stage) == 2
+
+
+def test_calibrate_escalation_picks_the_most_escalating_threshold_within_the_share():
+    rng = np.random.default_rng(0)
+    fast = rng.dirichlet(np.ones(4) * 0.5, size=400).astype(np.float32)
+    precise = rng.dirichlet(np.ones(4) * 0.5, size=400).astype(np.float32)
+    out = calibrate_escalation([fast, precise], 0.3, relevance_threshold=2)
+    for rule, key in (("max_prob", "max_prob_threshold"), ("boundary", "boundary_margin")):
+        chosen = out[rule]
+        assert chosen["share"] <= 0.3
+        value = chosen[key]
+        assert np.mean(EscalationRule(rule, value, value).uncertain(fast)) == pytest.approx(chosen["share"])
+        above = value + 0.005
+        assert np.mean(EscalationRule(rule, above, above).uncertain(fast)) > 0.3
+        result = decide([fast, precise], EscalationRule(rule, value, value))
+        assert chosen["agreement"] == pytest.approx(np.mean(result.grades == precise.argmax(1)), abs=1e-4)

@@ -4,10 +4,19 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from unisup.config import TeacherStageConfig, load_config
 from unisup.teachers.model import grade_probabilities
-from unisup.teachers.training import class_weights, fit_temperature, ordinal_loss
+from unisup.teachers.training import (
+    check_distillation,
+    class_weights,
+    distillation_loss,
+    fit_temperature,
+    ordinal_loss,
+    train_teachers,
+)
 
 
 def test_class_weights_favour_rare_grades():
@@ -22,6 +31,36 @@ def test_ordinal_loss_prefers_the_right_side_of_each_threshold():
     grades = torch.tensor([0, 3])
     right = torch.tensor([[-5.0, -6.0, -7.0], [7.0, 6.0, 5.0]])
     assert ordinal_loss(right, grades, torch.ones(2)) < ordinal_loss(-right, grades, torch.ones(2))
+
+
+def test_distillation_loss_is_the_mean_kl_to_the_target_probabilities():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, size=(6, 1)) - np.sort(rng.normal(0, 2, size=(6, 3)), axis=1)
+    targets = rng.dirichlet(np.ones(4), size=6)
+    reference = 0.0
+    for row, target in zip(logits, targets):
+        above = [1.0] + [1 / (1 + np.exp(-z)) for z in row] + [0.0]
+        student = [above[k] - above[k + 1] for k in range(4)]
+        reference += sum(t * np.log(t / p) for t, p in zip(target, student)) / len(targets)
+    loss = distillation_loss(torch.from_numpy(logits), torch.from_numpy(targets))
+    assert abs(loss.item() - reference) < 1e-9
+    own = grade_probabilities(torch.from_numpy(logits))
+    assert abs(distillation_loss(torch.from_numpy(logits), own).item()) < 1e-9
+
+
+def test_distillation_loss_gradient_pulls_towards_the_target():
+    logits = torch.zeros(1, 3, requires_grad=True)
+    distillation_loss(logits, torch.tensor([[0.0, 0.0, 0.0, 1.0]])).backward()
+    assert logits.grad[0, -1] < 0 and (logits.grad <= 0).all()
+
+
+def test_distill_from_must_name_a_later_stage():
+    stages = [TeacherStageConfig("fast", distill_from="precise"), TeacherStageConfig("precise")]
+    check_distillation(stages)
+    with pytest.raises(ValueError, match="later stage"):
+        check_distillation(stages[::-1])
+    with pytest.raises(ValueError, match="later stage"):
+        check_distillation([TeacherStageConfig("fast", distill_from="judge"), TeacherStageConfig("precise")])
 
 
 def test_temperature_scaling_recovers_the_generating_temperature():
@@ -53,3 +92,22 @@ def test_train_teachers_exports_a_triton_repository(trained_teachers, teacher_co
         for s in ("fast", "precise")
     }
     assert layers == {"fast": 1, "precise": 2}
+
+
+def test_distilled_fast_stage_imitates_the_trained_precise_stage(teacher_overrides, tmp_path):
+    stages = json.loads(
+        next(o for o in teacher_overrides if o.startswith("teachers.stages="))[len("teachers.stages=") :]
+    )
+    stages[0].update(distill_from="precise", distill_weight=0.5)
+    overrides = [o for o in teacher_overrides if not o.startswith("teachers.stages=")]
+    cfg = load_config("local", overrides + [f"teachers.stages={json.dumps(stages)}", "teachers.distill_candidates=5"])
+    report = train_teachers(cfg.teachers, cfg.data, tmp_path / "repository")
+    fast, precise = report["stages"]["fast"], report["stages"]["precise"]
+    assert "distillation" not in precise and precise["train_pairs"] == 160
+    assert fast["distillation"]["source"] == "precise" and fast["distillation"]["validation_kl"] >= 0
+    assert fast["labeled_train_pairs"] == 160 and 160 < fast["train_pairs"] <= 160 + 5 * 6
+    assert all("validation_kl" in h for h in fast["history"]) and fast["steps"] <= stages[0]["max_steps"]
+    escalation = report["escalation"]
+    assert escalation["pairs"] == 80 and escalation["max_prob"]["share"] <= cfg.teachers.escalation_target_share
+    saved = json.loads((tmp_path / "repository" / "fast" / "1" / "teacher" / "teacher.json").read_text())
+    assert saved["record"]["distillation"]["source"] == "precise"

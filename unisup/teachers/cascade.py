@@ -114,3 +114,25 @@ def run_cascade(
     result = decide(stage_probs, rule)
     result.seconds_per_stage = seconds
     return result
+
+
+def calibrate_escalation(stage_probs: Sequence[np.ndarray], target_share: float, relevance_threshold: int) -> dict:
+    """Per rule, the most escalating threshold that sends at most ``target_share`` of the pairs to the
+    last stage (stages scored on every pair), with the share and the agreement with the last stage."""
+    reference = stage_probs[-1].argmax(axis=1)
+    grid = np.round(np.arange(0.0, 1.0001, 0.005), 3)
+    out = {"target_share": target_share, "pairs": int(len(reference))}
+    for rule, key in (("max_prob", "max_prob_threshold"), ("boundary", "boundary_margin")):
+        best = None
+        for value in grid:
+            result = decide(stage_probs, EscalationRule(rule, value, value, relevance_threshold))
+            share = result.pairs_per_stage[-1] / max(1, len(reference))
+            if share > target_share:
+                break
+            best = {
+                key: float(value),
+                "share": round(share, 4),
+                "agreement": round(float(np.mean(result.grades == reference)), 4),
+            }
+        out[rule] = best
+    return out

@@ -1,9 +1,16 @@
-"""Fine-tuning the ordinal teachers on human judgments, calibration, and export.
+"""Fine-tuning the ordinal teachers on human judgments, distillation, calibration, and export.
 
 Each configured stage is trained on the training split's judgments (class-weighted
 cumulative binary cross-entropy, so rare grades count), early-stopped on the
 validation split's negative log-likelihood, then temperature-scaled on the
 validation split, and finally exported into a Triton model repository.
+
+A stage with ``distill_from`` imitates a later stage instead: it is trained after
+that stage, on the per-grade probabilities the later stage gives to the training
+judged pairs plus unlabeled BM25 candidates of the training queries (KL divergence,
+mixed with the ordinal loss on the human grades), and early-stopped on the KL
+divergence to the later stage on the validation pairs. The later stage is queried
+through a :class:`~unisup.teachers.backends.Backend`, so it may be any model.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +30,14 @@ from scipy.optimize import minimize_scalar
 from unisup.config import DataConfig, TeachersConfig, TeacherStageConfig
 from unisup.data.catalog import item_texts
 from unisup.data.sample import Dataset, load_dataset
+from unisup.teachers.backends import Backend, InProcessBackend
+from unisup.teachers.cascade import calibrate_escalation
 from unisup.teachers.export import export_repository
 from unisup.teachers.model import OrdinalCrossEncoder, grade_probabilities
 
 log = logging.getLogger(__name__)
+
+EPS = 1e-7
 
 
 def stage_item_texts(catalog: pa.Table, stage: TeacherStageConfig, item_ids: list[str] | None = None) -> dict[str, str]:
@@ -41,8 +52,8 @@ def stage_item_texts(catalog: pa.Table, stage: TeacherStageConfig, item_ids: lis
     return dict(zip(catalog["product_id"].to_pylist(), texts))
 
 
-def judged_pairs(dataset: Dataset, split: str, texts: dict[str, str], limit: int = 0, seed: int = 0):
-    """(queries, item texts, grades) of one split's judgments, optionally subsampled."""
+def judged_pairs(dataset: Dataset, split: str, limit: int = 0, seed: int = 0):
+    """(queries, item ids, grades) of one split's judgments, optionally subsampled."""
     table = dataset.judgments_for(split).select(["query", "product_id", "rating"])
     rows = table.to_pylist()
     if limit and len(rows) > limit:
@@ -50,9 +61,25 @@ def judged_pairs(dataset: Dataset, split: str, texts: dict[str, str], limit: int
         rows = [rows[i] for i in keep]
     return (
         [r["query"] for r in rows],
-        [texts[r["product_id"]] for r in rows],
+        [r["product_id"] for r in rows],
         np.array([int(r["rating"]) for r in rows], dtype=np.int64),
     )
+
+
+def candidate_pairs(dataset: Dataset, queries: list[str], k: int, exclude: set[tuple[str, str]]):
+    """(queries, item ids) of the BM25 top-``k`` catalog items of each query, minus ``exclude``."""
+    from unisup.channels import BM25Channel
+
+    if k <= 0 or not queries:
+        return [], []
+    channel = BM25Channel(dataset.catalog["product_id"].to_pylist(), item_texts(dataset.catalog))
+    out_q, out_i = [], []
+    for query, ranking in zip(queries, channel.search(queries, k)):
+        for item, _ in ranking:
+            if (query, item) not in exclude:
+                out_q.append(query)
+                out_i.append(item)
+    return out_q, out_i
 
 
 def class_weights(grades: np.ndarray, num_grades: int, power: float) -> np.ndarray:
@@ -68,6 +95,18 @@ def ordinal_loss(cumulative_logits: torch.Tensor, grades: torch.Tensor, weights:
     targets = (grades[:, None] > ks[None, :]).float()
     per_pair = torch.nn.functional.binary_cross_entropy_with_logits(cumulative_logits, targets, reduction="none").sum(1)
     return (per_pair * weights).sum() / weights.sum()
+
+
+def distillation_loss(cumulative_logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Mean KL(target || student) of the per-grade probabilities over the pairs."""
+    log_student = torch.log(grade_probabilities(cumulative_logits).clamp_min(EPS))
+    log_target = torch.log(target_probs.clamp_min(EPS))
+    return (target_probs * (log_target - log_student)).sum(1).mean()
+
+
+def kl_to_targets(cumulative_logits: np.ndarray, target_probs: np.ndarray) -> float:
+    """Mean KL(target || student) on numpy arrays (validation of a distilled stage)."""
+    return float(distillation_loss(torch.from_numpy(cumulative_logits), torch.from_numpy(target_probs)))
 
 
 def nll(cumulative_logits: np.ndarray, grades: np.ndarray, temperature: float = 1.0) -> float:
@@ -86,22 +125,89 @@ def fit_temperature(cumulative_logits: np.ndarray, grades: np.ndarray) -> float:
     return float(math.exp(result.x))
 
 
+@dataclass
+class SoftTargets:
+    """A later stage's per-grade probabilities on the pairs a distilled stage trains on."""
+
+    source: str
+    queries: list[str]
+    items: list[str]
+    grades: np.ndarray  # human grade, -1 where unlabeled
+    probs: np.ndarray  # (n, K)
+    validation_probs: np.ndarray  # (n_validation, K), on the validation judged pairs
+    seconds: float
+
+
+class TrainedStages(InProcessBackend):
+    """In-process backend over freshly trained stage folders; other stages through ``fallback``."""
+
+    name = "trained"
+
+    def __init__(self, folders: dict[str, Path], fallback: Backend | None = None, batch_size: int = 64):
+        super().__init__(".", batch_size)
+        self.folders = folders
+        self.fallback = fallback
+
+    def teacher_dir(self, stage: str) -> Path:
+        return self.folders[stage]
+
+    def predict(self, stage: str, queries, items) -> np.ndarray:
+        if stage in self.folders:
+            return super().predict(stage, queries, items)
+        if self.fallback is None:
+            raise ValueError(f"stage {stage!r} is not trained here and no backend serves it")
+        return self.fallback.predict(stage, queries, items)
+
+
+def soft_targets(source: TeacherStageConfig, cfg: TeachersConfig, dataset: Dataset, backend: Backend) -> SoftTargets:
+    """``source``'s probabilities on the training judged pairs + BM25 candidates of the training queries,
+    and on the validation judged pairs."""
+    started = time.perf_counter()
+    queries, items, grades = judged_pairs(dataset, "train", cfg.max_train_pairs, cfg.seed)
+    extra_q, extra_i = candidate_pairs(dataset, sorted(set(queries)), cfg.distill_candidates, set(zip(queries, items)))
+    val_q, val_i, _ = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
+    queries, items = queries + extra_q, items + extra_i
+    texts = stage_item_texts(dataset.catalog, source, items + val_i)
+    probs = backend.predict(source.name, queries, [texts[i] for i in items])
+    validation_probs = backend.predict(source.name, val_q, [texts[i] for i in val_i])
+    return SoftTargets(
+        source.name,
+        queries,
+        items,
+        np.concatenate([grades, np.full(len(extra_q), -1, dtype=np.int64)]),
+        np.asarray(probs, dtype=np.float32),
+        np.asarray(validation_probs, dtype=np.float32),
+        round(time.perf_counter() - started, 2),
+    )
+
+
 def train_stage(
-    stage: TeacherStageConfig, cfg: TeachersConfig, dataset: Dataset, num_grades: int, out_dir: str | Path
+    stage: TeacherStageConfig,
+    cfg: TeachersConfig,
+    dataset: Dataset,
+    num_grades: int,
+    out_dir: str | Path,
+    targets: SoftTargets | None = None,
 ) -> dict:
-    """Fine-tune, early-stop, calibrate and save one teacher; returns its training record."""
+    """Fine-tune (on human grades, or distilled from ``targets``), early-stop, calibrate and save one
+    teacher; returns its training record."""
     from tqdm.auto import tqdm
 
     from unisup.channels import packaged_minilm_path
 
     started = time.perf_counter()
     texts = stage_item_texts(dataset.catalog, stage)
-    train_q, train_t, train_y = judged_pairs(dataset, "train", texts, cfg.max_train_pairs, cfg.seed)
-    val_q, val_t, val_y = judged_pairs(dataset, "validation", texts, cfg.max_validation_pairs, cfg.seed)
-    if len(train_y) == 0 or len(val_y) == 0:
+    if targets is None:
+        train_q, train_i, train_y = judged_pairs(dataset, "train", cfg.max_train_pairs, cfg.seed)
+    else:
+        train_q, train_i, train_y = targets.queries, targets.items, targets.grades
+    val_q, val_i, val_y = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
+    train_t, val_t = [texts[i] for i in train_i], [texts[i] for i in val_i]
+    labeled = train_y >= 0
+    if not labeled.any() or len(val_y) == 0:
         raise ValueError(
             f"stage {stage.name}: the training and validation splits need judged pairs "
-            f"(got {len(train_y)} and {len(val_y)})"
+            f"(got {int(labeled.sum())} and {len(val_y)})"
         )
     teacher = OrdinalCrossEncoder.from_encoder(
         stage.base_model or packaged_minilm_path(),
@@ -116,7 +222,9 @@ def train_stage(
         torch.set_num_threads(cfg.torch_threads)
     if cfg.freeze_embeddings:
         teacher.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    weights = class_weights(train_y, num_grades, cfg.class_weight_power)
+    weights = class_weights(train_y[labeled], num_grades, cfg.class_weight_power)
+    pair_weights = torch.from_numpy(np.where(labeled, weights[np.maximum(train_y, 0)], 0.0)).float()
+    grades = torch.from_numpy(np.maximum(train_y, 0))
     optimizer = torch.optim.AdamW(
         [
             {"params": [p for p in teacher.encoder.parameters() if p.requires_grad], "lr": stage.learning_rate},
@@ -132,8 +240,24 @@ def train_stage(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
     )
+
+    def batch_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        if targets is None:
+            return ordinal_loss(logits, grades[idx], pair_weights[idx])
+        loss = stage.distill_weight * distillation_loss(logits, torch.from_numpy(targets.probs[idx]))
+        human = torch.from_numpy(labeled[idx])
+        if stage.distill_weight < 1 and human.any():
+            loss = loss + (1 - stage.distill_weight) * ordinal_loss(
+                logits[human], grades[idx][human], pair_weights[idx][human]
+            )
+        return loss
+
+    def validation_loss(logits: np.ndarray) -> float:
+        return nll(logits, val_y) if targets is None else kl_to_targets(logits, targets.validation_probs)
+
+    criterion = "validation_nll" if targets is None else "validation_kl"
     rng = np.random.default_rng(cfg.seed)
-    best = {"nll": math.inf, "state": None, "epoch": 0}
+    best = {"loss": math.inf, "state": None, "epoch": 0}
     history, step, bad_epochs, stop_reason = [], 0, 0, "epochs"
     teacher.train()
     for epoch in range(1, stage.epochs + 1):
@@ -144,9 +268,7 @@ def train_stage(
         ):
             idx = order[start : start + stage.batch_size]
             batch = teacher.tokenize([train_q[i] for i in idx], [train_t[i] for i in idx])
-            loss = ordinal_loss(
-                teacher(**batch), torch.from_numpy(train_y[idx]), torch.from_numpy(weights[train_y[idx]]).float()
-            )
+            loss = batch_loss(teacher(**batch), idx)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
@@ -160,11 +282,11 @@ def train_stage(
             if stage.max_seconds and time.perf_counter() - started > stage.max_seconds:
                 stop_reason = "max_seconds"
                 break
-        val_nll = nll(teacher.cumulative_logits(val_q, val_t), val_y)
-        history.append({"epoch": epoch, "steps": step, "train_loss": float(np.mean(losses)), "validation_nll": val_nll})
-        log.info("stage %s epoch %d: train loss %.4f, validation nll %.4f", stage.name, epoch, np.mean(losses), val_nll)
-        if val_nll < best["nll"]:
-            best = {"nll": val_nll, "state": copy.deepcopy(teacher.state_dict()), "epoch": epoch}
+        val_loss = validation_loss(teacher.cumulative_logits(val_q, val_t))
+        history.append({"epoch": epoch, "steps": step, "train_loss": float(np.mean(losses)), criterion: val_loss})
+        log.info("stage %s epoch %d: train loss %.4f, %s %.4f", stage.name, epoch, np.mean(losses), criterion, val_loss)
+        if val_loss < best["loss"]:
+            best = {"loss": val_loss, "state": copy.deepcopy(teacher.state_dict()), "epoch": epoch}
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -179,6 +301,7 @@ def train_stage(
     record = {
         "stage": asdict(stage),
         "train_pairs": int(len(train_y)),
+        "labeled_train_pairs": int(labeled.sum()),
         "validation_pairs": int(len(val_y)),
         "class_weights": weights.round(4).tolist(),
         "class_weight_power": cfg.class_weight_power,
@@ -193,32 +316,82 @@ def train_stage(
         "temperature": teacher.temperature,
         "seconds": round(time.perf_counter() - started, 2),
     }
+    if targets is not None:
+        record["distillation"] = {
+            "source": targets.source,
+            "validation_kl": kl_to_targets(val_logits, targets.validation_probs),
+            "target_seconds": targets.seconds,
+        }
+        record["seconds"] = round(record["seconds"] + targets.seconds, 2)
     teacher.record = record
     teacher.save(out_dir)
     return record
 
 
-def train_teachers(cfg: TeachersConfig, data_cfg: DataConfig, out_dir: str | Path) -> dict:
+def check_distillation(stages: list[TeacherStageConfig]) -> None:
+    """Each ``distill_from`` names a later stage, on a trained stage."""
+    position = {s.name: i for i, s in enumerate(stages)}
+    for i, stage in enumerate(stages):
+        if not stage.distill_from:
+            continue
+        if stage.kind == "served":
+            raise ValueError(f"stage {stage.name}: a served stage is not trained, so it cannot be distilled")
+        if position.get(stage.distill_from, -1) <= i:
+            raise ValueError(f"stage {stage.name}: distill_from must name a later stage, got {stage.distill_from!r}")
+        if not 0.0 <= stage.distill_weight <= 1.0:
+            raise ValueError(f"stage {stage.name}: distill_weight must be in [0, 1], got {stage.distill_weight}")
+
+
+def validation_escalation(
+    cfg: TeachersConfig, dataset: Dataset, backend: Backend, relevance_threshold: int
+) -> dict | None:
+    """The escalation thresholds that send ``cfg.escalation_target_share`` of the validation pairs to the
+    last stage, and the agreement with it they give (None when not asked or one stage)."""
+    if not cfg.escalation_target_share or len(cfg.stages) < 2:
+        return None
+    queries, items, _ = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
+    stage_probs = []
+    for stage in cfg.stages:
+        texts = stage_item_texts(dataset.catalog, stage, items)
+        stage_probs.append(backend.predict(stage.name, queries, [texts[i] for i in items]))
+    return calibrate_escalation(stage_probs, cfg.escalation_target_share, relevance_threshold)
+
+
+def train_teachers(
+    cfg: TeachersConfig, data_cfg: DataConfig, out_dir: str | Path, backend: Backend | None = None
+) -> dict:
     """Train every trainable stage and export all of them into a Triton repository at ``out_dir``.
 
     Stages of kind ``served`` are not trained here: their model must already be in the
-    repository (e.g. an LLM judge). Returns {"stages": {name: record}, "repository": ...}.
+    repository (e.g. an LLM judge); ``backend`` serves them where a stage is distilled
+    from one or the escalation is calibrated. Stages are trained last first, so a
+    distilled stage finds the stage it imitates trained. Returns {"stages": {name:
+    record}, "escalation": validation thresholds (or None), "repository": ...}.
     """
     import tempfile
 
+    check_distillation(cfg.stages)
     dataset = load_dataset(data_cfg)
+    by_name = {s.name: s for s in cfg.stages}
     records = {}
     with tempfile.TemporaryDirectory(prefix="unisup-teachers-") as tmp:
-        folders = {}
-        for stage in cfg.stages:
+        folders = {s.name: Path(tmp) / s.name for s in cfg.stages if s.kind != "served"}
+        trained = TrainedStages(folders, backend)
+        for stage in reversed(cfg.stages):
             if stage.kind == "served":
                 continue
-            folders[stage.name] = Path(tmp) / stage.name
-            records[stage.name] = train_stage(stage, cfg, dataset, data_cfg.num_grades, folders[stage.name])
+            targets = soft_targets(by_name[stage.distill_from], cfg, dataset, trained) if stage.distill_from else None
+            records[stage.name] = train_stage(stage, cfg, dataset, data_cfg.num_grades, folders[stage.name], targets)
+        escalation = None
+        if backend is not None or len(folders) == len(cfg.stages):
+            escalation = validation_escalation(cfg, dataset, trained, data_cfg.relevance_threshold)
+        if escalation:
+            log.info("escalation on validation: %s", escalation)
         export_repository(folders, out_dir, cfg, data_cfg.num_grades)
     return {
         "repository": str(out_dir),
-        "stages": records,
+        "stages": {name: records[name] for name in folders},
+        "escalation": escalation,
         "num_grades": data_cfg.num_grades,
         "seconds": round(sum(r["seconds"] for r in records.values()), 2),
     }
