@@ -4,7 +4,8 @@ Inputs ``query`` and ``item`` (BYTES, raw texts), output ``probs`` (FP32, K per-
 probabilities). The teacher's files are in the ``teacher/`` folder beside this file.
 The python backend stub ignores PYTHONPATH, so the folders holding ``unisup`` and its
 dependencies are added to ``sys.path`` from the ``UNISUP_PYTHONPATH`` environment
-variable and the ``python_paths`` parameter of ``config.pbtxt`` (both ':'-separated).
+variable and the ``python_paths`` parameter of ``config.pbtxt`` (both ':'-separated);
+the ``forward_batch_size`` parameter sets the pairs per forward pass.
 The work is done by :class:`unisup.teachers.serving.TeacherService`.
 """
 
@@ -36,14 +37,19 @@ def extend_sys_path(parameter: str) -> list[str]:
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        extend_sys_path(config.get("parameters", {}).get("python_paths", {}).get("string_value", ""))
+        parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        extend_sys_path(parameters.get("python_paths", ""))
         from unisup.teachers.serving import ITEM_INPUT, PROBS_OUTPUT, QUERY_INPUT, TeacherService
 
         self.names = (QUERY_INPUT, ITEM_INPUT, PROBS_OUTPUT)
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        self.service = TeacherService(Path(args["model_repository"]) / args["model_version"] / "teacher", device)
+        self.service = TeacherService(
+            Path(args["model_repository"]) / args["model_version"] / "teacher",
+            device,
+            int(parameters.get("forward_batch_size") or 64),
+        )
 
     def execute(self, requests):
         query, item, probs = self.names

@@ -287,6 +287,9 @@ class TeachersConfig:
     triton_instance_count: int = _f(1, "config.pbtxt instance_group count")
     triton_instance_kind: str = _f("KIND_CPU", "config.pbtxt instance_group kind: KIND_CPU | KIND_GPU")
     triton_max_queue_delay_us: int = _f(0, "dynamic_batching max_queue_delay_microseconds (0 = Triton's default)")
+    triton_forward_batch_size: int = _f(
+        64, "pairs per forward pass of a served teacher: a dynamic batch is sorted by length and split into these"
+    )
     triton_python_paths: str = _f("", "':'-separated folders model.py adds to sys.path (where unisup is installed)")
 
 

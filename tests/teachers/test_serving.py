@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unisup.teachers.backends import InProcessBackend
+from unisup.teachers.backends import InProcessBackend, TritonBackend
 from unisup.teachers.serving import TeacherService, decode_texts, encode_texts
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "teacher_model.py"
@@ -43,3 +43,29 @@ def test_template_imports_outside_triton_and_extends_sys_path(tmp_path, monkeypa
     monkeypatch.setenv(module.PATH_ENV, str(tmp_path / "a"))
     added = module.extend_sys_path(str(tmp_path / "b"))
     assert added == [str(tmp_path / "a"), str(tmp_path / "b")] and sys.path[:2] == added
+
+
+def test_small_forward_batches_give_the_same_probabilities(trained_teachers):
+    folder = Path(trained_teachers["repository"]) / "precise" / "1" / "teacher"
+    queries, items = ["usb cable", "laptop", "mouse"], ["USB cable, 2 m, black", "Notebook", "Wireless mouse"]
+    requests = [(encode_texts(queries[:2]), encode_texts(items[:2]))]
+    requests.append((encode_texts(queries[2:]), encode_texts(items[2:])))
+    whole = np.concatenate(TeacherService(folder, batch_size=64).score_batches(requests))
+    split = np.concatenate(TeacherService(folder, batch_size=1).score_batches(requests))
+    np.testing.assert_allclose(split, whole, atol=1e-5)
+
+
+def test_triton_backend_sends_length_sorted_requests_and_keeps_the_input_order(monkeypatch):
+    backend = TritonBackend("unused:1", batch_size=2, concurrency=2)
+    sent = []
+
+    def infer(stage, queries, items):
+        sent.append(list(queries))
+        return np.array([[float(q)] for q in queries], dtype=np.float32)
+
+    monkeypatch.setattr(backend, "_infer", infer)
+    queries = ["1", "22", "333", "4444", "55555"]
+    probs = backend.predict("fast", queries, ["x"] * 5)
+    backend.close()
+    assert sorted(sent) == sorted([["55555", "4444"], ["333", "22"], ["1"]])
+    assert probs[:, 0].tolist() == [1.0, 22.0, 333.0, 4444.0, 55555.0]

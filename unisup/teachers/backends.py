@@ -71,7 +71,7 @@ class InProcessBackend:
 
 
 class TritonBackend:
-    """tritonclient gRPC: client-side batches, bounded concurrency, timeouts, retries with backoff."""
+    """tritonclient gRPC: length-sorted client-side batches, bounded concurrency, timeouts, retries with backoff."""
 
     name = "triton"
 
@@ -177,11 +177,16 @@ class TritonBackend:
             raise ValueError("predict needs at least one pair")
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="triton")
-        starts = range(0, len(queries), self.batch_size)
+        # requests of similar lengths, as InProcessBackend batches: a merged dynamic batch pads less
+        order = np.argsort([-(len(q) + len(t)) for q, t in zip(queries, items)], kind="stable")
+        chunks = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         parts = self._pool.map(
-            lambda s: self._infer(stage, queries[s : s + self.batch_size], items[s : s + self.batch_size]), starts
+            lambda idx: self._infer(stage, [queries[i] for i in idx], [items[i] for i in idx]), chunks
         )
-        return np.concatenate(list(parts))
+        sorted_probs = np.concatenate(list(parts))
+        probs = np.empty_like(sorted_probs)
+        probs[order] = sorted_probs
+        return probs
 
     def close(self) -> None:
         """Stop the request threads (their gRPC channels close with them)."""

@@ -3,7 +3,8 @@
     <repository>/
       <stage>/
         config.pbtxt           inputs query/item (BYTES), output probs (FP32, K),
-                               max_batch_size, dynamic_batching, instance_group
+                               max_batch_size, dynamic_batching, instance_group,
+                               parameters python_paths and forward_batch_size
         1/
           model.py             copy of triton_models/teacher_model.py
           teacher/             the teacher folder (HF encoder, tokenizer, ordinal head, teacher.json)
@@ -33,6 +34,7 @@ def model_config(
     instance_kind: str,
     max_queue_delay_us: int = 0,
     python_paths: str = "",
+    forward_batch_size: int = 64,
 ) -> str:
     """The config.pbtxt text of one teacher stage."""
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
@@ -51,6 +53,7 @@ output [
 dynamic_batching {{{delay}}}
 instance_group [ {{ count: {instance_count} kind: {instance_kind} }} ]
 parameters: {{ key: "python_paths" value: {{ string_value: "{python_paths}" }} }}
+parameters: {{ key: "forward_batch_size" value: {{ string_value: "{forward_batch_size}" }} }}
 '''
 
 
@@ -81,6 +84,7 @@ def export_repository(
                     cfg.triton_instance_kind,
                     cfg.triton_max_queue_delay_us,
                     cfg.triton_python_paths,
+                    cfg.triton_forward_batch_size,
                 )
             )
         if storage.is_gcs(str(repository)):
