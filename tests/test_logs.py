@@ -251,3 +251,13 @@ def test_extraction_from_gcs(simulated_logs, gcs_emulator, tmp_path):
     assert report["rows_in"] == summary["rows"] and storage.exists(out)
     assert storage.exists(f"gs://{gcs_emulator}/engagement/engagement.quarantine.parquet")
     assert read_table(out).num_rows == report["pairs"]
+
+
+def test_catalog_is_validated(tmp_path):
+    """Only the catalog columns its rules read are loaded, and they are still checked."""
+    logs = tmp_path / "logs"
+    write_table(_logs_table([_row(i) for i in range(4)]), str(logs / "date=2024-03-04" / "part-0.parquet"))
+    catalog = tmp_path / "products.parquet"
+    pq.write_table(pa.table({"product_id": ["p0", "p1", "p1"], "title": ["a", "b", "c"], "ean": [1, 2, 3]}), catalog)
+    with pytest.raises(DataValidationError, match="duplicate product_id"):
+        _extract(load_config("local").extraction, logs, tmp_path, catalog)

@@ -398,7 +398,11 @@ class ExtractionConfig:
     cvr_prior_mean: float = _f(0.1, "Beta prior mean of conversions per click")
     cvr_prior_strength: float = _f(10.0, "Beta prior strength (alpha + beta) of the conversion rate")
     estimate_prior_means: bool = _f(True, "replace both prior means by the log-wide rates")
-    duckdb_memory_limit: str = _f("2GB", "DuckDB memory limit (spills to disk beyond)")
+    duckdb_memory_limit: str = _f(
+        "256MB",
+        "DuckDB memory limit: beyond it the duplicate-id and aggregation hash tables spill to temporary files, so "
+        "peak memory is about this plus ~250MB of Python, whatever the row count (below ~96MB it can fail)",
+    )
     duckdb_threads: int = _f(2, "DuckDB threads")
 
 

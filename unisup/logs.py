@@ -24,7 +24,9 @@ filtered); the report says so with counts by reason.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import re
 import tempfile
@@ -38,7 +40,7 @@ import pyarrow.parquet as pq
 
 from unisup import storage
 from unisup.config import ExtractionConfig, to_dict
-from unisup.schemas import ENGAGEMENT, QUARANTINE_REASON, RAW_LOGS, SOURCE_ROW, DataValidationError
+from unisup.schemas import CATALOG, ENGAGEMENT, QUARANTINE_REASON, RAW_LOGS, SOURCE_ROW, DataValidationError, validate
 
 SOURCE_FILE = "source_file"
 _DATE_PART = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
@@ -112,6 +114,20 @@ def _staged(uris: list[str]) -> Iterator[list[str]]:
             name = "/".join(uri.rstrip("/").split("/")[-2:])
             local.append(str(storage.download_file(uri, Path(tmp) / f"{index:06d}" / name)))
         yield local
+
+
+def _known_items(catalog_uri: str) -> pa.Table:
+    """The catalog's product ids, validated (strictly) as by ``load_catalog``; of a Parquet
+    catalog only the columns the schema requires or its rules read are loaded."""
+    from unisup.data.sample import load_catalog
+
+    if str(catalog_uri).endswith(".parquet"):
+        with contextlib.suppress(pa.ArrowInvalid):  # not readable: load_catalog says why
+            file = pq.ParquetFile(io.BytesIO(storage.read_bytes(catalog_uri)))
+            needed = {c.name for c in CATALOG.columns if c.required} | {r.column for r in CATALOG.rules}
+            table = file.read(columns=[name for name in file.schema_arrow.names if name in needed])
+            return validate(table, "catalog", catalog_uri).accepted.select(["product_id"])
+    return load_catalog(catalog_uri).accepted.select(["product_id"])
 
 
 def _columns(files: list[str], sources: list[str]) -> tuple[set[str], list[str]]:
@@ -215,8 +231,6 @@ def extract_logs(
     """
     import duckdb
 
-    from unisup.data.sample import load_catalog
-
     started = time.perf_counter()
     stem = str(out_uri)[: -len(".parquet")] if str(out_uri).endswith(".parquet") else str(out_uri)
     quarantine_uri = quarantine_uri or f"{stem}.quarantine.parquet"
@@ -229,7 +243,7 @@ def extract_logs(
     if not selected:
         raise DataValidationError("raw_logs", logs_uri, f"no partition in the window {first} .. {last}")
     window_end = (dt.date.fromisoformat(last) + dt.timedelta(days=1)).isoformat()
-    known = load_catalog(catalog_uri).accepted.select(["product_id"])
+    known = _known_items(catalog_uri)
 
     with _staged(selected) as files, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
         present, channels = _columns(files, selected)
@@ -297,14 +311,17 @@ def extract_logs(
         )
         con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM src ANTI JOIN bad USING (source_path, {SOURCE_ROW})")
 
-        # 2. bot filter, from per (user, day, agent) statistics of the accepted rows
+        # 2. bot filter, from per (user, day, agent) statistics of the accepted rows (grouped
+        # per request first, so requests are a plain count, not a DISTINCT aggregate)
         con.execute(
             """
             CREATE TEMP TABLE user_days AS
-            SELECT user_id, CAST(timestamp AS DATE) AS day, user_agent, count(*) AS n,
-                   count(DISTINCT request_id) AS requests,
-                   count(*) FILTER (WHERE impression) AS impressions, count(*) FILTER (WHERE click) AS clicks
-            FROM clean GROUP BY ALL
+            SELECT user_id, day, user_agent, sum(n) AS n, count(request_id) AS requests,
+                   sum(impressions) AS impressions, sum(clicks) AS clicks
+            FROM (SELECT user_id, CAST(timestamp AS DATE) AS day, user_agent, request_id, count(*) AS n,
+                         count(*) FILTER (WHERE impression) AS impressions, count(*) FILTER (WHERE click) AS clicks
+                  FROM clean GROUP BY ALL) per_request
+            GROUP BY ALL
             """
         )
         rows_accepted = int(con.execute("SELECT coalesce(sum(n), 0) FROM user_days").fetchall()[0][0])
