@@ -9,6 +9,7 @@ from components._image import COMPONENTS_IMAGE
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
 def extract_logs(
     engagement: Output[Dataset],
+    holdout_engagement: Output[Dataset],
     quarantine: Output[Dataset],
     report: Output[Artifact],
     metrics: Output[Metrics],
@@ -20,22 +21,31 @@ def extract_logs(
     overrides: list = [],  # noqa: B006 (KFP reads the default; it is never mutated)
 ):
     """Validate the partitioned raw logs at ``logs_uri`` (local or gs://; empty = the
-    config's) for a date window, filter bots and write per (query, item) engagement."""
+    config's) for a date window, filter bots and write per (query, item) engagement.
+
+    The last ``extraction.holdout_days`` days of the window are extracted apart into
+    ``holdout_engagement``, the held-out engagement the evaluation judges on; with 0 it
+    is an empty table and the whole window is training engagement."""
     import json
 
     from unisup.config import load_config
-    from unisup.logs import extract_logs as run_extract_logs
+    from unisup.logs import extract_logs_with_holdout
 
     cfg = load_config(config, overrides)
-    result = run_extract_logs(
+    result, held_out = extract_logs_with_holdout(
         logs_uri or cfg.extraction.logs_uri,
         engagement.path,
+        holdout_engagement.path,
         cfg.extraction,
         catalog_uri or cfg.data.catalog_uri,
         quarantine_uri=quarantine.path,
         report_uri=report.path,
         start_date=start_date or None,
         end_date=end_date or None,
+    )
+    held_out = held_out or {"window": None, "pairs": 0, "rows_in": 0, "rows_quarantined": 0}
+    holdout_engagement.metadata.update(
+        {"window": json.dumps(held_out["window"]), **{k: held_out[k] for k in ("pairs", "rows_in", "rows_quarantined")}}
     )
     parameters = {
         k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in result["config"].items()

@@ -35,6 +35,7 @@ def labeled_engagement(
     logs_uri: str,
     log_start_date: str,
     log_end_date: str,
+    log_holdout_days: int,
     shard_count: int,
     labeling_backend: str,
     triton_url: str,
@@ -43,8 +44,9 @@ def labeled_engagement(
     escalate_rule: str,
 ) -> tuple:
     """Logs (simulated when ``logs_uri`` is empty) -> engagement -> teacher labels of every
-    logged (query, item), labeling fanned out over ``shard_count`` query shards.
-    Returns the (engagement, labels) artifact channels."""
+    logged (query, item), labeling fanned out over ``shard_count`` query shards. The last
+    ``log_holdout_days`` days of the window are held out for evaluation.
+    Returns the (engagement, held-out engagement, labels) artifact channels."""
     with dsl.If(logs_uri == "", name="simulate-logs"):
         simulated = _k8s.on_cpu(simulate_logs(config=config, overrides=overrides), _k8s.LARGE)
     with dsl.Else(name="read-given-logs"):
@@ -55,7 +57,7 @@ def labeled_engagement(
             start_date=log_start_date,
             end_date=log_end_date,
             config=config,
-            overrides=overrides,
+            overrides=overrides + [f"extraction.holdout_days={log_holdout_days}"],
         ),
         _k8s.LARGE,
     )
@@ -86,4 +88,4 @@ def labeled_engagement(
             main_table=LABEL_TABLES[0],
         )
     )
-    return engagement, merged.outputs["merged_table"]
+    return engagement, extracted.outputs["holdout_engagement"], merged.outputs["merged_table"]

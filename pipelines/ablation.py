@@ -32,12 +32,13 @@ def ablation(
     logs_uri: str = "",
     log_start_date: str = "",
     log_end_date: str = "",
+    log_holdout_days: int = 1,
     shard_count: int = 2,
     labeling_backend: str = "triton",
     triton_url: str = "localhost:8001",
     max_prob_threshold: float = 0.7,
     boundary_margin: float = 0.3,
-    escalate_rule: str = "either",
+    escalate_rule: str = "calibrated",
     presets: list = PRESETS,
     max_epochs: int = 10,
     max_steps: int = 0,
@@ -45,12 +46,13 @@ def ablation(
     faiss_search_params: str = "efSearch=128",
 ):
     common = data_overrides(catalog_uri, judgments_uri, split_uri)
-    engagement, labels = labeled_engagement(
+    engagement, holdout_engagement, labels = labeled_engagement(
         config,
         common,
         logs_uri,
         log_start_date,
         log_end_date,
+        log_holdout_days,
         shard_count,
         labeling_backend,
         triton_url,
@@ -75,6 +77,7 @@ def ablation(
             evaluate(
                 candidate_model=trained.outputs["model"],
                 candidate_index=index.outputs["index"],
+                engagement=holdout_engagement,
                 config=config,
                 overrides=overrides,
             ),

@@ -3,7 +3,9 @@ targets -> bi-encoder -> FAISS index -> evaluation -> gated A/B push.
 
 The candidate is evaluated against the control, a bi-encoder trained on the same logs and
 budget with ``baseline_preset`` (engagement_only: clicks as positives, today's practice),
-and against the configured channel baselines (BM25, off-the-shelf MiniLM).
+and against the configured channel baselines (BM25, off-the-shelf MiniLM), on the human
+judgments and on the engagement of the last ``log_holdout_days`` days of the log window,
+which training never sees.
 
 Every tunable is a pipeline parameter (the Kubeflow UI shows them); anything else comes
 from ``config``, a profile name (``local``, ``cluster``) or a YAML file readable by the
@@ -60,12 +62,13 @@ def unified_supervision(
     logs_uri: str = "",
     log_start_date: str = "",
     log_end_date: str = "",
+    log_holdout_days: int = 1,
     shard_count: int = 2,
     labeling_backend: str = "triton",
     triton_url: str = "localhost:8001",
     max_prob_threshold: float = 0.7,
     boundary_margin: float = 0.3,
-    escalate_rule: str = "either",
+    escalate_rule: str = "calibrated",
     fusion_preset: str = "unified",
     baseline_preset: str = "engagement_only",
     prior_weight: float = 0.5,
@@ -88,12 +91,13 @@ def unified_supervision(
     control_index_uri: str = "",
 ):
     common = data_overrides(catalog_uri, judgments_uri, split_uri)
-    engagement, labels = labeled_engagement(
+    engagement, holdout_engagement, labels = labeled_engagement(
         config,
         common,
         logs_uri,
         log_start_date,
         log_end_date,
+        log_holdout_days,
         shard_count,
         labeling_backend,
         triton_url,
@@ -137,6 +141,7 @@ def unified_supervision(
             baseline_model=control_trained.outputs["model"],
             baseline_index=control_index.outputs["index"],
             baseline_name=baseline_preset,
+            engagement=holdout_engagement,
             config=config,
             # the gates compare with the A/B control, the baseline_preset model of this run
             overrides=overrides + [f"evaluation.gate_baselines=[{baseline_preset}]"],

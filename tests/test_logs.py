@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -15,7 +16,7 @@ from unisup import storage
 from unisup.config import load_config
 from unisup.data.sample import load_dataset
 from unisup.data.tables import read_table, write_table
-from unisup.logs import extract_logs, partitions
+from unisup.logs import extract_logs, holdout_windows, partitions
 from unisup.schemas import RAW_LOGS, DataValidationError, RuleContext, validate
 from unisup.simulator import simulate_logs
 
@@ -261,3 +262,17 @@ def test_catalog_is_validated(tmp_path):
     pq.write_table(pa.table({"product_id": ["p0", "p1", "p1"], "title": ["a", "b", "c"], "ean": [1, 2, 3]}), catalog)
     with pytest.raises(DataValidationError, match="duplicate product_id"):
         _extract(load_config("local").extraction, logs, tmp_path, catalog)
+
+
+def test_holdout_windows_keep_the_last_days_with_logs_apart(tmp_path):
+    for day in ("2024-03-04", "2024-03-05", "2024-03-07"):  # no logs on the 6th
+        (tmp_path / f"date={day}").mkdir()
+        (tmp_path / f"date={day}" / "part-0.parquet").write_bytes(b"")
+    cfg = load_config("local").extraction
+    assert holdout_windows(str(tmp_path), cfg) == (("2024-03-04", "2024-03-07"), None)
+    held_one = dataclasses.replace(cfg, holdout_days=1)
+    assert holdout_windows(str(tmp_path), held_one) == (("2024-03-04", "2024-03-06"), ("2024-03-07", "2024-03-07"))
+    held_two = dataclasses.replace(cfg, holdout_days=2)
+    assert holdout_windows(str(tmp_path), held_two) == (("2024-03-04", "2024-03-04"), ("2024-03-05", "2024-03-07"))
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        holdout_windows(str(tmp_path), held_two, end_date="2024-03-05")

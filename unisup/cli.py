@@ -155,12 +155,14 @@ def _data_simulate_logs(args: argparse.Namespace) -> None:
 
 
 def _extract_logs(args: argparse.Namespace) -> None:
-    from unisup.logs import extract_logs
+    from unisup.logs import extract_logs_with_holdout
 
     cfg = _config(args)
-    report = extract_logs(
+    out = args.out or cfg.extraction.out_uri
+    report, held_out = extract_logs_with_holdout(
         args.logs or cfg.extraction.logs_uri,
-        args.out or cfg.extraction.out_uri,
+        out,
+        args.holdout_out or out.removesuffix(".parquet") + ".holdout.parquet",
         cfg.extraction,
         cfg.data.catalog_uri,
         quarantine_uri=args.quarantine,
@@ -176,6 +178,9 @@ def _extract_logs(args: argparse.Namespace) -> None:
     )
     for reason, count in report["quarantined_by_reason"].items():
         print(f"  quarantined {count:>8}  {reason}")
+    if held_out:
+        first, last = held_out["window"]
+        print(f"held out {first} .. {last}: {held_out['pairs']} (query, item) pairs -> {held_out['engagement_uri']}")
 
 
 # ---------------------------------------------------------------- fusion and training
@@ -317,11 +322,19 @@ def _train_teacher(args: argparse.Namespace) -> None:
             f"{record['seconds']} s"
         )
     print(f"teachers exported to the Triton repository {out}")
+    if report["escalation"]:
+        calibration = report["escalation"]
+        for rule in ("max_prob", "boundary"):
+            if calibration.get(rule):
+                share = calibration["target_share"]
+                print(f"escalation calibrated on validation ({rule}, target share {share}): {calibration[rule]}")
     if args.audit:
         from unisup import storage
 
         with storage.local_copy(out) as repository:
-            audit = quality_audit(cfg, InProcessBackend(repository, cfg.labeling.batch_size))
+            audit = quality_audit(
+                cfg, InProcessBackend(repository, cfg.labeling.batch_size), repository=str(repository)
+            )
         write_audit(audit, args.audit)
         print(format_audit(audit), end="")
 
@@ -333,7 +346,7 @@ def _label(args: argparse.Namespace) -> None:
     cfg = _config(args)
     with storage.local_copy(args.teachers or cfg.teachers.repository_uri) as repository:
         with serving_backend(cfg, str(repository)) as backend:
-            report = label_pairs(args.pairs, args.out, cfg, backend)
+            report = label_pairs(args.pairs, args.out, cfg, backend, repository=str(repository))
     print(f"backend: {report['backend']}")
     print(
         f"{args.pairs}: rows in {report['rows_in']} = labeled {report['labeled']} + quarantined {report['quarantined']}"
@@ -416,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="JSON report [beside --out]")
     p.add_argument("--start", help="first day YYYY-MM-DD [extraction.start_date, else first partition]")
     p.add_argument("--end", help="last day YYYY-MM-DD, inclusive [extraction.end_date, else last partition]")
+    p.add_argument(
+        "--holdout-out",
+        help="engagement of the window's last extraction.holdout_days days, for evaluation [beside --out]",
+    )
     p.set_defaults(handler=_extract_logs)
     p = sub.add_parser("channels", help="evaluate the retrieval channels (BM25, MiniLM, RRF) on judged queries")
     _common(p)

@@ -310,7 +310,11 @@ class LabelingConfig:
     ready_timeout_s: float = _f(60.0, "how long to wait for every model to be ready before starting")
     shard_size: int = _f(2048, "pairs per output shard (the unit of resume)")
     work_uri: str = _f("", "where shards and the manifest live (stable across retries); empty = inside the output")
-    escalate_rule: str = _f("either", "when a stage passes a pair on: max_prob | boundary | either")
+    escalate_rule: str = _f(
+        "calibrated",
+        "when a stage passes a pair on: calibrated (the rule and threshold train-teacher chose on validation for "
+        "teachers.escalation_target_share, read from the teachers repository) | max_prob | boundary | either",
+    )
     max_prob_threshold: float = _f(0.7, "escalate when the highest grade probability is below this")
     boundary_margin: float = _f(0.3, "escalate when |P(grade >= relevance_threshold) - 0.5| is below this")
 
@@ -381,6 +385,9 @@ class ExtractionConfig:
     )
     start_date: str = _f("", "first day of the window (YYYY-MM-DD); empty = the first partition")
     end_date: str = _f("", "last day of the window, inclusive; empty = the last partition")
+    holdout_days: int = _f(
+        0, "the window's last N days (with logs) are extracted apart as held-out engagement for evaluation"
+    )
     max_position: int = _f(10, "highest possible ad slot; larger positions are quarantined")
     filter_bots: bool = _f(True, "drop the rows of users the bot rules flag")
     bot_user_agent_pattern: str = _f("(?i)(bot|crawler|spider|headless)", "user agents matching this regex are bots")

@@ -372,7 +372,7 @@ def _baseline_gates(
             True,
             None,
             -cfg.gate_max_engagement_drop,
-            f"engagement recall vs {base} not gated: no held-out engagement data was given",
+            f"engagement recall vs {base} not gated: no held-out engagement with clicks was given",
         )
         return gates
     cand_value = result.value(f"engagement_recall@{k}", candidate)["value"]
@@ -533,7 +533,8 @@ def run_evaluation(
     engagement = None
     if engagement_uri:
         table = read_artifact(engagement_uri, "engagement").accepted
-        engagement = engagement_targets(table, cfg.evaluation.max_engagement_queries)
+        targets = engagement_targets(table, cfg.evaluation.max_engagement_queries)
+        engagement = targets if targets.clicked else None  # an empty hold-out judges nothing
     result = evaluate(
         biencoder_system(CANDIDATE, candidate_model, candidate_index),
         baselines,

@@ -434,17 +434,17 @@ def fuse(labels_uri: str, engagement_uri: str, out_uri: str, report_uri: str | N
     counted), build the training lists of the configured split, write them as Parquet and the
     report as JSON; returns the report."""
     from unisup.data.sample import load_catalog
-    from unisup.data.tables import write_table
+    from unisup.data.tables import read_raw, write_table
 
     catalog = load_catalog(config.data.catalog_uri).accepted
     known = frozenset(catalog["product_id"].to_pylist())
     context = RuleContext(num_grades=config.data.num_grades, known_items=known)
-    engagement = validate(_read(engagement_uri, "engagement"), "engagement", engagement_uri, context, strict=False)
+    engagement = validate(read_raw(engagement_uri, "engagement"), "engagement", engagement_uri, context, strict=False)
     effective, preset = resolve_preset(config.fusion)
     labels = None
     inputs = {"engagement": _accounting(engagement)}
     if preset.uses_labels:
-        labels = validate(_read(labels_uri, "labels"), LABELS, labels_uri, context, strict=False)
+        labels = validate(read_raw(labels_uri, "labels"), LABELS, labels_uri, context, strict=False)
         inputs["labels"] = _accounting(labels)
     queries = training_queries(config, engagement.accepted)
     result = build_training_lists(
@@ -461,15 +461,6 @@ def fuse(labels_uri: str, engagement_uri: str, out_uri: str, report_uri: str | N
     if report_uri:
         storage.write_text(report_uri, json.dumps(report, indent=1))
     return report
-
-
-def _read(uri: str, artifact: str) -> pa.Table:
-    """A CSV/Parquet file by its suffix; a pipeline artifact path without suffix as Parquet."""
-    from unisup.data.tables import read_raw, read_table
-
-    if str(uri).endswith((".csv", ".tsv", ".parquet")):
-        return read_raw(uri, artifact)
-    return read_table(uri)
 
 
 def _accounting(validated) -> dict:

@@ -205,6 +205,53 @@ def _propensities(con, cfg: ExtractionConfig, max_slot: int) -> tuple[list[float
     return values, sources
 
 
+def holdout_windows(
+    logs_uri: str, cfg: ExtractionConfig, start_date: str | None = None, end_date: str | None = None
+) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """(first, last) days of the training window and of the held-out window: the window's last
+    ``cfg.holdout_days`` days that have partitions (None when 0)."""
+    found = partitions(logs_uri)
+    if not found:
+        raise DataValidationError("raw_logs", logs_uri, "no Parquet log files under this prefix")
+    first, last = _window([d for d, _ in found], cfg, start_date, end_date)
+    if cfg.holdout_days <= 0:
+        return (first, last), None
+    days = sorted({d for d, _ in found if first <= d <= last})
+    if cfg.holdout_days >= len(days):
+        raise ValueError(
+            f"extraction.holdout_days={cfg.holdout_days}: the window {first} .. {last} has {len(days)} day(s) "
+            "with logs, and holding out that many leaves none to train on"
+        )
+    held_out_first = days[-cfg.holdout_days]
+    training_last = (dt.date.fromisoformat(held_out_first) - dt.timedelta(days=1)).isoformat()
+    return (first, training_last), (held_out_first, last)
+
+
+def extract_logs_with_holdout(
+    logs_uri: str,
+    out_uri: str,
+    holdout_uri: str,
+    cfg: ExtractionConfig,
+    catalog_uri: str,
+    quarantine_uri: str | None = None,
+    report_uri: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+) -> tuple[dict, dict | None]:
+    """:func:`extract_logs` of the training window into ``out_uri`` and of the held-out window
+    (:func:`holdout_windows`) into ``holdout_uri``, its quarantine and report beside it; without
+    a hold-out, ``holdout_uri`` gets an empty engagement table. Returns both reports (None for
+    the second without a hold-out)."""
+    from unisup.data.tables import read_table, write_table
+
+    training, held_out = holdout_windows(logs_uri, cfg, start_date, end_date)
+    report = extract_logs(logs_uri, out_uri, cfg, catalog_uri, quarantine_uri, report_uri, *training)
+    if held_out is None:
+        write_table(read_table(out_uri).schema.empty_table(), holdout_uri)
+        return report, None
+    return report, extract_logs(logs_uri, holdout_uri, cfg, catalog_uri, start_date=held_out[0], end_date=held_out[1])
+
+
 def extract_logs(
     logs_uri: str,
     out_uri: str,

@@ -27,7 +27,8 @@ def small_logs(tiny_overrides, tmp_path_factory):
 
 def test_extract_logs_function(small_logs, tiny_overrides, tmp_path):
     logs, summary = small_logs
-    outputs = {name: dsl.Dataset(uri=str(tmp_path / name)) for name in ("engagement", "quarantine")}
+    names = ("engagement", "holdout_engagement", "quarantine")
+    outputs = {name: dsl.Dataset(uri=str(tmp_path / name)) for name in names}
     report, metrics = dsl.Artifact(uri=str(tmp_path / "report")), dsl.Metrics(uri=str(tmp_path / "metrics"))
     extract_logs.python_func(
         **outputs,
@@ -35,7 +36,7 @@ def test_extract_logs_function(small_logs, tiny_overrides, tmp_path):
         metrics=metrics,
         logs_uri=str(logs),
         config="local",
-        overrides=tiny_overrides + ["extraction.ctr_prior_strength=5"],
+        overrides=tiny_overrides + ["extraction.ctr_prior_strength=5", "extraction.holdout_days=0"],
         end_date="2024-03-05",
     )
     engagement = validate(read_table(outputs["engagement"].path), "engagement").accepted
@@ -45,6 +46,29 @@ def test_extract_logs_function(small_logs, tiny_overrides, tmp_path):
     assert outputs["engagement"].metadata["ctr_prior_strength"] == 5.0
     assert outputs["quarantine"].metadata["rows"] == read_table(outputs["quarantine"].path).num_rows
     assert metrics.metadata["rows_in"] == summary["rows"]
+    # no hold-out: an empty engagement table with the same columns
+    held_out = read_table(outputs["holdout_engagement"].path)
+    assert held_out.num_rows == 0 and held_out.schema == read_table(outputs["engagement"].path).schema
+
+
+def test_the_last_day_is_held_out_for_evaluation(small_logs, tiny_overrides, tmp_path):
+    logs, summary = small_logs
+    names = ("engagement", "holdout_engagement", "quarantine")
+    outputs = {name: dsl.Dataset(uri=str(tmp_path / name)) for name in names}
+    extract_logs.python_func(
+        **outputs,
+        report=dsl.Artifact(uri=str(tmp_path / "report")),
+        metrics=dsl.Metrics(uri=str(tmp_path / "metrics")),
+        logs_uri=str(logs),
+        overrides=tiny_overrides + ["extraction.holdout_days=1"],
+    )
+    written = json.loads((tmp_path / "report").read_text())
+    assert written["window"] == ["2024-03-04", "2024-03-04"]
+    assert json.loads(outputs["holdout_engagement"].metadata["window"]) == ["2024-03-05", "2024-03-05"]
+    held_out = validate(read_table(outputs["holdout_engagement"].path), "engagement").accepted
+    assert held_out.num_rows == outputs["holdout_engagement"].metadata["pairs"] > 0
+    # every logged row is read once: by the training window or by the held-out one
+    assert written["rows_in"] + outputs["holdout_engagement"].metadata["rows_in"] == summary["rows"]
 
 
 def test_extract_logs_component_in_kfp_local(small_logs, tiny_overrides, tmp_path):
@@ -55,3 +79,4 @@ def test_extract_logs_component_in_kfp_local(small_logs, tiny_overrides, tmp_pat
     assert engagement.num_rows == task.outputs["engagement"].metadata["pairs"] > 0
     report = json.loads(open(task.outputs["report"].path).read())
     assert report["rows_in"] == summary["rows"] and task.outputs["metrics"].metadata["rows_in"] == summary["rows"]
+    assert read_table(task.outputs["holdout_engagement"].path).num_rows == 0  # extraction.holdout_days is 0

@@ -90,6 +90,8 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         "logs_uri",
         "log_start_date",
         "log_end_date",
+        "log_holdout_days",
+        "escalate_rule",
         "max_prob_threshold",
         "boundary_margin",
         "fusion_preset",
@@ -107,6 +109,7 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         assert name in params, name
     cfg = load_config("local")
     defaults = {
+        "escalate_rule": cfg.labeling.escalate_rule,
         "max_prob_threshold": cfg.labeling.max_prob_threshold,
         "boundary_margin": cfg.labeling.boundary_margin,
         "fusion_preset": cfg.fusion.preset,

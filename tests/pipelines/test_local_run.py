@@ -64,6 +64,9 @@ def check_run(run: Path, serving: Path) -> None:
     assert "<html" in next(run.glob("evaluate/report")).read_text().lower()
     blessing = json.loads(next(run.glob("evaluate/blessing")).read_text())
     assert blessing["blessed"] is True
+    # the engagement gate judged the held-out last day of the logs, which training never saw
+    assert blessing["evidence"]["queries"]["engagement"] > 0
+    assert any(r.startswith("engagement recall@") for r in blessing["reasons"])
     experiment = json.loads(next(run.glob("push/experiment_config")).read_text())
     assert experiment["version"] == 1 and experiment["treatment_traffic"] == 0.1
     assert list((serving / "models").rglob("model.py"))

@@ -20,7 +20,8 @@ def _artifact_name(artifact: str) -> str:
 
 
 def read_raw(uri: str, artifact: str) -> pa.Table:
-    """Read a Parquet or CSV file as it is (CSV columns as text), with clear errors.
+    """Read a Parquet or CSV file as it is (CSV columns as text), with clear errors. A name
+    without a suffix (a pipeline artifact's path) is read as Parquet.
 
     Raises :class:`DataValidationError` for an empty file, a non-UTF-8 line (naming
     the line) or a file that is not Parquet/CSV.
@@ -29,7 +30,7 @@ def read_raw(uri: str, artifact: str) -> pa.Table:
     data = storage.read_bytes(uri)
     if not data.strip():
         raise DataValidationError(artifact, uri, "the file is empty")
-    if str(uri).endswith(".parquet"):
+    if str(uri).endswith(".parquet") or "." not in str(uri).rstrip("/").rsplit("/", 1)[-1]:
         try:
             return pq.read_table(io.BytesIO(data))
         except pa.ArrowInvalid as err:
