@@ -49,20 +49,16 @@ def evaluate_biencoder(
     model_dir: str, dataset, cfg, split: str = "test"
 ) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Mean metrics of a bi-encoder folder (the split's queries over the full catalog), and its top-100 rankings."""
-    from unisup.biencoder.tower import load_biencoder
+    from unisup.biencoder.tower import item_fields, load_biencoder
     from unisup.channels import top_k_inner_product
     from unisup.data.catalog import item_texts
     from unisup.metrics import mean_metrics, per_query_metrics
 
     query_tower, item_tower = load_biencoder(model_dir)
     ids = dataset.catalog["product_id"].to_pylist()
-    item_tower.max_length = cfg.training.item_max_length
-    items = item_tower.encode(
-        item_texts(dataset.catalog, tuple(cfg.training.item_fields)), batch_size=128, progress=True
-    )
+    items = item_tower.encode(item_texts(dataset.catalog, item_fields(model_dir)), batch_size=128, progress=True)
     qrels = dataset.qrels(split)
     queries = sorted(qrels)
-    query_tower.max_length = cfg.training.query_max_length
     idx, _ = top_k_inner_product(query_tower.encode(queries), items, 100)
     rankings = {q: [ids[j] for j in row] for q, row in zip(queries, idx)}
     return mean_metrics(
@@ -82,7 +78,7 @@ def teacher_rerank(rankings: dict[str, list[str]], teachers: str, cfg, work: str
             "item_id": [i for items in rankings.values() for i in items],
         }
     )
-    label_pairs(pairs, work, cfg, make_backend(cfg, teachers))
+    label_pairs(pairs, work, cfg, make_backend(cfg, teachers), repository=teachers)
     labels = read_labels(work)
     expected = {
         (q, i): float(np.dot(p, np.arange(len(p))))

@@ -24,6 +24,7 @@ from unisup.config import load_config
 from unisup.teachers.audit import audit_scores, format_audit, held_out_scores, write_audit
 from unisup.teachers.backends import InProcessBackend, TritonBackend
 from unisup.teachers.cascade import EscalationRule, decide
+from unisup.teachers.labeling import escalation_rule
 from unisup.teachers.training import stage_item_texts, train_teachers
 from unisup.teachers.triton_server import triton_server
 
@@ -71,19 +72,8 @@ def run() -> dict:
         train_teachers(cfg.teachers, cfg.data, repository)
     local = InProcessBackend(repository, batch_size=cfg.teachers.triton_forward_batch_size)
     judgments, names, stage_probs = held_out_scores(cfg, local, "test")
-    audit = audit_scores(
-        judgments,
-        names,
-        stage_probs,
-        EscalationRule(
-            cfg.labeling.escalate_rule,
-            cfg.labeling.max_prob_threshold,
-            cfg.labeling.boundary_margin,
-            cfg.data.relevance_threshold,
-        ),
-        cfg.data.num_grades,
-        "test",
-    )
+    rule = escalation_rule(cfg, str(repository))
+    audit = audit_scores(judgments, names, stage_probs, rule, cfg.data.num_grades, "test")
     RESULTS.mkdir(exist_ok=True)
     write_audit(audit, str(RESULTS / "teachers_audit.json"))
     print(format_audit(audit))

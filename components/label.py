@@ -36,7 +36,7 @@ def label(
     extra = [f"labeling.backend={backend}"] * bool(backend) + [f"labeling.triton_url={triton_url}"] * bool(triton_url)
     cfg = load_config(config, list(overrides) + extra)
     with serving_backend(cfg, teachers.path) as served:
-        report = label_pairs(pairs.path, work.path, cfg, served)
+        report = label_pairs(pairs.path, work.path, cfg, served, repository=teachers.path)
     shutil.copyfile(storage.join(work.path, LABELS_FILE), labels.path)
     labels.metadata.update(
         {

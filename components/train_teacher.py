@@ -25,7 +25,7 @@ def train_teacher(
 
     cfg = load_config(config, overrides)
     report = train_teachers(cfg.teachers, cfg.data, teachers.path)
-    result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size))
+    result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size), repository=teachers.path)
     with open(audit.path, "w") as handle:
         json.dump(result, handle, indent=1)
     teachers.metadata.update(
@@ -38,6 +38,7 @@ def train_teacher(
             "seed": cfg.teachers.seed,
             "max_train_pairs": cfg.teachers.max_train_pairs,
             "training_seconds": report["seconds"],
+            "escalation": json.dumps(report["escalation"]),
             **{f"{name}_steps": r["steps"] for name, r in report["stages"].items()},
             **{f"{name}_temperature": r["temperature"] for name, r in report["stages"].items()},
             **{f"{name}_stop_reason": r["stop_reason"] for name, r in report["stages"].items()},

@@ -29,7 +29,9 @@ def test_rater_agreement_uses_pairs_both_raters_graded():
 
 
 def test_quality_audit_on_held_out_pairs(teacher_config, trained_teachers, tmp_path):
-    audit = quality_audit(teacher_config, InProcessBackend(trained_teachers["repository"]), "test")
+    audit = quality_audit(
+        teacher_config, InProcessBackend(trained_teachers["repository"]), "test", trained_teachers["repository"]
+    )
     assert audit["pairs"] > 0 and audit["queries"] == 3
     assert set(audit["stages"]) == {"fast", "precise"}
     assert sum(audit["cascade"]["decided"].values()) == audit["pairs"] == audit["cascade"]["reached"]["fast"]

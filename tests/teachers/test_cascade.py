@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from unisup.teachers.backends import InProcessBackend
-from unisup.teachers.cascade import EscalationRule, calibrate_escalation, decide, run_cascade
+from unisup.teachers.cascade import EscalationRule, calibrate_escalation, calibrated_rule, decide, run_cascade
 
 CONFIDENT_IRRELEVANT = [0.9, 0.05, 0.03, 0.02]
 UNSURE_LOW = [0.4, 0.35, 0.15, 0.1]
@@ -62,3 +62,16 @@ def test_calibrate_escalation_picks_the_most_escalating_threshold_within_the_sha
         assert np.mean(EscalationRule(rule, above, above).uncertain(fast)) > 0.3
         result = decide([fast, precise], EscalationRule(rule, value, value))
         assert chosen["agreement"] == pytest.approx(np.mean(result.grades == precise.argmax(1)), abs=1e-4)
+
+
+def test_calibrated_rule_is_the_one_that_agrees_best_with_the_last_stage():
+    calibration = {
+        "target_share": 0.3,
+        "max_prob": {"max_prob_threshold": 0.6, "share": 0.29, "agreement": 0.95},
+        "boundary": {"boundary_margin": 0.2, "share": 0.3, "agreement": 0.97},
+    }
+    assert calibrated_rule(calibration, 2) == EscalationRule("boundary", 0.0, 0.2, 2)
+    calibration["boundary"] = None
+    assert calibrated_rule(calibration, 2) == EscalationRule("max_prob", 0.6, 0.0, 2)
+    with pytest.raises(ValueError, match="target share"):
+        calibrated_rule({"target_share": 0.3, "max_prob": None, "boundary": None}, 2)

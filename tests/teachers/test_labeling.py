@@ -1,6 +1,7 @@
 """Cascade labeling in shards: accounting, resume after a crash, exactly-once output."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -141,3 +142,17 @@ def cfg_items(cfg, n: int) -> list[str]:
     from unisup.data.sample import load_catalog
 
     return load_catalog(cfg.data.catalog_uri).accepted["product_id"].to_pylist()[:n]
+
+
+def test_calibrated_rule_comes_from_the_teachers_repository(teacher_config, trained_teachers, tmp_path):
+    from unisup.teachers.labeling import escalation_rule
+
+    calibration = json.loads((Path(trained_teachers["repository"]) / "escalation.json").read_text())
+    assert calibration == trained_teachers["escalation"]
+    rule = escalation_rule(teacher_config, trained_teachers["repository"])
+    best = max(("max_prob", "boundary"), key=lambda r: calibration[r]["agreement"])
+    assert rule.rule == best
+    assert rule.max_prob_threshold == calibration[best].get("max_prob_threshold", 0.0)
+    assert rule.boundary_margin == calibration[best].get("boundary_margin", 0.0)
+    with pytest.raises(ValueError, match="escalation.json"):
+        escalation_rule(teacher_config, str(tmp_path))

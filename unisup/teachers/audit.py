@@ -97,11 +97,13 @@ def audit_scores(
     }
 
 
-def quality_audit(cfg: Config, backend: Backend, split: str | None = None) -> dict:
-    """Audit every cascade stage and the cascade on a held-out split's judged pairs."""
+def quality_audit(cfg: Config, backend: Backend, split: str | None = None, repository: str | None = None) -> dict:
+    """Audit every cascade stage and the cascade (its rule as labeling resolves it from the teachers
+    ``repository``) on a held-out split's judged pairs."""
     split = split or cfg.teachers.audit_split
     judgments, names, stage_probs = held_out_scores(cfg, backend, split)
-    return audit_scores(judgments, names, stage_probs, escalation_rule(cfg), cfg.data.num_grades, split)
+    rule = escalation_rule(cfg, repository)
+    return audit_scores(judgments, names, stage_probs, rule, cfg.data.num_grades, split)
 
 
 def format_audit(audit: dict) -> str:

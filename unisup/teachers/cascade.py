@@ -136,3 +136,14 @@ def calibrate_escalation(stage_probs: Sequence[np.ndarray], target_share: float,
             }
         out[rule] = best
     return out
+
+
+def calibrated_rule(calibration: dict, relevance_threshold: int) -> EscalationRule:
+    """The rule of a :func:`calibrate_escalation` result that agrees best with the last stage."""
+    found = [(rule, calibration[rule]) for rule in ("max_prob", "boundary") if calibration.get(rule)]
+    if not found:
+        raise ValueError(f"no escalation threshold keeps within the target share {calibration.get('target_share')}")
+    rule, best = max(found, key=lambda item: item[1]["agreement"])
+    return EscalationRule(
+        rule, best.get("max_prob_threshold", 0.0), best.get("boundary_margin", 0.0), relevance_threshold
+    )

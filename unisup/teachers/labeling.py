@@ -41,8 +41,8 @@ from unisup.schemas import (
     validate,
 )
 from unisup.teachers.backends import Backend, InProcessBackend, TritonBackend
-from unisup.teachers.cascade import EscalationRule, run_cascade
-from unisup.teachers.training import stage_item_texts
+from unisup.teachers.cascade import EscalationRule, calibrated_rule, run_cascade
+from unisup.teachers.training import ESCALATION_FILE, stage_item_texts
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,21 @@ def cascade_stages(cfg: Config) -> list[TeacherStageConfig]:
     return [by_name[n] for n in names]
 
 
-def escalation_rule(cfg: Config) -> EscalationRule:
+def escalation_rule(cfg: Config, repository: str | None = None) -> EscalationRule:
+    """The configured rule; ``calibrated``: the one train-teacher chose on validation, read from
+    ``escalation.json`` in the teachers ``repository`` (default: teachers.repository_uri)."""
     lab = cfg.labeling
-    return EscalationRule(lab.escalate_rule, lab.max_prob_threshold, lab.boundary_margin, cfg.data.relevance_threshold)
+    if lab.escalate_rule != "calibrated":
+        return EscalationRule(
+            lab.escalate_rule, lab.max_prob_threshold, lab.boundary_margin, cfg.data.relevance_threshold
+        )
+    uri = storage.join(str(repository or cfg.teachers.repository_uri), ESCALATION_FILE)
+    if not storage.exists(uri):
+        raise ValueError(
+            f"labeling.escalate_rule=calibrated needs {uri}, which train-teacher writes when "
+            "teachers.escalation_target_share > 0; or set labeling.escalate_rule to max_prob, boundary or either"
+        )
+    return calibrated_rule(json.loads(storage.read_text(uri)), cfg.data.relevance_threshold)
 
 
 def make_backend(cfg: Config, repository: str | None = None) -> Backend:
@@ -216,11 +228,13 @@ def label_pairs(
     cfg: Config,
     backend: Backend | None = None,
     on_shard: Callable[[int], None] | None = None,
+    repository: str | None = None,
 ) -> dict:
     """Label every accepted pair exactly once with the cascade; see the module docstring.
 
-    ``backend`` defaults to :func:`make_backend`. ``on_shard(index)`` is called after each
-    shard is recorded. Returns the report (also written to ``<out>/report.json``).
+    ``backend`` defaults to :func:`make_backend` over the teachers ``repository`` (default:
+    teachers.repository_uri), which also holds a calibrated escalation rule. ``on_shard(index)``
+    is called after each shard is recorded. Returns the report (also written to ``<out>/report.json``).
     """
     from tqdm.auto import tqdm
 
@@ -232,7 +246,7 @@ def label_pairs(
         raise DataValidationError(PAIRS, source, f"no pair to label: all {table.num_rows} rows were quarantined")
     stages = cascade_stages(cfg)
     names = [s.name for s in stages]
-    rule = escalation_rule(cfg)
+    rule = escalation_rule(cfg, repository)
     queries, items = accepted["query"].to_pylist(), accepted["item_id"].to_pylist()
     texts = [stage_item_texts(catalog, stage, items) for stage in stages]
     shard_size = cfg.labeling.shard_size
@@ -265,7 +279,7 @@ def label_pairs(
         }
     done_before = {int(k) for k, v in manifest["shards"].items() if storage.exists(storage.join(work, v["file"]))}
     if backend is None:
-        backend = make_backend(cfg)
+        backend = make_backend(cfg, repository)
     todo = [i for i in range(num_shards) if i not in done_before]
     if todo:
         backend.wait_ready(names)

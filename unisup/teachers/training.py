@@ -16,6 +16,7 @@ through a :class:`~unisup.teachers.backends.Backend`, so it may be any model.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ import pyarrow as pa
 import torch
 from scipy.optimize import minimize_scalar
 
+from unisup import storage
 from unisup.config import DataConfig, TeachersConfig, TeacherStageConfig
 from unisup.data.catalog import item_texts
 from unisup.data.sample import Dataset, load_dataset
@@ -38,6 +40,7 @@ from unisup.teachers.model import OrdinalCrossEncoder, grade_probabilities
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
+ESCALATION_FILE = "escalation.json"  # in the repository: the thresholds calibrated on validation
 
 
 def stage_item_texts(catalog: pa.Table, stage: TeacherStageConfig, item_ids: list[str] | None = None) -> dict[str, str]:
@@ -365,8 +368,10 @@ def train_teachers(
     Stages of kind ``served`` are not trained here: their model must already be in the
     repository (e.g. an LLM judge); ``backend`` serves them where a stage is distilled
     from one or the escalation is calibrated. Stages are trained last first, so a
-    distilled stage finds the stage it imitates trained. Returns {"stages": {name:
-    record}, "escalation": validation thresholds (or None), "repository": ...}.
+    distilled stage finds the stage it imitates trained. The escalation thresholds
+    calibrated on validation are written beside the models (``escalation.json``), where
+    ``labeling.escalate_rule=calibrated`` reads them. Returns {"stages": {name: record},
+    "escalation": validation thresholds (or None), "repository": ...}.
     """
     import tempfile
 
@@ -388,6 +393,8 @@ def train_teachers(
         if escalation:
             log.info("escalation on validation: %s", escalation)
         export_repository(folders, out_dir, cfg, data_cfg.num_grades)
+        if escalation:
+            storage.write_text(storage.join(str(out_dir), ESCALATION_FILE), json.dumps(escalation, indent=1))
     return {
         "repository": str(out_dir),
         "stages": {name: records[name] for name in folders},
