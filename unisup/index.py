@@ -186,7 +186,7 @@ def build_index(
     configured FAISS index, measure its recall@10/@100 against exact search (on
     ``query_texts`` encoded by the query tower, or else on a sample of catalog vectors),
     and write the index folder to ``out_uri`` (local or gs://)."""
-    from unisup.biencoder.tower import load_biencoder
+    from unisup.biencoder.tower import item_fields, load_biencoder
     from unisup.channels import model_fingerprint
     from unisup.data.catalog import item_texts
 
@@ -194,7 +194,7 @@ def build_index(
         query_tower, item_tower = load_biencoder(local_model)
         fingerprint = model_fingerprint(str(local_model))
         item_ids = catalog["product_id"].to_pylist()
-        texts = item_texts(catalog)
+        texts = item_texts(catalog, item_fields(local_model))  # the text the item tower was trained on
         shard_dir = Path(cfg.work_dir) / f"{fingerprint}-{_texts_digest(texts)}-{cfg.shard_size}"
         start = time.perf_counter()
         vectors = embed_in_shards(

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unisup.biencoder.tower import load_biencoder
+from unisup.biencoder.tower import item_fields, load_biencoder, off_the_shelf_biencoder
 from unisup.biencoder.train import group_lists, latest_checkpoint, train, train_biencoder
 from unisup.config import load_config
+from unisup.data.catalog import DEFAULT_FIELDS
 from unisup.data.sample import load_dataset
 from unisup.data.tables import read_table
 from unisup.schemas import DataValidationError
@@ -85,6 +86,9 @@ def test_training_validates_each_epoch_and_exports(setup, tiny_encoder_path, tmp
     initial = load_file(str(tiny_encoder_path / "model.safetensors"))
     trained = _weights(tmp_path / "model")
     assert set(initial) == set(trained) and any(not torch.equal(trained[k], initial[k]) for k in trained)
+    # the index embeds the catalog with the text the item tower was trained on
+    assert item_fields(tmp_path / "model") == tuple(setup[0].training.item_fields) == ("title", "brand")
+    assert item_fields(off_the_shelf_biencoder(tmp_path / "untrained", tiny_encoder_path)) == DEFAULT_FIELDS
 
 
 def test_resume_after_kill_gives_the_uninterrupted_result(setup, tmp_path):

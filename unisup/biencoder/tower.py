@@ -160,6 +160,16 @@ def load_biencoder(path: str | Path, device: str | None = None) -> tuple[Tower, 
     return query, item
 
 
+def item_fields(path: str | Path) -> tuple[str, ...]:
+    """The catalog fields the item tower of a bi-encoder folder reads: those it was trained on,
+    else (an untrained encoder) the default item text fields."""
+    from unisup.data.catalog import DEFAULT_FIELDS
+
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    fields = manifest.get("training", {}).get("parameters", {}).get("item_fields")
+    return tuple(fields) if fields else DEFAULT_FIELDS
+
+
 def off_the_shelf_biencoder(path: str | Path, encoder_path: str | Path | None = None, max_length: int = 64) -> Path:
     """Write an untrained shared-weights bi-encoder folder around an encoder (default: the
     packaged MiniLM): the off-the-shelf baseline in the bi-encoder layout."""
