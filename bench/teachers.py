@@ -7,8 +7,9 @@
   (in this process, or in the python-backend stub while this process only sends
   requests). Each figure is the median of 3 timed calls over the same pairs, after one
   untimed warm-up call;
-- for escalation rules and thresholds: the share of pairs reaching the precise stage
-  and the agreement of the cascade's grades with the precise teacher grading every pair;
+- for escalation rules and thresholds, and for the configured rule (the one calibrated on
+  validation by default): the share of the test pairs reaching the precise stage and the
+  agreement of the cascade's grades with the precise teacher grading every pair;
 - the quality audit (teachers, cascade and raters vs held-out human grades), also
   written to bench/results/teachers_audit.{json,md}.
 
@@ -16,6 +17,7 @@ Uses the teachers in ``teachers.repository_uri`` (trained first when absent).
 """
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,11 @@ def run() -> dict:
         "pairs_per_s": throughput,
         "cascade_sweep_test_pairs": len(queries),
         "cascade_sweep": _sweep(stage_probs, cfg.data.relevance_threshold),
+        "cascade_configured": {
+            "rule": asdict(rule),
+            "reach_precise": round(audit["cascade"]["reached"][names[-1]] / len(queries), 4),
+            "agreement_with_precise": round(audit["cascade"]["agreement_with_last_stage"], 4),
+        },
         "audit": {
             **{f"stage_{n}": stats(a) for n, a in audit["stages"].items()},
             "cascade": stats(audit["cascade"]),
