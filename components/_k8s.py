@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 from kfp import dsl, kubernetes
 
+from unisup.storage import GCP_KEY_ENV
+
 RUNNER_SERVICE_ACCOUNT = "pipeline-runner"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
+GCP_KEY_SECRET = "unisup-gcp-key"  # optional: only for clusters without workload identity
 GCP_KEY_MOUNT = "/var/secrets/google"
 TASK_TIMEOUT_S = 6 * 3600
 
@@ -35,12 +38,13 @@ GPU = Resources(cpu="8", memory="48Gi", gpus=1)
 
 
 def on_cpu(task: dsl.PipelineTask, resources: Resources = SMALL) -> dsl.PipelineTask:
-    """Request CPU and memory (memory also as the limit, so the pod is never overcommitted)."""
+    """Request CPU and memory (memory also as the limit, so the pod is never overcommitted),
+    bound the run time and mount the optional GCS key secret."""
     task.set_cpu_request(resources.cpu)
     task.set_memory_request(resources.memory)
     task.set_memory_limit(resources.memory)
     kubernetes.set_timeout(task, TASK_TIMEOUT_S)
-    return task
+    return with_gcp_key(task)
 
 
 def on_gpu(task: dsl.PipelineTask, resources: Resources = GPU, accelerator: str = "nvidia-l4") -> dsl.PipelineTask:
@@ -54,11 +58,12 @@ def on_gpu(task: dsl.PipelineTask, resources: Resources = GPU, accelerator: str 
     return task
 
 
-def with_gcp_key(task: dsl.PipelineTask, secret_name: str) -> dsl.PipelineTask:
-    """Mount a Google service-account key from a Kubernetes secret (key ``key.json``) and point
-    the Google client libraries at it; for clusters without workload identity."""
-    kubernetes.use_secret_as_volume(task, secret_name=secret_name, mount_path=GCP_KEY_MOUNT)
-    task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCP_KEY_MOUNT}/key.json")
+def with_gcp_key(task: dsl.PipelineTask, secret_name: str = GCP_KEY_SECRET) -> dsl.PipelineTask:
+    """Mount the Google service-account key of the Kubernetes secret ``secret_name`` (key
+    ``key.json``), if that secret exists, where :func:`unisup.storage.gcs_client` looks for it.
+    Clusters with workload identity create no such secret and the pods use their service account."""
+    kubernetes.use_secret_as_volume(task, secret_name=secret_name, mount_path=GCP_KEY_MOUNT, optional=True)
+    task.set_env_variable(GCP_KEY_ENV, f"{GCP_KEY_MOUNT}/key.json")
     return task
 
 

@@ -73,3 +73,30 @@ def test_concurrent_conditional_writes_lose_nothing(root):
 def test_bad_uri():
     with pytest.raises(ValueError, match="bucket"):
         storage.read_bytes("gs:///x")
+
+
+def test_gcs_client_uses_a_mounted_key_file_only_when_it_exists(tmp_path, monkeypatch):
+    from google.cloud import storage as gcs
+
+    class FakeClient:
+        def __init__(self):
+            self.source = "default credentials"
+
+        @classmethod
+        def from_service_account_json(cls, path):
+            client = cls()
+            client.source = path
+            return client
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(gcs, "Client", FakeClient)
+    key = tmp_path / "key.json"
+    monkeypatch.setenv(storage.GCP_KEY_ENV, str(key))
+    storage.gcs_client.cache_clear()
+    try:
+        assert storage.gcs_client().source == "default credentials"  # the optional secret is not mounted
+        key.write_text("{}")
+        storage.gcs_client.cache_clear()
+        assert storage.gcs_client().source == str(key)
+    finally:
+        storage.gcs_client.cache_clear()

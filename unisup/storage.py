@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 GCS_SCHEME = "gs://"
+GCP_KEY_ENV = "UNISUP_GCP_KEY_FILE"  # a service-account key file to use when it exists
 
 
 class PreconditionFailed(RuntimeError):
@@ -52,7 +53,9 @@ def _local(uri: str) -> Path:
 
 @lru_cache(maxsize=1)
 def gcs_client():
-    """A google-cloud-storage client; anonymous when ``STORAGE_EMULATOR_HOST`` is set."""
+    """A google-cloud-storage client: anonymous when ``STORAGE_EMULATOR_HOST`` is set; with the
+    service-account key file named by ``UNISUP_GCP_KEY_FILE`` when that file exists (a mounted
+    Kubernetes secret); else with the default credentials (e.g. workload identity)."""
     from google.cloud import storage
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
@@ -61,6 +64,9 @@ def gcs_client():
         return storage.Client(
             project=os.environ.get("GOOGLE_CLOUD_PROJECT", "unisup"), credentials=AnonymousCredentials()
         )
+    key_file = os.environ.get(GCP_KEY_ENV, "")
+    if key_file and Path(key_file).is_file():
+        return storage.Client.from_service_account_json(key_file)
     return storage.Client()
 
 

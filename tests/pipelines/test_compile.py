@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE
+from components._k8s import GCP_KEY_MOUNT, GCP_KEY_SECRET
 from manifests.render import render
 from pipelines.compile import COMPILED, compile_all, pipelines
 from unisup.config import load_config
@@ -82,6 +83,15 @@ def test_gpu_stages_are_placed_on_gpu_nodes(compiled):
         assert config[name]["nodeSelector"]["labels"] and config[name]["tolerations"][0]["key"] == "nvidia.com/gpu"
     for name, e in executors.items():
         assert e["container"]["resources"]["memoryLimit"] > 0, f"{name} has no memory limit"
+
+
+def test_every_task_mounts_the_optional_gcs_key_secret(compiled):
+    for spec, platform in (compiled["unified_supervision"], compiled["ablation"]):
+        config = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+        for name in spec["deploymentSpec"]["executors"]:
+            volume = config[name]["secretAsVolume"][0]
+            assert volume["secretName"] == GCP_KEY_SECRET and volume["optional"] is True, name
+            assert volume["mountPath"] == GCP_KEY_MOUNT
 
 
 def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
