@@ -101,8 +101,10 @@ class TrainingConfig:
     shared_towers: bool = _f(True, "one encoder for queries and items (else two separate copies)")
     projection_dim: int = _f(0, "linear projection after pooling; 0 = none")
     query_max_length: int = _f(16, "max tokens of a query")
-    item_max_length: int = _f(32, "max tokens of an item text")
-    item_fields: list[str] = _f(["title", "brand"], "catalog fields joined into the item text")
+    item_max_length: int = _f(64, "max tokens of an item text")
+    item_fields: list[str] = _f(
+        ["title", "brand", "description"], "catalog fields joined into the item text (the index embeds the same)"
+    )
     loss: str = _f("listwise_ce", "listwise_ce | listwise_kl | moppr")
     score_temperature: float = _f(0.05, "T_s: softmax(s / T_s) over cosine scores")
     target_temperature: float = _f(0.5, "T_t: softmax(t / T_t) over fused targets")

@@ -27,6 +27,7 @@ TINY_TRAINING = [
     "training.learning_rate=0.001",
     "training.query_max_length=12",
     "training.item_max_length=24",
+    "training.item_fields=[title, brand]",
     "training.patience=5",
 ]
 
