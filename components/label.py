@@ -44,7 +44,7 @@ def label(
             "overrides": json.dumps(list(overrides) + extra),
             "rows": report["labeled"],
             "backend_used": report["backend"],
-            "stages": json.dumps(report["stages"]),
+            "cascade_stages": json.dumps(report["stages"]),
             "fingerprint": report["settings"]["fingerprint"],
             **{
                 k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)

@@ -94,7 +94,7 @@ def summarize(run: Path) -> None:
     """Print the labeling backend used, the headline table, the blessing and the push."""
     label_meta = _metadata(run, "label")
     print(f"\nlabeling backend used: {label_meta.get('backend_used', 'unknown')}")
-    stages = json.loads(label_meta.get("stages", "[]"))
+    stages = json.loads(label_meta.get("cascade_stages", "[]"))
     if stages:
         reached = [int(label_meta.get(f"{name}_pairs", 0)) for name in stages]
         shares = ", ".join(f"{name} {n} ({n / max(1, reached[0]):.0%})" for name, n in zip(stages, reached))

@@ -66,18 +66,21 @@ def test_train_teacher_and_label_functions(component_overrides, pairs_file, tmp_
     assert "cascade_exact" in audit.metadata and "raters_qwk" in audit.metadata
 
     labels, work = dsl.Dataset(uri=str(tmp_path / "labels.parquet")), dsl.Artifact(uri=str(tmp_path / "work"))
+    metrics = dsl.Metrics(uri=str(tmp_path / "m"))
     label.python_func(
         pairs=dsl.Dataset(uri=str(pairs_file)),
         teachers=teachers,
         labels=labels,
         work=work,
-        metrics=dsl.Metrics(uri=str(tmp_path / "m")),
+        metrics=metrics,
         config="local",
         overrides=component_overrides,
     )
     table = validate(read_table(labels.path), "labels").accepted
     assert table.num_rows == labels.metadata["rows"] == 40
     assert labels.metadata["backend"] == "inprocess" and labels.metadata["shard_size"] == 16
+    assert json.loads(labels.metadata["cascade_stages"]) == ["fast", "precise"]
+    assert metrics.metadata["fast_pairs"] == 40 >= metrics.metadata["precise_pairs"]
 
 
 def test_components_chained_in_kfp_local(component_overrides, pairs_file, tmp_path):
