@@ -4,7 +4,7 @@ Lists are derived from the sample: each training query's human-judged items (gra
 targets) plus random catalog items, in the training-lists schema. The run is
 ``unisup.biencoder.train.train_biencoder`` with the default ``training`` config (shared
 towers, listwise softmax CE with in-batch negatives, ``lists_per_batch`` x
-``items_per_list`` items, title + brand item texts) for ``BENCH_TRAINING_STEPS`` steps;
+``items_per_list`` items, the configured item texts) for ``BENCH_TRAINING_STEPS`` steps;
 throughput counts optimizer steps only (forward, backward, update), not the end-of-run
 validation, which is timed separately.
 """
