@@ -357,14 +357,16 @@ def _baseline_gates(
         f"{cfg.gate_metric} delta vs {base} is {row['delta']:+.4f}, CI [{low:+.4f}, {high:+.4f}]: "
         f"lower bound {'>=' if ok else '<'} {cfg.gate_min_delta_ci_low}",
     )
-    g0_delta = result.value(f"grade0_share@{k}", candidate, base)["delta"] or 0.0
+    g0 = result.value(f"grade0_share@{k}", candidate, base)
+    g0_delta = g0["delta"] or 0.0
     ok = g0_delta <= cfg.gate_max_grade0_increase
     gates[f"grade0_share@{k}_vs_{base}"] = _gate(
         ok,
         g0_delta,
         cfg.gate_max_grade0_increase,
-        f"grade-0 share@{k} changes by {g0_delta:+.4f} vs {base} "
-        f"({'within' if ok else 'above'} the allowed +{cfg.gate_max_grade0_increase})",
+        f"grade-0 share@{k} changes by {g0_delta:+.4f} vs {base} (paired over the {g0['n_queries']} queries "
+        f"with judged items in both top {k}) ({'within' if ok else 'above'} the allowed "
+        f"+{cfg.gate_max_grade0_increase})",
     )
     name = f"engagement_recall@{k}_vs_{base}"
     if not has_engagement:
