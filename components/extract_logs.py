@@ -1,49 +1,144 @@
-"""KFP component of ``unisup extract-logs``: raw logs -> engagement + quarantine (unisup.logs)."""
+"""KFP components of the sharded log extraction: raw logs -> engagement + quarantine
+(unisup.log_shards). A plan, three rounds of one map per shard (``dsl.ParallelFor``) and
+one reduce each; the last reduce writes what ``unisup extract-logs`` writes."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Metrics, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
 
 from components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
-def extract_logs(
+def plan_log_shards(
+    plan: Output[Artifact],
+    logs_uri: str = "",
+    start_date: str = "",
+    end_date: str = "",
+    num_shards: int = 2,
+    config: str = "local",
+    overrides: list = [],  # noqa: B006 (KFP reads the default; it is never mutated)
+) -> list:
+    """Fix the files of the window at ``logs_uri`` (empty = the config's) and of its held-out
+    last ``extraction.holdout_days`` days, cut into ``num_shards`` shards; returns the shard
+    indices to fan out over."""
+    from unisup.config import load_config
+    from unisup.log_shards import plan_extraction, write_plan
+
+    cfg = load_config(config, overrides)
+    made = plan_extraction(
+        logs_uri or cfg.extraction.logs_uri,
+        cfg.extraction,
+        cfg.data.catalog_uri,
+        num_shards,
+        start_date or None,
+        end_date or None,
+    )
+    write_plan(made, plan.path)
+    plan.metadata.update(
+        {
+            "num_shards": num_shards,
+            **{f"{w['name']}_window": w["window"] for w in made["windows"]},
+            **{f"{w['name']}_files": len(w["files"]) for w in made["windows"]},
+        }
+    )
+    return list(range(num_shards))
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def scan_log_shard(plan: Input[Artifact], index: int, scan: Output[Artifact]):
+    """Round 1 map: per event id of the shard's rows, its count and first row."""
+    from unisup.log_shards import read_plan, scan_shard
+
+    record = scan_shard(read_plan(plan.path), index, scan.path)
+    scan.metadata.update({"shard": index, "seconds": record["seconds"]})
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def find_duplicate_events(plan: Input[Artifact], scans: Input[list[Artifact]], duplicates: Output[Artifact]):
+    """Round 1 reduce: the event ids that occur more than once in a window, over all shards."""
+    from unisup.log_shards import find_duplicates, read_plan
+
+    record = find_duplicates(read_plan(plan.path), [s.path for s in scans], duplicates.path)
+    duplicates.metadata.update(
+        {f"{name}_duplicated_event_ids": w["duplicated_event_ids"] for name, w in record["windows"].items()}
+    )
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def validate_log_shard(plan: Input[Artifact], index: int, duplicates: Input[Artifact], validated: Output[Artifact]):
+    """Round 2 map: the shard's quarantine and the per-request statistics of its accepted rows."""
+    from unisup.log_shards import read_plan, validate_shard
+
+    record = validate_shard(read_plan(plan.path), index, duplicates.path, validated.path)
+    rows = sum(w["rows_in"] for w in record["windows"].values())
+    validated.metadata.update({"shard": index, "rows_in": rows, "seconds": record["seconds"]})
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def find_bot_users(plan: Input[Artifact], validated: Input[list[Artifact]], bots: Output[Artifact]):
+    """Round 2 reduce: the users the bot rules flag, from the requests of every shard."""
+    from unisup.log_shards import find_bots, read_plan
+
+    record = find_bots(read_plan(plan.path), [v.path for v in validated], bots.path)
+    bots.metadata.update({f"{name}_bot_users": w["bot_users"] for name, w in record["windows"].items()})
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def aggregate_log_shard(
+    plan: Input[Artifact],
+    index: int,
+    duplicates: Input[Artifact],
+    bots: Input[Artifact],
+    aggregated: Output[Artifact],
+):
+    """Round 3 map: per (query, item, slot) statistics of the shard's rows used."""
+    from unisup.log_shards import aggregate_shard, read_plan
+
+    record = aggregate_shard(read_plan(plan.path), index, duplicates.path, bots.path, aggregated.path)
+    aggregated.metadata.update({"shard": index, "seconds": record["seconds"]})
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def merge_log_shards(
+    plan: Input[Artifact],
+    duplicates: Input[Artifact],
+    bots: Input[Artifact],
+    scans: Input[list[Artifact]],
+    validated: Input[list[Artifact]],
+    aggregated: Input[list[Artifact]],
     engagement: Output[Dataset],
     holdout_engagement: Output[Dataset],
     quarantine: Output[Dataset],
     report: Output[Artifact],
     metrics: Output[Metrics],
-    logs_uri: str = "",
-    catalog_uri: str = "",
-    start_date: str = "",
-    end_date: str = "",
-    config: str = "local",
-    overrides: list = [],  # noqa: B006 (KFP reads the default; it is never mutated)
 ):
-    """Validate the partitioned raw logs at ``logs_uri`` (local or gs://; empty = the
-    config's) for a date window, filter bots and write per (query, item) engagement.
-
-    The last ``extraction.holdout_days`` days of the window are extracted apart into
-    ``holdout_engagement``, the held-out engagement the evaluation judges on; with 0 it
-    is an empty table and the whole window is training engagement."""
+    """Round 3 reduce: propensities, Beta priors and per (query, item) engagement of the
+    training window (``engagement``) and of the held-out days (``holdout_engagement``, the
+    engagement the evaluation judges on; an empty table without a hold-out), the quarantine
+    in file and row order, and the report."""
     import json
 
-    from unisup.config import load_config
-    from unisup.logs import extract_logs_with_holdout
+    from unisup.data.tables import read_table, write_table
+    from unisup.log_shards import HOLDOUT, TRAINING, merge_extraction, read_plan
 
-    cfg = load_config(config, overrides)
-    result, held_out = extract_logs_with_holdout(
-        logs_uri or cfg.extraction.logs_uri,
-        engagement.path,
-        holdout_engagement.path,
-        cfg.extraction,
-        catalog_uri or cfg.data.catalog_uri,
-        quarantine_uri=quarantine.path,
-        report_uri=report.path,
-        start_date=start_date or None,
-        end_date=end_date or None,
+    made = read_plan(plan.path)
+    outputs = {
+        TRAINING: (engagement.path, quarantine.path, report.path),
+        HOLDOUT: (holdout_engagement.path, None, None),
+    }
+    reports = merge_extraction(
+        made,
+        duplicates.path,
+        bots.path,
+        [v.path for v in validated],
+        [a.path for a in aggregated],
+        outputs,
+        [s.path for s in scans],
     )
-    held_out = held_out or {"window": None, "pairs": 0, "rows_in": 0, "rows_quarantined": 0}
+    result, held_out = reports[TRAINING], reports.get(HOLDOUT)
+    if held_out is None:
+        write_table(read_table(engagement.path).schema.empty_table(), holdout_engagement.path)
+        held_out = {"window": None, "pairs": 0, "rows_in": 0, "rows_quarantined": 0}
     holdout_engagement.metadata.update(
         {"window": json.dumps(held_out["window"]), **{k: held_out[k] for k in ("pairs", "rows_in", "rows_quarantined")}}
     )
@@ -53,13 +148,12 @@ def extract_logs(
     engagement.metadata.update(
         {
             **parameters,
-            "config": config,
-            "overrides": json.dumps(overrides),
             "logs_uri": result["logs_uri"],
             "window": json.dumps(result["window"]),
             "channels": json.dumps(result["channels"]),
             "propensities": json.dumps(result["propensities"]),
             "pairs": result["pairs"],
+            "shards": result["shards"],
         }
     )
     quarantine.metadata.update(
@@ -71,6 +165,7 @@ def extract_logs(
         "rows_quarantined",
         "rows_bot_filtered",
         "bot_users",
+        "duplicated_event_ids",
         "rows_used",
         "pairs",
         "impressions",

@@ -4,7 +4,15 @@ the data half (logs -> engagement -> teacher labels, sharded) that every trainin
 from kfp import dsl
 
 from components import _k8s
-from components.extract_logs import extract_logs
+from components.extract_logs import (
+    aggregate_log_shard,
+    find_bot_users,
+    find_duplicate_events,
+    merge_log_shards,
+    plan_log_shards,
+    scan_log_shard,
+    validate_log_shard,
+)
 from components.label import label
 from components.locate_logs import locate_logs
 from components.shards import merge_shards, pick_shard, split_shards
@@ -29,6 +37,51 @@ def index_overrides(factory: str, search_params: str) -> list:
     return [f"index.factory={factory}", f"index.search_params='{search_params}'"]
 
 
+def sharded_extraction(
+    logs_uri, start_date: str, end_date: str, num_shards: int, config: str, overrides: list
+) -> dsl.PipelineTask:
+    """The log extraction over ``num_shards`` file shards: a plan, then scan, validate and
+    aggregate rounds each fanned out with ``dsl.ParallelFor`` and merged by one reduce
+    (unisup.log_shards). Returns the last reduce, with the engagement outputs."""
+    planned = _k8s.on_cpu(
+        plan_log_shards(
+            logs_uri=logs_uri,
+            start_date=start_date,
+            end_date=end_date,
+            num_shards=num_shards,
+            config=config,
+            overrides=overrides,
+        )
+    )
+    plan = planned.outputs["plan"]
+    with dsl.ParallelFor(planned.outputs["Output"], name="scan-log-shards") as index:
+        scanned = _k8s.on_cpu(scan_log_shard(plan=plan, index=index))
+    duplicates = _k8s.on_cpu(find_duplicate_events(plan=plan, scans=dsl.Collected(scanned.outputs["scan"])))
+    with dsl.ParallelFor(planned.outputs["Output"], name="validate-log-shards") as index:
+        validated = _k8s.on_cpu(
+            validate_log_shard(plan=plan, index=index, duplicates=duplicates.outputs["duplicates"]), _k8s.LARGE
+        )
+    bots = _k8s.on_cpu(find_bot_users(plan=plan, validated=dsl.Collected(validated.outputs["validated"])))
+    with dsl.ParallelFor(planned.outputs["Output"], name="aggregate-log-shards") as index:
+        aggregated = _k8s.on_cpu(
+            aggregate_log_shard(
+                plan=plan, index=index, duplicates=duplicates.outputs["duplicates"], bots=bots.outputs["bots"]
+            ),
+            _k8s.LARGE,
+        )
+    return _k8s.on_cpu(
+        merge_log_shards(
+            plan=plan,
+            duplicates=duplicates.outputs["duplicates"],
+            bots=bots.outputs["bots"],
+            scans=dsl.Collected(scanned.outputs["scan"]),
+            validated=dsl.Collected(validated.outputs["validated"]),
+            aggregated=dsl.Collected(aggregated.outputs["aggregated"]),
+        ),
+        _k8s.LARGE,
+    )
+
+
 def labeled_engagement(
     config: str,
     overrides: list,
@@ -36,6 +89,7 @@ def labeled_engagement(
     log_start_date: str,
     log_end_date: str,
     log_holdout_days: int,
+    log_shard_count: int,
     shard_count: int,
     labeling_backend: str,
     triton_url: str,
@@ -44,22 +98,21 @@ def labeled_engagement(
     escalate_rule: str,
 ) -> tuple:
     """Logs (simulated when ``logs_uri`` is empty) -> engagement -> teacher labels of every
-    logged (query, item), labeling fanned out over ``shard_count`` query shards. The last
-    ``log_holdout_days`` days of the window are held out for evaluation.
+    logged (query, item): extraction fanned out over ``log_shard_count`` file shards, labeling
+    over ``shard_count`` query shards. The last ``log_holdout_days`` days of the window are
+    held out for evaluation.
     Returns the (engagement, held-out engagement, labels) artifact channels."""
     with dsl.If(logs_uri == "", name="simulate-logs"):
         simulated = _k8s.on_cpu(simulate_logs(config=config, overrides=overrides), _k8s.LARGE)
     with dsl.Else(name="read-given-logs"):
         located = _k8s.on_cpu(locate_logs(logs_uri=logs_uri))
-    extracted = _k8s.on_cpu(
-        extract_logs(
-            logs_uri=dsl.OneOf(simulated.outputs["logs_uri"], located.outputs["Output"]),
-            start_date=log_start_date,
-            end_date=log_end_date,
-            config=config,
-            overrides=overrides + [f"extraction.holdout_days={log_holdout_days}"],
-        ),
-        _k8s.LARGE,
+    extracted = sharded_extraction(
+        dsl.OneOf(simulated.outputs["logs_uri"], located.outputs["Output"]),
+        log_start_date,
+        log_end_date,
+        log_shard_count,
+        config,
+        overrides + [f"extraction.holdout_days={log_holdout_days}"],
     )
     engagement = extracted.outputs["engagement"]
     teachers = _k8s.on_gpu(train_teacher(config=config, overrides=overrides))

@@ -32,6 +32,7 @@ def demo_arguments(max_steps: int) -> dict:
     serving = f"gs://{BUCKET}/serving"
     return {
         "config": "local",
+        "log_shard_count": 2,
         "shard_count": 1,
         "labeling_backend": "triton_local",
         "max_steps": max_steps,

@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny models, a small subsample of the bundled data, the GCS emulator."""
+"""Shared fixtures: tiny models, a small subsample of the bundled data, the GCS emulator, raw
+logs whose hard cases cross files."""
 
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import socket
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+
+from unisup.schemas import RAW_LOGS
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -193,3 +197,84 @@ def _restore_builtin_print():
     original = builtins.print
     yield
     builtins.print = original
+
+
+def _crossing_row(event: str, request: str, user: str, day: int, **changes) -> dict:
+    row = {
+        "event_id": event,
+        "request_id": request,
+        "timestamp": dt.datetime(2024, 3, 4 + day, 10, tzinfo=dt.UTC),
+        "user_id": user,
+        "session_id": "s",
+        "user_agent": "Mozilla/5.0",
+        "query": f"q{len(event) % 3}",
+        "item_id": f"p{sum(map(ord, event)) % 5}",
+        "position": 1 + sum(map(ord, event)) % 4,
+        "impression": True,
+        "click": sum(map(ord, event)) % 3 == 0,
+        "conversion": False,
+        "price": 9.5,
+        "bid": 0.5,
+        "rank_bm25": 1 + sum(map(ord, event)) % 7,
+        "rank_dense": 1 + sum(map(ord, event)) % 5,
+    }
+    row.update(changes)
+    return row
+
+
+def _crossing_rows() -> list[list[dict]]:
+    """Six files over two days whose hard cases cross files: duplicated event ids, a user over
+    the request limit only over several files, a request split over two files, a user with a
+    bot agent in one file, a user over the click-rate limit only in total."""
+    files: list[list[dict]] = [[] for _ in range(6)]
+    for f in range(6):
+        day = f // 3
+        files[f] += [_crossing_row(f"n{f}-{i}", f"r{f}-{i}", f"u{f}-{i % 6}", day) for i in range(24)]
+    # duplicates: across shards, within a day in reverse file order, first copy broken
+    files[0].append(_crossing_row("dupA", "rd1", "u1", 0))
+    files[4].append(_crossing_row("dupA", "rd2", "u2", 1))
+    files[1].append(_crossing_row("dupB", "rd3", "u1", 0))
+    files[2].append(_crossing_row("dupB", "rd3", "u1", 0))
+    files[0].append(_crossing_row("dupC", "rd4", "u3", 0, query=None))
+    files[3].append(_crossing_row("dupC", "rd5", "u3", 1))
+    # 4 + 4 requests on one day, over the limit of 6 only together; at the limit, with one of
+    # the 6 requests in two files (over it if that request were counted twice)
+    for f in (1, 2):
+        files[f] += [_crossing_row(f"h{f}-{i}", f"heavy-{f}-{i}", "heavy", 0) for i in range(4)]
+    files[1] += [_crossing_row(f"s-{i}", f"rs-{i}", "spanner", 0) for i in range(5)]
+    files[1].append(_crossing_row("span-1", "span", "spanner", 0))
+    files[2].append(_crossing_row("span-2", "span", "spanner", 0))
+    # a bot agent in one file only
+    files[0] += [_crossing_row(f"c0-{i}", f"rc0-{i}", "crawly", 0) for i in range(3)]
+    files[5].append(_crossing_row("c5", "rc5", "crawly", 1, user_agent="Googlebot/2.1"))
+    # 3 clicked impressions in each of two files: the click-rate rule needs 6 impressions
+    for f in (2, 3):
+        files[f] += [_crossing_row(f"k{f}-{i}", f"rk{f}-{i}", "clicker", f // 3, click=True) for i in range(3)]
+    # out-of-window and unknown-item rows
+    files[5].append(_crossing_row("late", "rl", "u0", 5))
+    files[2].append(_crossing_row("ghost", "rg", "u0", 0, item_id="p99"))
+    return files
+
+
+@pytest.fixture
+def crossing_catalog(tmp_path):
+    """The five products p0 .. p4 of the crossing logs."""
+    uri = tmp_path / "products.parquet"
+    pq.write_table(pa.table({"product_id": [f"p{i}" for i in range(5)], "title": [f"item {i}" for i in range(5)]}), uri)
+    return str(uri)
+
+
+@pytest.fixture
+def crossing_logs(tmp_path):
+    """Raw logs whose hard cases cross files (:func:`_crossing_rows`); ``rank_dense`` only in
+    the second day's files."""
+    root = tmp_path / "logs"
+    schema = RAW_LOGS.arrow_schema(["rank_bm25", "rank_dense"])
+    for f, rows in enumerate(_crossing_rows()):
+        table = pa.Table.from_pydict({c.name: [r[c.name] for r in rows] for c in schema}, schema=schema)
+        if f < 3:
+            table = table.drop_columns(["rank_dense"])
+        path = root / f"date=2024-03-0{4 + f // 3}" / f"part-{f:02d}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+    return str(root)

@@ -53,3 +53,14 @@ def test_every_stage_name_is_reserved_for_a_subcommand():
     parser = build_parser()
     commands = set(parser._subparsers._group_actions[0].choices)
     assert commands <= set(STAGES) | {"config", "data", "channels", "demo"}
+
+
+def test_extract_logs_single_and_sharded(crossing_logs, crossing_catalog, tmp_path, capsys):
+    common = ["extract-logs", "--logs", crossing_logs, "-o", f"data.catalog_uri={crossing_catalog}"]
+    assert main(common + ["--out", str(tmp_path / "single.parquet")]) == 0
+    single = capsys.readouterr().out
+    assert main(common + ["--out", str(tmp_path / "sharded.parquet"), "--shards", "3"]) == 0
+    sharded = capsys.readouterr().out
+    assert "3 shards, stage outputs under" in sharded and (tmp_path / "sharded.shards" / "plan.json").exists()
+    accounting = [line for line in single.splitlines() if line.startswith("rows in")][0]
+    assert accounting.split(" -> ")[0] in sharded

@@ -54,9 +54,9 @@ def _missing_sql(column: str) -> str:
 
 def quarantine_reason_sql(max_position: int, window_start: str, window_end: str) -> str:
     """A SQL CASE giving, for a row of the ``src`` relation joined to ``known`` (catalog
-    ids) and ``dups`` (first file and row of each duplicated event id), the reason of the
-    first ``raw_logs`` row rule it breaks, or NULL. Window bounds are UTC timestamps
-    (start inclusive, end exclusive)."""
+    ids) and ``dups`` (the ``row_key`` of the first occurrence of each duplicated event id),
+    the reason of the first ``raw_logs`` row rule it breaks, or NULL. Window bounds are UTC
+    timestamps (start inclusive, end exclusive)."""
     rules = {rule.name: rule.reason for rule in RAW_LOGS.rules}
     cases = [
         ("event_id_present", _missing_sql("src.event_id")),
@@ -72,10 +72,7 @@ def quarantine_reason_sql(max_position: int, window_start: str, window_end: str)
         ("click_needs_impression", "coalesce(src.click AND NOT coalesce(src.impression, false), false)"),
         ("conversion_needs_click", "coalesce(src.conversion AND NOT coalesce(src.click, false), false)"),
         ("item_known", "known.product_id IS NULL"),
-        (
-            "event_id_unique",
-            f"dups.first_path IS NOT NULL AND (src.source_path <> dups.first_path OR src.{SOURCE_ROW} <> dups.first_row)",
-        ),
+        ("event_id_unique", "dups.first_key IS NOT NULL AND src.row_key <> dups.first_key"),
         (
             "timestamp_in_window",
             f"src.timestamp < TIMESTAMPTZ '{window_start}+00' OR src.timestamp >= TIMESTAMPTZ '{window_end}+00'",
@@ -103,7 +100,7 @@ def partitions(logs_uri: str) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def _staged(uris: list[str]) -> Iterator[list[str]]:
+def staged(uris: list[str]) -> Iterator[list[str]]:
     """Local paths of the files: themselves when local, else copies in a temporary folder."""
     if not any(storage.is_gcs(u) for u in uris):
         yield uris
@@ -116,7 +113,7 @@ def _staged(uris: list[str]) -> Iterator[list[str]]:
         yield local
 
 
-def _known_items(catalog_uri: str) -> pa.Table:
+def known_items(catalog_uri: str) -> pa.Table:
     """The catalog's product ids, validated (strictly) as by ``load_catalog``; of a Parquet
     catalog only the columns the schema requires or its rules read are loaded."""
     from unisup.data.sample import load_catalog
@@ -130,7 +127,7 @@ def _known_items(catalog_uri: str) -> pa.Table:
     return load_catalog(catalog_uri).accepted.select(["product_id"])
 
 
-def _columns(files: list[str], sources: list[str]) -> tuple[set[str], list[str]]:
+def file_columns(files: list[str], sources: list[str]) -> tuple[set[str], list[str]]:
     """Columns present in any file and the channel names; a missing required column is an error."""
     present: set[str] = set()
     required = [c.name for c in RAW_LOGS.columns if c.required]
@@ -147,6 +144,8 @@ def _columns(files: list[str], sources: list[str]) -> tuple[set[str], list[str]]
 
 
 def _source_select(present: set[str], channels: list[str]) -> str:
+    """The raw-log columns cast to the schema's types (NULL where no file has them) and one
+    ``rank_<channel>`` per channel."""
     casts = []
     for column in RAW_LOGS.columns:
         sql_type = {
@@ -157,7 +156,9 @@ def _source_select(present: set[str], channels: list[str]) -> str:
         }.get(str(column.type), "TIMESTAMPTZ")
         value = f"CAST(r.{column.name} AS {sql_type})" if column.name in present else f"CAST(NULL AS {sql_type})"
         casts.append(f"{value} AS {column.name}")
-    casts += [f"CAST(r.rank_{c} AS INTEGER) AS rank_{c}" for c in channels]
+    for channel in channels:
+        value = f"r.rank_{channel}" if f"rank_{channel}" in present else "NULL"
+        casts.append(f"CAST({value} AS INTEGER) AS rank_{channel}")
     return ",\n  ".join(casts)
 
 
@@ -252,6 +253,311 @@ def extract_logs_with_holdout(
     return report, extract_logs(logs_uri, holdout_uri, cfg, catalog_uri, start_date=held_out[0], end_date=held_out[1])
 
 
+# The extraction's SQL phases. The single-process extract_logs runs them all on one DuckDB
+# connection; the sharded extraction (unisup.log_shards) runs each on a shard's files and
+# merges the shards' partial tables with the same SQL, so both give the same tables.
+
+ROW_KEY = "row_key"  # (file_index << 32) | source_row: the rows' order across every file
+
+
+def connect(cfg: ExtractionConfig, tmp: str):
+    """A DuckDB connection with the config's memory limit and threads, spilling under ``tmp``."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{cfg.duckdb_memory_limit}'")
+    con.execute(f"SET threads = {int(cfg.duckdb_threads)}")
+    con.execute(f"SET temp_directory = '{tmp}/spill'")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def parquet_list(paths: list[str]) -> str:
+    """A DuckDB list literal of file paths."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def open_source(
+    con, files: list[str], sources: list[str], file_indexes: list[int], present: set[str], channels: list[str]
+) -> int:
+    """Create the ``files`` table and the ``src`` view (schema-typed raw-log columns plus
+    ``file_index``, ``source_row`` and ``row_key``) over local Parquet ``files``; returns their rows."""
+    create_table(
+        con,
+        "files",
+        {
+            "filename": pa.array(files),
+            "source_uri": pa.array(sources),
+            "file_index": pa.array(file_indexes, pa.int64()),
+        },
+    )
+    file_list = parquet_list(files)
+    con.execute(
+        f"""
+        CREATE TEMP VIEW src AS SELECT
+          {_source_select(present, channels)},
+          files.file_index, r.file_row_number AS {SOURCE_ROW},
+          (files.file_index << 32) | r.file_row_number AS {ROW_KEY}
+        FROM read_parquet({file_list}, filename = true, file_row_number = true, union_by_name = true) r
+        JOIN files ON r.filename = files.filename
+        """
+    )
+    return int(con.execute(f"SELECT count(*) FROM read_parquet({file_list}, union_by_name = true)").fetchall()[0][0])
+
+
+def load_known(con, known: pa.Table) -> None:
+    """The ``known`` table of catalog product ids."""
+    con.register("catalog_ids", known)
+    con.execute("CREATE TEMP TABLE known AS SELECT DISTINCT CAST(product_id AS VARCHAR) AS product_id FROM catalog_ids")
+    con.unregister("catalog_ids")
+
+
+# per event id of src: occurrences and the key of the first; a shard's part, or (HAVING n > 1)
+# the duplicates of a single-process run
+EVENT_COUNTS_SQL = (
+    f"SELECT event_id, count(*) AS n, min({ROW_KEY}) AS first_key FROM src WHERE event_id IS NOT NULL GROUP BY event_id"
+)
+
+
+def duplicates_sql(event_counts: str) -> str:
+    """The duplicated event ids (and the key of their first row) of per-event counts."""
+    return f"SELECT event_id, min(first_key) AS first_key FROM ({event_counts}) GROUP BY event_id HAVING sum(n) > 1"
+
+
+def raw_columns(channels: list[str]) -> list[str]:
+    return [c.name for c in RAW_LOGS.columns] + [f"rank_{c}" for c in channels]
+
+
+def quarantine(con, window: tuple[str, str], cfg: ExtractionConfig, channels: list[str], out: str | None) -> dict:
+    """Give every ``src`` row the first ``raw_logs`` rule it breaks (with ``known`` and ``dups``
+    loaded): the ``bad`` table, written in file and row order to ``out`` (Parquet; skipped when
+    None) as the quarantine, and the ``clean`` view of the rest. Returns the counts by reason."""
+    first, last = window
+    window_end = (dt.date.fromisoformat(last) + dt.timedelta(days=1)).isoformat()
+    reason = quarantine_reason_sql(max(cfg.max_position, 1), f"{first} 00:00:00", f"{window_end} 00:00:00")
+    con.execute(
+        f"""
+        CREATE TEMP TABLE bad AS
+        SELECT * FROM (
+          SELECT src.*, {reason} AS {QUARANTINE_REASON}
+          FROM src LEFT JOIN known ON src.item_id = known.product_id
+                   LEFT JOIN dups ON src.event_id = dups.event_id
+        ) WHERE {QUARANTINE_REASON} IS NOT NULL
+        """
+    )
+    if out is not None:
+        con.execute(
+            f"COPY (SELECT {', '.join(raw_columns(channels))}, {QUARANTINE_REASON}, {SOURCE_ROW}, "
+            f"files.source_uri AS {SOURCE_FILE} FROM bad JOIN files USING (file_index) ORDER BY {ROW_KEY}) "
+            f"TO '{out}' (FORMAT PARQUET, COMPRESSION ZSTD)"
+        )
+    con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM src ANTI JOIN bad USING ({ROW_KEY})")
+    rows = con.execute(f"SELECT {QUARANTINE_REASON}, count(*) FROM bad GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+    return {reason: int(count) for reason, count in rows}
+
+
+# per request of the clean rows (or of per-request parts): the statistics the bot rules read
+CLEAN_REQUEST_ROWS_SQL = (
+    "SELECT user_id, CAST(timestamp AS DATE) AS day, user_agent, request_id, 1 AS n,"
+    " CAST(impression AS INTEGER) AS impressions, CAST(click AS INTEGER) AS clicks FROM clean"
+)
+
+
+def per_request_sql(rows: str) -> str:
+    """Rows (or partial sums) grouped per (user, day, agent, request)."""
+    return (
+        "SELECT user_id, day, user_agent, request_id, CAST(sum(n) AS BIGINT) AS n,"
+        " CAST(sum(impressions) AS BIGINT) AS impressions, CAST(sum(clicks) AS BIGINT) AS clicks"
+        f" FROM ({rows}) GROUP BY ALL"
+    )
+
+
+def find_bots(con, cfg: ExtractionConfig, per_request: str) -> dict:
+    """The ``bots`` table (user_id, the rules that flag it, its rows) from per-request
+    statistics; returns the rows accepted and the bot counts by rule."""
+    con.execute(
+        f"""
+        CREATE TEMP TABLE user_days AS
+        SELECT user_id, day, user_agent, sum(n) AS n, count(request_id) AS requests,
+               sum(impressions) AS impressions, sum(clicks) AS clicks
+        FROM ({per_request}) GROUP BY ALL
+        """
+    )
+    rows_accepted = int(con.execute("SELECT coalesce(sum(n), 0) FROM user_days").fetchall()[0][0])
+    pattern = re.compile(cfg.bot_user_agent_pattern)
+    agents = [
+        a for (a,) in con.execute("SELECT DISTINCT user_agent FROM user_days WHERE user_agent IS NOT NULL").fetchall()
+    ]
+    create_table(con, "bot_agents", {"user_agent": pa.array([a for a in agents if pattern.search(a)], pa.string())})
+    con.execute(
+        f"""
+        CREATE TEMP TABLE bots AS
+        SELECT user_id,
+               bool_or(by_agent_day) AS by_agent,
+               max(day_requests) > {int(cfg.bot_max_requests_per_day)} AS by_volume,
+               sum(impressions) >= {int(cfg.bot_min_impressions)}
+                 AND sum(clicks) > {float(cfg.bot_max_ctr)} * sum(impressions) AS by_ctr,
+               CAST(sum(n) AS BIGINT) AS n
+        FROM (SELECT user_id, day, bool_or(user_agent IN (SELECT user_agent FROM bot_agents)) AS by_agent_day,
+                     sum(requests) AS day_requests,
+                     sum(impressions) AS impressions, sum(clicks) AS clicks, sum(n) AS n
+              FROM user_days WHERE user_id IS NOT NULL GROUP BY user_id, day) per_day
+        GROUP BY user_id
+        """
+    )
+    if cfg.filter_bots:
+        con.execute("DELETE FROM bots WHERE NOT (by_agent OR by_volume OR by_ctr)")
+    else:
+        con.execute("DELETE FROM bots")
+    users, by_agent, by_volume, by_ctr, rows = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE by_agent), count(*) FILTER (WHERE by_volume), "
+        "count(*) FILTER (WHERE by_ctr), coalesce(sum(n), 0) FROM bots"
+    ).fetchall()[0]
+    return {
+        "rows_accepted": rows_accepted,
+        "rows_bot_filtered": int(rows),
+        "bot_users": int(users),
+        "bot_users_by_rule": {"user_agent": int(by_agent), "volume": int(by_volume), "ctr": int(by_ctr)},
+    }
+
+
+def slot_stats_sql(channels: list[str]) -> str:
+    """Per (query, item, slot) statistics of the clean rows of users not in ``bots``."""
+    ranks = "".join(f", min(rank_{c}) AS rank_{c}" for c in channels)
+    return f"""
+        SELECT query, item_id, position, count(*) AS n,
+               count(*) FILTER (WHERE click) AS clicks, count(*) FILTER (WHERE conversion) AS conversions,
+               coalesce(sum(price) FILTER (WHERE conversion), 0) AS revenue{ranks}
+        FROM clean WHERE user_id IS NULL OR user_id NOT IN (SELECT user_id FROM bots)
+        GROUP BY query, item_id, position
+        """
+
+
+def merged_slot_stats_sql(parts: str, channels: list[str]) -> str:
+    """Per-shard (query, item, slot) statistics summed into those of all the shards."""
+    ranks = "".join(f", min(rank_{c}) AS rank_{c}" for c in channels)
+    return (
+        "SELECT query, item_id, position, CAST(sum(n) AS BIGINT) AS n, CAST(sum(clicks) AS BIGINT) AS clicks,"
+        f" CAST(sum(conversions) AS BIGINT) AS conversions, sum(revenue) AS revenue{ranks}"
+        f" FROM {parts} GROUP BY query, item_id, position"
+    )
+
+
+def write_engagement(con, cfg: ExtractionConfig, channels: list[str], out: str) -> dict:
+    """From the ``qip`` table of per (query, item, slot) statistics: propensities, Beta priors and
+    the engagement table at ``out`` (local Parquet). Returns the totals for the report."""
+    max_slot = int(con.execute("SELECT coalesce(max(position), 1) FROM qip").fetchall()[0][0])
+    propensity, propensity_sources = _propensities(con, cfg, max_slot)
+    create_table(
+        con,
+        "slots",
+        {
+            "position": pa.array(range(1, len(propensity) + 1), pa.int16()),
+            "propensity": pa.array(propensity, pa.float64()),
+        },
+    )
+    rows_used, clicks, conversions, revenue, impressions, examined = con.execute(
+        "SELECT coalesce(sum(n), 0), coalesce(sum(clicks), 0), coalesce(sum(conversions), 0), coalesce(sum(revenue), 0), "
+        "coalesce(sum(n) FILTER (WHERE position IS NOT NULL), 0), coalesce(sum(q.n * s.propensity), 0) "
+        "FROM qip q LEFT JOIN slots s USING (position)"
+    ).fetchall()[0]
+    ctr_mean = clicks / examined if cfg.estimate_prior_means and examined > 0 and clicks > 0 else cfg.ctr_prior_mean
+    cvr_mean = (
+        conversions / clicks if cfg.estimate_prior_means and clicks > 0 and conversions > 0 else cfg.cvr_prior_mean
+    )
+    ctr_a, ctr_b = ctr_mean * cfg.ctr_prior_strength, (1 - ctr_mean) * cfg.ctr_prior_strength
+    cvr_a, cvr_b = cvr_mean * cfg.cvr_prior_strength, (1 - cvr_mean) * cfg.cvr_prior_strength
+    best = "".join(f", CAST(min(rank_{c}) AS INTEGER) AS best_rank_{c}" for c in channels)
+    n_channels = " + ".join(f"CAST(min(rank_{c}) IS NOT NULL AS INTEGER)" for c in channels) or "0"
+    con.execute(
+        f"""
+        COPY (
+          SELECT query, item_id,
+                 CAST(coalesce(sum(n) FILTER (WHERE position IS NOT NULL), 0) AS BIGINT) AS impressions,
+                 CAST(sum(clicks) AS BIGINT) AS clicks,
+                 CAST(sum(conversions) AS BIGINT) AS conversions,
+                 CAST(sum(revenue) AS DOUBLE) AS revenue,
+                 CAST(coalesce(sum(n) FILTER (WHERE position IS NULL), 0) AS BIGINT) AS under_impressions,
+                 CAST(coalesce(sum(clicks) / nullif(sum(q.n * s.propensity), 0), 0) AS DOUBLE) AS ctr_debiased,
+                 CAST((sum(clicks) + {ctr_a}) / (coalesce(sum(q.n * s.propensity), 0) + {ctr_a + ctr_b}) AS DOUBLE) AS ctr_smoothed,
+                 CAST((sum(conversions) + {cvr_a}) / (sum(clicks) + {cvr_a + cvr_b}) AS DOUBLE) AS cvr_smoothed,
+                 CAST({n_channels} AS TINYINT) AS n_channels{best}
+          FROM qip q LEFT JOIN slots s USING (position)
+          GROUP BY query, item_id ORDER BY query, item_id
+        ) TO '{out}' (FORMAT PARQUET, COMPRESSION ZSTD)
+        """
+    )
+    pairs = int(con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0])
+    return {
+        "rows_used": int(rows_used),
+        "pairs": pairs,
+        "impressions": int(impressions),
+        "clicks": int(clicks),
+        "conversions": int(conversions),
+        "revenue": round(float(revenue), 2),
+        "propensities": [round(p, 4) for p in propensity],
+        "propensity_sources": propensity_sources,
+        "ctr_prior": {"alpha": round(ctr_a, 6), "beta": round(ctr_b, 6)},
+        "cvr_prior": {"alpha": round(cvr_a, 6), "beta": round(cvr_b, 6)},
+    }
+
+
+def check_accounting(source: str, rows_in: int, by_reason: dict, bots: dict, totals: dict) -> None:
+    """Rows in = accepted + quarantined, and accepted = used + bot filtered, or an error."""
+    rows_quarantined = int(sum(by_reason.values()))
+    accepted = bots["rows_accepted"]
+    if accepted != rows_in - rows_quarantined or accepted != totals["rows_used"] + bots["rows_bot_filtered"]:
+        raise AssertionError(
+            f"{source}: rows in {rows_in} != accepted {accepted} + quarantined {rows_quarantined}, "
+            f"or accepted != used {totals['rows_used']} + bot filtered {bots['rows_bot_filtered']}"
+        )
+
+
+def extraction_report(
+    *, logs_uri, out_uri, quarantine_uri, window, files, rows_in, by_reason, bots, totals, channels, cfg, seconds
+) -> dict:
+    """The extraction report (see :func:`extract_logs`)."""
+    return {
+        "logs_uri": logs_uri,
+        "engagement_uri": out_uri,
+        "quarantine_uri": quarantine_uri,
+        "window": list(window),
+        "files": files,
+        "rows_in": int(rows_in),
+        "rows_accepted": bots["rows_accepted"],
+        "rows_quarantined": int(sum(by_reason.values())),
+        "quarantined_by_reason": by_reason,
+        "rows_bot_filtered": bots["rows_bot_filtered"],
+        "bot_users": bots["bot_users"],
+        "bot_users_by_rule": bots["bot_users_by_rule"],
+        **{k: totals[k] for k in ("rows_used", "pairs", "impressions", "clicks", "conversions", "revenue")},
+        "channels": channels,
+        **{k: totals[k] for k in ("propensities", "propensity_sources", "ctr_prior", "cvr_prior")},
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows_in / seconds, 1) if seconds > 0 else None,
+        "config": to_dict(cfg),
+    }
+
+
+def output_uris(out_uri: str, quarantine_uri: str | None, report_uri: str | None) -> tuple[str, str]:
+    """The quarantine and report locations: as given, else beside ``out_uri``."""
+    stem = str(out_uri).removesuffix(".parquet")
+    return quarantine_uri or f"{stem}.quarantine.parquet", report_uri or f"{stem}.report.json"
+
+
+def selected_files(logs_uri: str, cfg: ExtractionConfig, start_date: str | None, end_date: str | None):
+    """The window (first, last) and the uris of its partitions' files, in order."""
+    found = partitions(logs_uri)
+    if not found:
+        raise DataValidationError("raw_logs", logs_uri, "no Parquet log files under this prefix")
+    first, last = _window([d for d, _ in found], cfg, start_date, end_date)
+    selected = [uri for date, uri in found if first <= date <= last]
+    if not selected:
+        raise DataValidationError("raw_logs", logs_uri, f"no partition in the window {first} .. {last}")
+    return (first, last), selected
+
+
 def extract_logs(
     logs_uri: str,
     out_uri: str,
@@ -263,263 +569,65 @@ def extract_logs(
     end_date: str | None = None,
 ) -> dict:
     """Validate, bot-filter and aggregate the raw logs of a date window into the
-    ``engagement`` table at ``out_uri`` (Parquet).
+    ``engagement`` table at ``out_uri`` (Parquet), in this process.
 
     The quarantine (raw-log columns + ``quarantine_reason``, ``source_row``,
     ``source_file``) goes to ``quarantine_uri`` and the JSON report to ``report_uri``
     (defaults: beside ``out_uri``, ``*.quarantine.parquet`` and ``*.report.json``).
     The window (``start_date`` .. ``end_date`` inclusive, else the config's, else all
     partitions) selects partitions; rows timestamped outside it are quarantined.
+    :func:`unisup.log_shards.extract_logs_sharded` gives the same tables over shards.
 
     Returns the report: ``rows_in``, ``rows_accepted``, ``rows_quarantined``,
     ``quarantined_by_reason``, ``rows_bot_filtered``, ``bot_users``, ``rows_used``,
     ``pairs``, totals, ``propensities`` (+ ``propensity_sources``), the Beta priors
     used, ``channels``, ``window``, timings and the config.
     """
-    import duckdb
-
     started = time.perf_counter()
-    stem = str(out_uri)[: -len(".parquet")] if str(out_uri).endswith(".parquet") else str(out_uri)
-    quarantine_uri = quarantine_uri or f"{stem}.quarantine.parquet"
-    report_uri = report_uri or f"{stem}.report.json"
-    found = partitions(logs_uri)
-    if not found:
-        raise DataValidationError("raw_logs", logs_uri, "no Parquet log files under this prefix")
-    first, last = _window([d for d, _ in found], cfg, start_date, end_date)
-    selected = [uri for date, uri in found if first <= date <= last]
-    if not selected:
-        raise DataValidationError("raw_logs", logs_uri, f"no partition in the window {first} .. {last}")
-    window_end = (dt.date.fromisoformat(last) + dt.timedelta(days=1)).isoformat()
-    known = _known_items(catalog_uri)
-
-    with _staged(selected) as files, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
-        present, channels = _columns(files, selected)
-        con = duckdb.connect()
-        con.execute(f"SET memory_limit = '{cfg.duckdb_memory_limit}'")
-        con.execute(f"SET threads = {int(cfg.duckdb_threads)}")
-        con.execute(f"SET temp_directory = '{tmp}/spill'")
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET preserve_insertion_order = false")
-        con.register("catalog_ids", known)
-        con.execute(
-            "CREATE TEMP TABLE known AS SELECT DISTINCT CAST(product_id AS VARCHAR) AS product_id FROM catalog_ids"
-        )
-        _create_table(
-            con,
-            "files",
-            {
-                "filename": pa.array(files),
-                "source_uri": pa.array(selected),
-                "file_index": pa.array(range(len(files)), pa.int64()),
-            },
-        )
-        file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
-        con.execute(
-            f"""
-            CREATE TEMP VIEW src AS SELECT
-              {_source_select(present, channels)},
-              r.filename AS source_path, r.file_row_number AS {SOURCE_ROW}
-            FROM read_parquet({file_list}, filename = true, file_row_number = true, union_by_name = true) r
-            """
-        )
-        rows_in = con.execute(f"SELECT count(*) FROM read_parquet({file_list}, union_by_name = true)").fetchall()[0][0]
-
-        # 1. validation: duplicated event ids, then the first broken rule of every row
-        # (files are in partition order, so the first occurrence is the least (path, row))
-        con.execute(
-            f"""
-            CREATE TEMP TABLE dups AS
-            SELECT event_id, first.f AS first_path, first.r AS first_row
-            FROM (SELECT event_id, min({{'f': source_path, 'r': {SOURCE_ROW}}}) AS first FROM src
-                  WHERE event_id IN (SELECT event_id FROM src WHERE event_id IS NOT NULL GROUP BY event_id HAVING count(*) > 1)
-                  GROUP BY event_id)
-            """
-        )
-        reason = quarantine_reason_sql(max(cfg.max_position, 1), f"{first} 00:00:00", f"{window_end} 00:00:00")
-        con.execute(
-            f"""
-            CREATE TEMP TABLE bad AS
-            SELECT * FROM (
-              SELECT src.*, {reason} AS {QUARANTINE_REASON}
-              FROM src LEFT JOIN known ON src.item_id = known.product_id
-                       LEFT JOIN dups ON src.event_id = dups.event_id
-            ) WHERE {QUARANTINE_REASON} IS NOT NULL
-            """
-        )
-        raw_columns = [c.name for c in RAW_LOGS.columns] + [f"rank_{c}" for c in channels]
-        local_quarantine = f"{tmp}/quarantine.parquet"
-        con.execute(
-            f"COPY (SELECT {', '.join(raw_columns)}, {QUARANTINE_REASON}, {SOURCE_ROW}, files.source_uri AS {SOURCE_FILE} "
-            f"FROM bad JOIN files ON bad.source_path = files.filename ORDER BY files.file_index, {SOURCE_ROW}) "
-            f"TO '{local_quarantine}' (FORMAT PARQUET, COMPRESSION ZSTD)"
-        )
-        by_reason = dict(
-            con.execute(f"SELECT {QUARANTINE_REASON}, count(*) FROM bad GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
-        )
-        con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM src ANTI JOIN bad USING (source_path, {SOURCE_ROW})")
-
-        # 2. bot filter, from per (user, day, agent) statistics of the accepted rows (grouped
-        # per request first, so requests are a plain count, not a DISTINCT aggregate)
-        con.execute(
-            """
-            CREATE TEMP TABLE user_days AS
-            SELECT user_id, day, user_agent, sum(n) AS n, count(request_id) AS requests,
-                   sum(impressions) AS impressions, sum(clicks) AS clicks
-            FROM (SELECT user_id, CAST(timestamp AS DATE) AS day, user_agent, request_id, count(*) AS n,
-                         count(*) FILTER (WHERE impression) AS impressions, count(*) FILTER (WHERE click) AS clicks
-                  FROM clean GROUP BY ALL) per_request
-            GROUP BY ALL
-            """
-        )
-        rows_accepted = int(con.execute("SELECT coalesce(sum(n), 0) FROM user_days").fetchall()[0][0])
-        pattern = re.compile(cfg.bot_user_agent_pattern)
-        agents = [
-            a
-            for (a,) in con.execute("SELECT DISTINCT user_agent FROM user_days WHERE user_agent IS NOT NULL").fetchall()
-        ]
-        _create_table(
-            con, "bot_agents", {"user_agent": pa.array([a for a in agents if pattern.search(a)], pa.string())}
-        )
-        con.execute(
-            f"""
-            CREATE TEMP TABLE bots AS
-            SELECT user_id,
-                   bool_or(by_agent_day) AS by_agent,
-                   max(day_requests) > {int(cfg.bot_max_requests_per_day)} AS by_volume,
-                   sum(impressions) >= {int(cfg.bot_min_impressions)}
-                     AND sum(clicks) > {float(cfg.bot_max_ctr)} * sum(impressions) AS by_ctr,
-                   sum(n) AS n
-            FROM (SELECT user_id, day, bool_or(user_agent IN (SELECT user_agent FROM bot_agents)) AS by_agent_day,
-                         sum(requests) AS day_requests,
-                         sum(impressions) AS impressions, sum(clicks) AS clicks, sum(n) AS n
-                  FROM user_days WHERE user_id IS NOT NULL GROUP BY user_id, day) per_day
-            GROUP BY user_id
-            """
-        )
-        if cfg.filter_bots:
-            con.execute("DELETE FROM bots WHERE NOT (by_agent OR by_volume OR by_ctr)")
-        else:
-            con.execute("DELETE FROM bots")
-        bot_rule_counts = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE by_agent), count(*) FILTER (WHERE by_volume), "
-            "count(*) FILTER (WHERE by_ctr), coalesce(sum(n), 0) FROM bots"
-        ).fetchall()[0]
-
-        # 3. per (query, item, slot) statistics of the rows used
-        ranks = ", ".join(f"min(rank_{c}) AS rank_{c}" for c in channels)
-        con.execute(
-            f"""
-            CREATE TEMP TABLE qip AS
-            SELECT query, item_id, position, count(*) AS n,
-                   count(*) FILTER (WHERE click) AS clicks, count(*) FILTER (WHERE conversion) AS conversions,
-                   coalesce(sum(price) FILTER (WHERE conversion), 0) AS revenue{", " + ranks if ranks else ""}
-            FROM clean WHERE user_id IS NULL OR user_id NOT IN (SELECT user_id FROM bots)
-            GROUP BY query, item_id, position
-            """
-        )
-        max_slot = int(con.execute("SELECT coalesce(max(position), 1) FROM qip").fetchall()[0][0])
-        propensity, propensity_sources = _propensities(con, cfg, max_slot)
-        _create_table(
-            con,
-            "slots",
-            {
-                "position": pa.array(range(1, len(propensity) + 1), pa.int16()),
-                "propensity": pa.array(propensity, pa.float64()),
-            },
-        )
-        totals = con.execute(
-            "SELECT coalesce(sum(n), 0), coalesce(sum(clicks), 0), coalesce(sum(conversions), 0), coalesce(sum(revenue), 0), "
-            "coalesce(sum(n) FILTER (WHERE position IS NOT NULL), 0), coalesce(sum(q.n * s.propensity), 0) "
-            "FROM qip q LEFT JOIN slots s USING (position)"
-        ).fetchall()[0]
-        rows_used, clicks, conversions, revenue, impressions, examined = totals
-        ctr_mean = clicks / examined if cfg.estimate_prior_means and examined > 0 and clicks > 0 else cfg.ctr_prior_mean
-        cvr_mean = (
-            conversions / clicks if cfg.estimate_prior_means and clicks > 0 and conversions > 0 else cfg.cvr_prior_mean
-        )
-        ctr_a, ctr_b = ctr_mean * cfg.ctr_prior_strength, (1 - ctr_mean) * cfg.ctr_prior_strength
-        cvr_a, cvr_b = cvr_mean * cfg.cvr_prior_strength, (1 - cvr_mean) * cfg.cvr_prior_strength
-
-        # 4. the engagement table
-        best = ", ".join(f"CAST(min(rank_{c}) AS INTEGER) AS best_rank_{c}" for c in channels)
-        n_channels = " + ".join(f"CAST(min(rank_{c}) IS NOT NULL AS INTEGER)" for c in channels) or "0"
-        local_engagement = f"{tmp}/engagement.parquet"
-        con.execute(
-            f"""
-            COPY (
-              SELECT query, item_id,
-                     CAST(coalesce(sum(n) FILTER (WHERE position IS NOT NULL), 0) AS BIGINT) AS impressions,
-                     CAST(sum(clicks) AS BIGINT) AS clicks,
-                     CAST(sum(conversions) AS BIGINT) AS conversions,
-                     CAST(sum(revenue) AS DOUBLE) AS revenue,
-                     CAST(coalesce(sum(n) FILTER (WHERE position IS NULL), 0) AS BIGINT) AS under_impressions,
-                     CAST(coalesce(sum(clicks) / nullif(sum(q.n * s.propensity), 0), 0) AS DOUBLE) AS ctr_debiased,
-                     CAST((sum(clicks) + {ctr_a}) / (coalesce(sum(q.n * s.propensity), 0) + {ctr_a + ctr_b}) AS DOUBLE) AS ctr_smoothed,
-                     CAST((sum(conversions) + {cvr_a}) / (sum(clicks) + {cvr_a + cvr_b}) AS DOUBLE) AS cvr_smoothed,
-                     CAST({n_channels} AS TINYINT) AS n_channels{", " + best if best else ""}
-              FROM qip q LEFT JOIN slots s USING (position)
-              GROUP BY query, item_id ORDER BY query, item_id
-            ) TO '{local_engagement}' (FORMAT PARQUET, COMPRESSION ZSTD)
-            """
-        )
-        pairs = int(con.execute(f"SELECT count(*) FROM read_parquet('{local_engagement}')").fetchall()[0][0])
+    quarantine_uri, report_uri = output_uris(out_uri, quarantine_uri, report_uri)
+    window, selected = selected_files(logs_uri, cfg, start_date, end_date)
+    known = known_items(catalog_uri)
+    with staged(selected) as files, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
+        present, channels = file_columns(files, selected)
+        con = connect(cfg, tmp)
+        load_known(con, known)
+        rows_in = open_source(con, files, selected, list(range(len(files))), present, channels)
+        con.execute(f"CREATE TEMP TABLE dups AS {duplicates_sql(EVENT_COUNTS_SQL)}")
+        by_reason = quarantine(con, window, cfg, channels, f"{tmp}/quarantine.parquet")
+        bots = find_bots(con, cfg, per_request_sql(CLEAN_REQUEST_ROWS_SQL))
+        con.execute(f"CREATE TEMP TABLE qip AS {slot_stats_sql(channels)}")
+        totals = write_engagement(con, cfg, channels, f"{tmp}/engagement.parquet")
         con.close()
-        _check_engagement_schema(local_engagement, channels, out_uri)
-        storage.upload_file(local_engagement, out_uri)
-        storage.upload_file(local_quarantine, quarantine_uri)
-
-    rows_quarantined = int(sum(by_reason.values()))
-    rows_accepted_check = rows_in - rows_quarantined
-    if rows_accepted != rows_accepted_check or rows_accepted != int(rows_used) + int(bot_rule_counts[4]):
-        raise AssertionError(
-            f"{logs_uri}: rows in {rows_in} != accepted {rows_accepted} + quarantined {rows_quarantined}, "
-            f"or accepted != used {rows_used} + bot filtered {bot_rule_counts[4]}"
-        )
-    seconds = time.perf_counter() - started
-    report = {
-        "logs_uri": logs_uri,
-        "engagement_uri": out_uri,
-        "quarantine_uri": quarantine_uri,
-        "window": [first, last],
-        "files": len(selected),
-        "rows_in": int(rows_in),
-        "rows_accepted": rows_accepted,
-        "rows_quarantined": rows_quarantined,
-        "quarantined_by_reason": {k: int(v) for k, v in by_reason.items()},
-        "rows_bot_filtered": int(bot_rule_counts[4]),
-        "bot_users": int(bot_rule_counts[0]),
-        "bot_users_by_rule": {
-            "user_agent": int(bot_rule_counts[1]),
-            "volume": int(bot_rule_counts[2]),
-            "ctr": int(bot_rule_counts[3]),
-        },
-        "rows_used": int(rows_used),
-        "pairs": pairs,
-        "impressions": int(impressions),
-        "clicks": int(clicks),
-        "conversions": int(conversions),
-        "revenue": round(float(revenue), 2),
-        "channels": channels,
-        "propensities": [round(p, 4) for p in propensity],
-        "propensity_sources": propensity_sources,
-        "ctr_prior": {"alpha": round(ctr_a, 6), "beta": round(ctr_b, 6)},
-        "cvr_prior": {"alpha": round(cvr_a, 6), "beta": round(cvr_b, 6)},
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(rows_in / seconds, 1) if seconds > 0 else None,
-        "config": to_dict(cfg),
-    }
+        check_accounting(logs_uri, rows_in, by_reason, bots, totals)
+        check_engagement_schema(f"{tmp}/engagement.parquet", channels, out_uri)
+        storage.upload_file(f"{tmp}/engagement.parquet", out_uri)
+        storage.upload_file(f"{tmp}/quarantine.parquet", quarantine_uri)
+    report = extraction_report(
+        logs_uri=logs_uri,
+        out_uri=out_uri,
+        quarantine_uri=quarantine_uri,
+        window=window,
+        files=len(selected),
+        rows_in=rows_in,
+        by_reason=by_reason,
+        bots=bots,
+        totals=totals,
+        channels=channels,
+        cfg=cfg,
+        seconds=time.perf_counter() - started,
+    )
     storage.write_text(report_uri, json.dumps(report, indent=1))
     return report
 
 
-def _create_table(con, name: str, columns: dict[str, pa.Array]) -> None:
+def create_table(con, name: str, columns: dict[str, pa.Array]) -> None:
     """A small temporary DuckDB table from Arrow columns."""
     con.register(f"{name}_arrow", pa.table(columns))
     con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
     con.unregister(f"{name}_arrow")
 
 
-def _check_engagement_schema(path: str, channels: list[str], target: str) -> None:
+def check_engagement_schema(path: str, channels: list[str], target: str) -> None:
     """The written table has exactly the engagement schema's columns and types."""
     expected = ENGAGEMENT.arrow_schema([f"best_rank_{c}" for c in channels])
     written = pq.read_schema(path)

@@ -1,0 +1,134 @@
+"""Sharded log extraction: the same tables and report as the single-process extraction, for
+any shard count, with duplicates, bots, requests and channels that cross shards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from unisup import storage
+from unisup.config import load_config
+from unisup.data.tables import read_table
+from unisup.log_shards import TRAINING, extract_logs_sharded, plan_extraction
+from unisup.logs import extract_logs, extract_logs_with_holdout, partitions
+from unisup.schemas import DataValidationError
+
+TIMING = {"seconds", "rows_per_second", "engagement_uri", "quarantine_uri", "shards", "stage_seconds"}
+TIMING |= {"duplicated_event_ids"}  # only the sharded report counts them
+
+
+def _cfg(*overrides: str):
+    return load_config(
+        "local",
+        [
+            "extraction.bot_max_requests_per_day=6",
+            "extraction.bot_min_impressions=6",
+            "extraction.bot_max_ctr=0.9",
+            "extraction.estimate_propensities=false",
+            *overrides,
+        ],
+    ).extraction
+
+
+def _assert_same_tables(single: str, sharded: str) -> None:
+    a, b = read_table(single), read_table(sharded)
+    # column names and types; DuckDB marks a column not null where the statistics of the files read prove it
+    assert [(f.name, f.type) for f in a.schema] == [(f.name, f.type) for f in b.schema]
+    assert a.num_rows == b.num_rows
+    for name in a.column_names:
+        x, y = a[name].to_numpy(zero_copy_only=False), b[name].to_numpy(zero_copy_only=False)
+        if x.dtype.kind == "f":  # sums over shards add in another order
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12, err_msg=name)
+        else:
+            assert a[name].equals(b[name]), name
+
+
+def _assert_same_report(single: dict, sharded: dict) -> None:
+    assert {k: v for k, v in single.items() if k not in TIMING} == {k: v for k, v in sharded.items() if k not in TIMING}
+
+
+def test_hard_cases_cross_files(crossing_logs, crossing_catalog, tmp_path):
+    """The single-process extraction finds every case the shards must agree on."""
+    report = extract_logs(crossing_logs, str(tmp_path / "single.parquet"), _cfg(), crossing_catalog)
+    assert report["bot_users_by_rule"] == {"user_agent": 1, "volume": 1, "ctr": 1}
+    assert report["quarantined_by_reason"]["duplicate event_id"] == 3
+    assert report["channels"] == ["bm25", "dense"]
+
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 7])
+def test_any_shard_count_gives_the_single_process_tables(crossing_logs, crossing_catalog, tmp_path, num_shards):
+    cfg = _cfg()
+    single = extract_logs(crossing_logs, str(tmp_path / "single.parquet"), cfg, crossing_catalog)
+    sharded, held_out = extract_logs_sharded(
+        crossing_logs,
+        str(tmp_path / "sharded.parquet"),
+        str(tmp_path / "held_out.parquet"),
+        cfg,
+        crossing_catalog,
+        num_shards,
+        str(tmp_path / "work"),
+    )
+    _assert_same_report(single, sharded)
+    assert sharded["shards"] == num_shards and sharded["duplicated_event_ids"] == 3
+    assert set(sharded["stage_seconds"]) == {"scan", "validate", "aggregate", "duplicates", "bots", "merge"}
+    _assert_same_tables(str(tmp_path / "single.parquet"), str(tmp_path / "sharded.parquet"))
+    _assert_same_tables(str(tmp_path / "single.quarantine.parquet"), str(tmp_path / "sharded.quarantine.parquet"))
+    assert held_out is None and read_table(str(tmp_path / "held_out.parquet")).num_rows == 0
+
+
+def test_held_out_days_are_a_window_of_their_own(crossing_logs, crossing_catalog, tmp_path):
+    cfg = _cfg("extraction.holdout_days=1")
+    single = extract_logs_with_holdout(
+        crossing_logs, str(tmp_path / "a.parquet"), str(tmp_path / "a-held.parquet"), cfg, crossing_catalog
+    )
+    sharded = extract_logs_sharded(
+        crossing_logs, str(tmp_path / "b.parquet"), str(tmp_path / "b-held.parquet"), cfg, crossing_catalog, 2,
+        str(tmp_path / "work"),
+    )  # fmt: skip
+    for a, b in zip(single, sharded, strict=True):
+        _assert_same_report(a, b)
+    assert sharded[1]["window"] == ["2024-03-05", "2024-03-05"] and sharded[1]["pairs"] > 0
+    _assert_same_tables(str(tmp_path / "a-held.parquet"), str(tmp_path / "b-held.parquet"))
+    _assert_same_tables(str(tmp_path / "a-held.quarantine.parquet"), str(tmp_path / "b-held.quarantine.parquet"))
+
+
+def test_plan_cuts_each_window_into_contiguous_shards(crossing_logs, crossing_catalog):
+    plan = plan_extraction(crossing_logs, _cfg("extraction.holdout_days=1"), crossing_catalog, 2)
+    training, held_out = plan["windows"]
+    assert training["name"] == TRAINING and training["window"] == ["2024-03-04", "2024-03-04"]
+    assert [(f["file_index"], f["shard"]) for f in training["files"]] == [(0, 0), (1, 0), (2, 1)]
+    assert [(f["file_index"], f["shard"]) for f in held_out["files"]] == [(3, 0), (4, 0), (5, 1)]
+    assert [f["uri"] for f in training["files"] + held_out["files"]] == [u for _, u in partitions(crossing_logs)]
+    with pytest.raises(ValueError, match="num_shards must be >= 1"):
+        plan_extraction(crossing_logs, _cfg(), crossing_catalog, 0)
+
+
+def test_a_broken_file_is_named_by_its_shard(crossing_logs, crossing_catalog, tmp_path):
+    broken = partitions(crossing_logs)[4][1]
+    pq.write_table(pq.read_table(broken).drop_columns(["request_id"]), broken)
+    with pytest.raises(DataValidationError, match="request_id") as err:
+        extract_logs_sharded(
+            crossing_logs, str(tmp_path / "b.parquet"), str(tmp_path / "h.parquet"), _cfg(), crossing_catalog, 3,
+            str(tmp_path / "work"),
+        )  # fmt: skip
+    assert broken in str(err.value)
+    assert not storage.exists(str(tmp_path / "b.parquet"))
+
+
+@pytest.mark.gcs
+def test_sharded_extraction_on_gcs(crossing_logs, crossing_catalog, gcs_emulator, tmp_path):
+    prefix = f"gs://{gcs_emulator}/crossing-logs"
+    for _, path in partitions(crossing_logs):
+        storage.upload_file(path, prefix + path[len(crossing_logs) :])
+    single = extract_logs(crossing_logs, str(tmp_path / "single.parquet"), _cfg(), crossing_catalog)
+    out = f"gs://{gcs_emulator}/sharded/engagement.parquet"
+    sharded, _ = extract_logs_sharded(
+        prefix, out, f"gs://{gcs_emulator}/sharded/held.parquet", _cfg(), crossing_catalog, 3,
+        f"gs://{gcs_emulator}/sharded/work",
+    )  # fmt: skip
+    _assert_same_report({**single, "logs_uri": prefix}, sharded)
+    local = tmp_path / "from-gcs.parquet"
+    storage.download_file(out, local)
+    _assert_same_tables(str(tmp_path / "single.parquet"), str(local))
+    assert storage.exists(f"gs://{gcs_emulator}/sharded/work/duplicates/training/duplicates.parquet")

@@ -1,0 +1,389 @@
+"""Log extraction over shards: the same tables as :func:`unisup.logs.extract_logs`, with the
+work spread over tasks (``dsl.ParallelFor`` on Kubernetes) that each read only their files.
+
+Three rules of the extraction need the whole window: an event id is a duplicate when it
+occurs anywhere else, a user is a bot by their requests over the window, and propensities
+and Beta priors come from every (query, item, slot). So the extraction is an exact
+map-reduce in three rounds, each map reading one shard's files and writing small
+mergeable partial tables, each reduce merging them with the same SQL as the single-process
+run:
+
+1. :func:`plan_extraction`: the files of each window (training, held-out) in order, cut into
+   ``num_shards`` contiguous shards; every task reads this plan, so all see the same files;
+2. :func:`scan_shard` -> per-event-id counts; :func:`find_duplicates` -> duplicated ids and the
+   key of their first row, and the columns and channels of all the files;
+3. :func:`validate_shard` -> the shard's quarantine and per-request statistics of its accepted
+   rows; :func:`find_bots` -> the bot users;
+4. :func:`aggregate_shard` -> per (query, item, slot) statistics of the rows used;
+   :func:`merge_extraction` -> propensities, priors, the engagement table, the quarantine in
+   file and row order and the report, with rows in = accepted + quarantined checked.
+
+Every stage writes one folder with a sub-folder per window::
+
+    <stage>/training/events.parquet  <stage>/holdout/...  <stage>/stage.json
+
+:func:`extract_logs_sharded` runs the rounds in this process (the CLI's ``--shards``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from unisup import logs, storage
+from unisup.config import ExtractionConfig, from_dict, to_dict
+from unisup.data.tables import read_table, write_table
+from unisup.schemas import RAW_LOGS
+
+TRAINING, HOLDOUT = "training", "holdout"
+STAGE = "stage.json"
+
+
+def plan_extraction(
+    logs_uri: str,
+    cfg: ExtractionConfig,
+    catalog_uri: str,
+    num_shards: int,
+    start_date: str | None = None,
+    end_date: str | None = None,
+) -> dict:
+    """The files of the training window and (with ``cfg.holdout_days``) of the held-out window,
+    each with its global ``file_index`` (the order of the rows) and its shard: a window's files
+    are cut into ``num_shards`` contiguous runs (a window with fewer files leaves shards idle)."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    training, held_out = logs.holdout_windows(logs_uri, cfg, start_date, end_date)
+    found = logs.partitions(logs_uri)
+    windows = []
+    for name, window in ((TRAINING, training), (HOLDOUT, held_out)):
+        if window is None:
+            continue
+        first, last = window
+        chosen = [(index, uri) for index, (date, uri) in enumerate(found) if first <= date <= last]
+        if not chosen:
+            raise logs.DataValidationError("raw_logs", logs_uri, f"no partition in the window {first} .. {last}")
+        files = [
+            {"uri": uri, "file_index": index, "shard": position * num_shards // len(chosen)}
+            for position, (index, uri) in enumerate(chosen)
+        ]
+        windows.append({"name": name, "window": [first, last], "files": files})
+    return {
+        "logs_uri": logs_uri,
+        "catalog_uri": catalog_uri,
+        "num_shards": num_shards,
+        "config": to_dict(cfg),
+        "windows": windows,
+    }
+
+
+def write_plan(plan: dict, uri: str) -> None:
+    storage.write_text(uri, json.dumps(plan, indent=1))
+
+
+def read_plan(uri: str) -> dict:
+    return json.loads(storage.read_text(uri))
+
+
+def _config(plan: dict) -> ExtractionConfig:
+    return from_dict(ExtractionConfig, plan["config"])
+
+
+def _shard_windows(plan: dict, shard: int):
+    """(window entry, its files in this shard) for each window where the shard has files."""
+    if not 0 <= shard < plan["num_shards"]:
+        raise IndexError(f"shard {shard} out of range 0..{plan['num_shards'] - 1}")
+    for window in plan["windows"]:
+        files = [f for f in window["files"] if f["shard"] == shard]
+        if files:
+            yield window, files
+
+
+def _parts(folders: list[str], window: str, name: str) -> list[str]:
+    """The ``<folder>/<window>/<name>`` files that exist, in the folders' order."""
+    return [uri for uri in (storage.join(f, window, name) for f in folders) if storage.exists(uri)]
+
+
+def _write_stage(folder: str, stage: str, shard: int | None, seconds: float, windows: dict) -> dict:
+    record = {"stage": stage, "shard": shard, "seconds": round(seconds, 3), "windows": windows}
+    storage.write_text(storage.join(folder, STAGE), json.dumps(record, indent=1))
+    return record
+
+
+def _read_stage(folder: str) -> dict:
+    return json.loads(storage.read_text(storage.join(folder, STAGE)))
+
+
+@dataclass
+class _OpenShard:
+    con: object  # the DuckDB connection, with the ``src`` view of the shard's files
+    tmp: str
+    rows_in: int
+    columns: set[str]  # the columns the shard's files have
+
+    def load(self, name: str, uri: str) -> None:
+        """A temporary table ``name`` from a Parquet file (local or gs://)."""
+        with local_parts([uri], self.tmp) as (path,):
+            self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM read_parquet('{path}')")
+
+    def copy(self, sql: str, uri: str) -> None:
+        """Write the rows of ``sql`` as Parquet to ``uri``."""
+        path = Path(self.tmp) / "out.parquet"
+        self.con.execute(f"COPY ({sql}) TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+        storage.upload_file(path, uri)
+
+
+@contextmanager
+def _open_shard(files: list[dict], cfg: ExtractionConfig, channels: list[str] | None = None) -> Iterator[_OpenShard]:
+    """One shard's files of one window, staged locally and opened as the ``src`` view with a
+    ``rank_<channel>`` column for each of the window's ``channels`` (NULL where its files lack it)."""
+    uris = [f["uri"] for f in files]
+    with tempfile.TemporaryDirectory(prefix="unisup-shard-") as tmp, logs.staged(uris) as local:
+        own, _ = logs.file_columns(local, uris)
+        con = logs.connect(cfg, tmp)
+        try:
+            rows_in = logs.open_source(con, local, uris, [f["file_index"] for f in files], own, channels or [])
+            yield _OpenShard(con, tmp, rows_in, own)
+        finally:
+            con.close()
+
+
+def scan_shard(plan: dict, shard: int, out_uri: str) -> dict:
+    """Round 1 map: per event id of the shard's rows, its count and first row key
+    (``events.parquet``), and the columns its files have."""
+    started, cfg, windows = time.perf_counter(), _config(plan), {}
+    for window, files in _shard_windows(plan, shard):
+        with _open_shard(files, cfg) as part:
+            part.copy(logs.EVENT_COUNTS_SQL, storage.join(out_uri, window["name"], "events.parquet"))
+            windows[window["name"]] = {"rows_in": part.rows_in, "columns": sorted(part.columns)}
+    return _write_stage(out_uri, "scan", shard, time.perf_counter() - started, windows)
+
+
+def find_duplicates(plan: dict, scans: list[str], out_uri: str) -> dict:
+    """Round 1 reduce: the duplicated event ids of each window (``duplicates.parquet``) and the
+    columns and channels of all its files."""
+    started, cfg, windows = time.perf_counter(), _config(plan), {}
+    stages = [_read_stage(folder) for folder in scans]
+    with tempfile.TemporaryDirectory(prefix="unisup-dups-") as tmp:
+        con = logs.connect(cfg, tmp)
+        for window in plan["windows"]:
+            name = window["name"]
+            present = sorted({c for s in stages for c in s["windows"].get(name, {}).get("columns", [])})
+            channels = sorted(c[len("rank_") :] for c in RAW_LOGS.dynamic_names(present))
+            with local_parts(_parts(scans, name, "events.parquet"), tmp) as parts:
+                path = f"{tmp}/{name}-duplicates.parquet"
+                con.execute(
+                    f"COPY ({logs.duplicates_sql(f'SELECT * FROM read_parquet({logs.parquet_list(parts)})')}) "
+                    f"TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)"
+                )
+                storage.upload_file(path, storage.join(out_uri, name, "duplicates.parquet"))
+                duplicated = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
+            windows[name] = {"columns": present, "channels": channels, "duplicated_event_ids": int(duplicated)}
+        con.close()
+    return _write_stage(out_uri, "duplicates", None, time.perf_counter() - started, windows)
+
+
+def validate_shard(plan: dict, shard: int, duplicates_uri: str, out_uri: str) -> dict:
+    """Round 2 map: the shard's quarantine (``quarantine.parquet``, file and row order) and the
+    per-request statistics of its accepted rows (``requests.parquet``)."""
+    started, cfg, windows = time.perf_counter(), _config(plan), {}
+    known = logs.known_items(plan["catalog_uri"])
+    found = _read_stage(duplicates_uri)["windows"]
+    for window, files in _shard_windows(plan, shard):
+        name = window["name"]
+        with _open_shard(files, cfg, found[name]["channels"]) as part:
+            logs.load_known(part.con, known)
+            part.load("dups", storage.join(duplicates_uri, name, "duplicates.parquet"))
+            local_quarantine = f"{part.tmp}/quarantine.parquet"
+            by_reason = logs.quarantine(
+                part.con, tuple(window["window"]), cfg, found[name]["channels"], local_quarantine
+            )
+            storage.upload_file(local_quarantine, storage.join(out_uri, name, "quarantine.parquet"))
+            part.copy(
+                logs.per_request_sql(logs.CLEAN_REQUEST_ROWS_SQL), storage.join(out_uri, name, "requests.parquet")
+            )
+            windows[name] = {"rows_in": part.rows_in, "quarantined_by_reason": by_reason}
+    return _write_stage(out_uri, "validate", shard, time.perf_counter() - started, windows)
+
+
+def find_bots(plan: dict, validations: list[str], out_uri: str) -> dict:
+    """Round 2 reduce: the bot users of each window (``bots.parquet``) from the per-request
+    statistics of every shard, with the rows accepted and the counts by rule."""
+    started, cfg, windows = time.perf_counter(), _config(plan), {}
+    with tempfile.TemporaryDirectory(prefix="unisup-bots-") as tmp:
+        for window in plan["windows"]:
+            name = window["name"]
+            con = logs.connect(cfg, tmp)
+            with local_parts(_parts(validations, name, "requests.parquet"), tmp) as parts:
+                windows[name] = logs.find_bots(
+                    con, cfg, logs.per_request_sql(f"SELECT * FROM read_parquet({logs.parquet_list(parts)})")
+                )
+            path = f"{tmp}/{name}-bots.parquet"
+            con.execute(f"COPY bots TO '{path}' (FORMAT PARQUET)")
+            con.close()
+            storage.upload_file(path, storage.join(out_uri, name, "bots.parquet"))
+    return _write_stage(out_uri, "bots", None, time.perf_counter() - started, windows)
+
+
+def aggregate_shard(plan: dict, shard: int, duplicates_uri: str, bots_uri: str, out_uri: str) -> dict:
+    """Round 3 map: per (query, item, slot) statistics of the shard's rows used, the accepted
+    rows of users who are not bots (``slots.parquet``)."""
+    started, cfg, windows = time.perf_counter(), _config(plan), {}
+    known = logs.known_items(plan["catalog_uri"])
+    found = _read_stage(duplicates_uri)["windows"]
+    for window, files in _shard_windows(plan, shard):
+        name = window["name"]
+        channels = found[name]["channels"]
+        with _open_shard(files, cfg, channels) as part:
+            logs.load_known(part.con, known)
+            part.load("dups", storage.join(duplicates_uri, name, "duplicates.parquet"))
+            part.load("bots", storage.join(bots_uri, name, "bots.parquet"))
+            logs.quarantine(part.con, tuple(window["window"]), cfg, channels, None)
+            part.copy(logs.slot_stats_sql(channels), storage.join(out_uri, name, "slots.parquet"))
+            windows[name] = {"rows_in": part.rows_in}
+    return _write_stage(out_uri, "aggregate", shard, time.perf_counter() - started, windows)
+
+
+def merge_extraction(
+    plan: dict,
+    duplicates_uri: str,
+    bots_uri: str,
+    validations: list[str],
+    aggregations: list[str],
+    outputs: dict[str, tuple[str, str | None, str | None]],
+    scans: list[str] | None = None,
+) -> dict[str, dict]:
+    """Round 3 reduce: for each window, ``outputs[name] = (engagement, quarantine, report)``
+    (the last two None: beside the engagement) gets the engagement table from the merged
+    slot statistics, the shards' quarantines in order, and the report of
+    :func:`unisup.logs.extract_logs` with the shards' timings. Returns the reports."""
+    started, cfg = time.perf_counter(), _config(plan)
+    found, bots = _read_stage(duplicates_uri), _read_stage(bots_uri)
+    stages = {
+        "scan": [_read_stage(f) for f in scans or []],
+        "validate": [_read_stage(f) for f in validations],
+        "aggregate": [_read_stage(f) for f in aggregations],
+    }
+    reports = {}
+    with tempfile.TemporaryDirectory(prefix="unisup-merge-") as tmp:
+        for window in plan["windows"]:
+            name = window["name"]
+            out_uri, quarantine_uri, report_uri = outputs[name]
+            quarantine_uri, report_uri = logs.output_uris(out_uri, quarantine_uri, report_uri)
+            channels = found["windows"][name]["channels"]
+            validated = [s["windows"][name] for s in stages["validate"] if name in s["windows"]]
+            rows_in = sum(v["rows_in"] for v in validated)
+            by_reason: dict[str, int] = {}
+            for v in validated:
+                for reason, count in v["quarantined_by_reason"].items():
+                    by_reason[reason] = by_reason.get(reason, 0) + count
+            by_reason = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
+            con = logs.connect(cfg, tmp)
+            with local_parts(_parts(aggregations, name, "slots.parquet"), tmp) as parts:
+                relation = f"read_parquet({logs.parquet_list(parts)})"
+                con.execute(f"CREATE TEMP TABLE qip AS {logs.merged_slot_stats_sql(relation, channels)}")
+            local_engagement = f"{tmp}/{name}-engagement.parquet"
+            totals = logs.write_engagement(con, cfg, channels, local_engagement)
+            con.close()
+            window_bots = bots["windows"][name]
+            logs.check_accounting(plan["logs_uri"], rows_in, by_reason, window_bots, totals)
+            logs.check_engagement_schema(local_engagement, channels, out_uri)
+            storage.upload_file(local_engagement, out_uri)
+            _concatenate(_parts(validations, name, "quarantine.parquet"), quarantine_uri, tmp)
+            seconds = time.perf_counter() - started
+            timings = {stage: [s["seconds"] for s in records] for stage, records in stages.items() if records}
+            timings |= {"duplicates": found["seconds"], "bots": bots["seconds"], "merge": round(seconds, 3)}
+            critical_path = sum(max(v) if isinstance(v, list) else v for v in timings.values())
+            report = logs.extraction_report(
+                logs_uri=plan["logs_uri"],
+                out_uri=out_uri,
+                quarantine_uri=quarantine_uri,
+                window=window["window"],
+                files=len(window["files"]),
+                rows_in=rows_in,
+                by_reason=by_reason,
+                bots=window_bots,
+                totals=totals,
+                channels=channels,
+                cfg=cfg,
+                seconds=critical_path,
+            )
+            report |= {
+                "shards": plan["num_shards"],
+                "duplicated_event_ids": found["windows"][name]["duplicated_event_ids"],
+                "stage_seconds": timings,
+            }
+            storage.write_text(report_uri, json.dumps(report, indent=1))
+            reports[name] = report
+    return reports
+
+
+@contextmanager
+def local_parts(uris: list[str], tmp: str) -> Iterator[list[str]]:
+    """Local paths of Parquet files: themselves when local, else copies under ``tmp``."""
+    with tempfile.TemporaryDirectory(dir=tmp) as folder:
+        yield [
+            str(storage.download_file(uri, Path(folder) / f"{i:05d}.parquet")) if storage.is_gcs(uri) else uri
+            for i, uri in enumerate(uris)
+        ]
+
+
+def _concatenate(parts: list[str], out_uri: str, tmp: str) -> int:
+    """The Parquet parts, one after the other (row groups streamed), into ``out_uri``."""
+    path = Path(tmp) / "concatenated.parquet"
+    rows = 0
+    with local_parts(parts, tmp) as local:
+        schema = pa.schema([field.with_nullable(True) for field in pq.read_schema(local[0])])
+        with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+            for part in local:
+                file = pq.ParquetFile(part)
+                for group in range(file.num_row_groups):
+                    table = file.read_row_group(group)
+                    writer.write_table(table.cast(schema))
+                    rows += table.num_rows
+    storage.upload_file(path, out_uri)
+    return rows
+
+
+def extract_logs_sharded(
+    logs_uri: str,
+    out_uri: str,
+    holdout_uri: str,
+    cfg: ExtractionConfig,
+    catalog_uri: str,
+    num_shards: int,
+    work_uri: str,
+    quarantine_uri: str | None = None,
+    report_uri: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+) -> tuple[dict, dict | None]:
+    """Every round of the sharded extraction in this process, its stage folders under
+    ``work_uri``: the outputs of :func:`unisup.logs.extract_logs_with_holdout`."""
+    plan = plan_extraction(logs_uri, cfg, catalog_uri, num_shards, start_date, end_date)
+    write_plan(plan, storage.join(work_uri, "plan.json"))
+    shards = range(num_shards)
+    scans = [storage.join(work_uri, f"scan-{k:05d}") for k in shards]
+    validations = [storage.join(work_uri, f"validate-{k:05d}") for k in shards]
+    aggregations = [storage.join(work_uri, f"aggregate-{k:05d}") for k in shards]
+    duplicates, bots = storage.join(work_uri, "duplicates"), storage.join(work_uri, "bots")
+    for k in shards:
+        scan_shard(plan, k, scans[k])
+    find_duplicates(plan, scans, duplicates)
+    for k in shards:
+        validate_shard(plan, k, duplicates, validations[k])
+    find_bots(plan, validations, bots)
+    for k in shards:
+        aggregate_shard(plan, k, duplicates, bots, aggregations[k])
+    outputs = {TRAINING: (out_uri, quarantine_uri, report_uri), HOLDOUT: (holdout_uri, None, None)}
+    reports = merge_extraction(plan, duplicates, bots, validations, aggregations, outputs, scans)
+    if HOLDOUT not in reports:
+        write_table(read_table(out_uri).schema.empty_table(), holdout_uri)
+    return reports[TRAINING], reports.get(HOLDOUT)
