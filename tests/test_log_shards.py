@@ -132,3 +132,25 @@ def test_sharded_extraction_on_gcs(crossing_logs, crossing_catalog, gcs_emulator
     storage.download_file(out, local)
     _assert_same_tables(str(tmp_path / "single.parquet"), str(local))
     assert storage.exists(f"gs://{gcs_emulator}/sharded/work/duplicates/training/duplicates.parquet")
+
+
+def test_a_rerun_keeps_the_finished_stages_of_the_same_plan(crossing_logs, crossing_catalog, tmp_path, monkeypatch):
+    from unisup import log_shards
+
+    work = tmp_path / "work"
+    args = (crossing_logs, str(tmp_path / "b.parquet"), str(tmp_path / "h.parquet"))
+    first, _ = extract_logs_sharded(*args, _cfg(), crossing_catalog, 3, str(work))
+    # a crash in the second round: one validation unfinished (its record is written last), no aggregation yet
+    (work / "validate-00001" / "stage.json").unlink()
+    for k in range(3):
+        (work / f"aggregate-{k:05d}" / "stage.json").unlink()
+    calls = []
+    for name in ("scan_shard", "find_duplicates", "validate_shard", "find_bots", "aggregate_shard"):
+        real = getattr(log_shards, name)
+        monkeypatch.setattr(log_shards, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    again, _ = extract_logs_sharded(*args, _cfg(), crossing_catalog, 3, str(work))
+    assert calls == ["validate_shard", "aggregate_shard", "aggregate_shard", "aggregate_shard"]
+    _assert_same_report(first, again)
+    calls.clear()  # another config is another plan: every stage again
+    extract_logs_sharded(*args, _cfg("extraction.bot_max_ctr=0.8"), crossing_catalog, 3, str(work))
+    assert calls.count("scan_shard") == 3 and "find_bots" in calls

@@ -27,6 +27,7 @@ Every stage writes one folder with a sub-folder per window::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -111,8 +112,15 @@ def _parts(folders: list[str], window: str, name: str) -> list[str]:
     return [uri for uri in (storage.join(f, window, name) for f in folders) if storage.exists(uri)]
 
 
-def _write_stage(folder: str, stage: str, shard: int | None, seconds: float, windows: dict) -> dict:
-    record = {"stage": stage, "shard": shard, "seconds": round(seconds, 3), "windows": windows}
+def plan_digest(plan: dict) -> str:
+    """A digest of the plan: a stage's outputs belong to the plan with this digest."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_stage(folder: str, plan: dict, stage: str, shard: int | None, seconds: float, windows: dict) -> dict:
+    """The stage's record, written after all its outputs: a folder without one is unfinished."""
+    record = {"stage": stage, "shard": shard, "plan": plan_digest(plan), "seconds": round(seconds, 3)}
+    record["windows"] = windows
     storage.write_text(storage.join(folder, STAGE), json.dumps(record, indent=1))
     return record
 
@@ -163,7 +171,7 @@ def scan_shard(plan: dict, shard: int, out_uri: str) -> dict:
         with _open_shard(files, cfg) as part:
             part.copy(logs.EVENT_COUNTS_SQL, storage.join(out_uri, window["name"], "events.parquet"))
             windows[window["name"]] = {"rows_in": part.rows_in, "columns": sorted(part.columns)}
-    return _write_stage(out_uri, "scan", shard, time.perf_counter() - started, windows)
+    return _write_stage(out_uri, plan, "scan", shard, time.perf_counter() - started, windows)
 
 
 def find_duplicates(plan: dict, scans: list[str], out_uri: str) -> dict:
@@ -187,7 +195,7 @@ def find_duplicates(plan: dict, scans: list[str], out_uri: str) -> dict:
                 duplicated = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
             windows[name] = {"columns": present, "channels": channels, "duplicated_event_ids": int(duplicated)}
         con.close()
-    return _write_stage(out_uri, "duplicates", None, time.perf_counter() - started, windows)
+    return _write_stage(out_uri, plan, "duplicates", None, time.perf_counter() - started, windows)
 
 
 def validate_shard(plan: dict, shard: int, duplicates_uri: str, out_uri: str) -> dict:
@@ -210,7 +218,7 @@ def validate_shard(plan: dict, shard: int, duplicates_uri: str, out_uri: str) ->
                 logs.per_request_sql(logs.CLEAN_REQUEST_ROWS_SQL), storage.join(out_uri, name, "requests.parquet")
             )
             windows[name] = {"rows_in": part.rows_in, "quarantined_by_reason": by_reason}
-    return _write_stage(out_uri, "validate", shard, time.perf_counter() - started, windows)
+    return _write_stage(out_uri, plan, "validate", shard, time.perf_counter() - started, windows)
 
 
 def find_bots(plan: dict, validations: list[str], out_uri: str) -> dict:
@@ -229,7 +237,7 @@ def find_bots(plan: dict, validations: list[str], out_uri: str) -> dict:
             con.execute(f"COPY bots TO '{path}' (FORMAT PARQUET)")
             con.close()
             storage.upload_file(path, storage.join(out_uri, name, "bots.parquet"))
-    return _write_stage(out_uri, "bots", None, time.perf_counter() - started, windows)
+    return _write_stage(out_uri, plan, "bots", None, time.perf_counter() - started, windows)
 
 
 def aggregate_shard(plan: dict, shard: int, duplicates_uri: str, bots_uri: str, out_uri: str) -> dict:
@@ -248,7 +256,7 @@ def aggregate_shard(plan: dict, shard: int, duplicates_uri: str, bots_uri: str, 
             logs.quarantine(part.con, tuple(window["window"]), cfg, channels, None)
             part.copy(logs.slot_stats_sql(channels), storage.join(out_uri, name, "slots.parquet"))
             windows[name] = {"rows_in": part.rows_in}
-    return _write_stage(out_uri, "aggregate", shard, time.perf_counter() - started, windows)
+    return _write_stage(out_uri, plan, "aggregate", shard, time.perf_counter() - started, windows)
 
 
 def merge_extraction(
@@ -366,7 +374,8 @@ def extract_logs_sharded(
     end_date: str | None = None,
 ) -> tuple[dict, dict | None]:
     """Every round of the sharded extraction in this process, its stage folders under
-    ``work_uri``: the outputs of :func:`unisup.logs.extract_logs_with_holdout`."""
+    ``work_uri``: the outputs of :func:`unisup.logs.extract_logs_with_holdout`. Run again
+    after a crash, it keeps the stages already finished for the same plan and redoes the rest."""
     plan = plan_extraction(logs_uri, cfg, catalog_uri, num_shards, start_date, end_date)
     write_plan(plan, storage.join(work_uri, "plan.json"))
     shards = range(num_shards)
@@ -374,14 +383,20 @@ def extract_logs_sharded(
     validations = [storage.join(work_uri, f"validate-{k:05d}") for k in shards]
     aggregations = [storage.join(work_uri, f"aggregate-{k:05d}") for k in shards]
     duplicates, bots = storage.join(work_uri, "duplicates"), storage.join(work_uri, "bots")
+
+    def once(folder: str, stage, *args) -> None:
+        uri = storage.join(folder, STAGE)
+        if not (storage.exists(uri) and _read_stage(folder)["plan"] == plan_digest(plan)):
+            stage(plan, *args, folder)
+
     for k in shards:
-        scan_shard(plan, k, scans[k])
-    find_duplicates(plan, scans, duplicates)
+        once(scans[k], scan_shard, k)
+    once(duplicates, find_duplicates, scans)
     for k in shards:
-        validate_shard(plan, k, duplicates, validations[k])
-    find_bots(plan, validations, bots)
+        once(validations[k], validate_shard, k, duplicates)
+    once(bots, find_bots, validations)
     for k in shards:
-        aggregate_shard(plan, k, duplicates, bots, aggregations[k])
+        once(aggregations[k], aggregate_shard, k, duplicates, bots)
     outputs = {TRAINING: (out_uri, quarantine_uri, report_uri), HOLDOUT: (holdout_uri, None, None)}
     reports = merge_extraction(plan, duplicates, bots, validations, aggregations, outputs, scans)
     if HOLDOUT not in reports:

@@ -60,6 +60,26 @@ def test_labeling_fans_out_over_a_shard_count_parameter(compiled):
         assert "merge-shards" in tasks and "label" in tasks
 
 
+def test_extraction_fans_out_over_a_log_shard_count_parameter(compiled):
+    for name in pipelines():
+        spec = compiled[name][0]
+        tasks = all_tasks(spec)
+        dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+        shown = {key: task["taskInfo"]["name"] for dag in dags for key, task in dag["tasks"].items()}
+        after = {n: [shown[key] for key in t.get("dependentTasks", [])] for n, t in tasks.items()}  # by shown name
+        plan = tasks["plan-log-shards"]["inputs"]["parameters"]
+        assert plan["num_shards"]["componentInputParameter"] == "log_shard_count"
+        rounds = {"scan-log-shards": "find-duplicate-events", "validate-log-shards": "find-bot-users"}
+        rounds["aggregate-log-shards"] = "merge-log-shards"
+        for loop, reduce in rounds.items():
+            assert "parameterIterator" in tasks[loop] and "plan-log-shards" in after[loop]
+            assert loop in after[reduce], (loop, reduce)
+        # the second and third rounds read what the reduce before them found
+        assert "find-duplicate-events" in after["validate-log-shards"]
+        assert "find-bot-users" in after["aggregate-log-shards"]
+        assert "merge-log-shards" in after["split-shards"]
+
+
 def test_push_is_gated_on_the_blessing_and_never_cached(compiled):
     spec = compiled["unified_supervision"][0]
     tasks = all_tasks(spec)
@@ -114,6 +134,7 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         "triton_url",
         "catalog_uri",
         "serving_model_repository",
+        "log_shard_count",
         "shard_count",
     ):
         assert name in params, name

@@ -54,7 +54,9 @@ def check_run(run: Path, serving: Path) -> None:
     """Every record accounted for across the shards, a report, a blessing and the push."""
     shards = sorted(run.glob("*/pick-shard/shard"))
     assert len(shards) == 2
-    engagement = read_table(str(next(run.glob("extract-logs*/engagement"))))
+    engagement = read_table(str(next(run.glob("merge-log-shards/engagement"))))
+    extraction = json.loads(next(run.glob("merge-log-shards/report")).read_text())
+    assert extraction["shards"] == 2 and len(list(run.glob("*/validate-log-shard/validated"))) == 2
     labels = read_table(str(next(run.glob("merge-shards/merged")) / "labels.parquet"))
     report = json.loads((next(run.glob("merge-shards/merged")) / "report.json").read_text())
     assert sum(read_table(str(s)).num_rows for s in shards) == engagement.num_rows
@@ -81,6 +83,7 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
         catalog_uri=str(tiny_sample["catalog"]),
         judgments_uri=str(tiny_sample["judgments"]),
         split_uri=str(tiny_sample["split"]),
+        log_shard_count=2,
         shard_count=2,
         labeling_backend="inprocess",
         max_epochs=1,
