@@ -42,7 +42,9 @@ cfg = load_config("local", sys.argv[4:])
 start = time.perf_counter()
 shards = int(sys.argv[3])
 if shards:
+    import shutil
     from unisup.log_shards import extract_logs_sharded
+    shutil.rmtree(sys.argv[2] + ".work", ignore_errors=True)  # a fresh run: no stage kept from the last one
     report, _ = extract_logs_sharded(sys.argv[1], sys.argv[2], sys.argv[2] + ".holdout", cfg.extraction,
                                      cfg.data.catalog_uri, shards, sys.argv[2] + ".work")
 else:

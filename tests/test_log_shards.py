@@ -154,3 +154,22 @@ def test_a_rerun_keeps_the_finished_stages_of_the_same_plan(crossing_logs, cross
     calls.clear()  # another config is another plan: every stage again
     extract_logs_sharded(*args, _cfg("extraction.bot_max_ctr=0.8"), crossing_catalog, 3, str(work))
     assert calls.count("scan_shard") == 3 and "find_bots" in calls
+
+
+def test_the_reduces_take_the_shards_in_any_order_and_miss_none(crossing_logs, crossing_catalog, tmp_path):
+    from unisup.log_shards import merge_extraction, read_plan
+
+    work = tmp_path / "work"
+    extract_logs_sharded(
+        crossing_logs, str(tmp_path / "b.parquet"), str(tmp_path / "h.parquet"), _cfg(), crossing_catalog, 3,
+        str(work),
+    )  # fmt: skip
+    plan = read_plan(str(work / "plan.json"))
+    stages = {s: [str(work / f"{s}-{k:05d}") for k in (2, 0, 1)] for s in ("validate", "aggregate")}
+    out = {TRAINING: (str(tmp_path / "again.parquet"), None, None)}
+    merge_extraction(plan, str(work / "duplicates"), str(work / "bots"), stages["validate"], stages["aggregate"], out)
+    _assert_same_tables(str(tmp_path / "b.quarantine.parquet"), str(tmp_path / "again.quarantine.parquet"))
+    _assert_same_tables(str(tmp_path / "b.parquet"), str(tmp_path / "again.parquet"))
+    (work / "aggregate-00001" / TRAINING / "slots.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="shard 1 of the training window: no slots.parquet"):
+        merge_extraction(plan, str(work / "duplicates"), str(work / "bots"), *stages.values(), out)

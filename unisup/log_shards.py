@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from unisup import logs, storage
 from unisup.config import ExtractionConfig, from_dict, to_dict
 from unisup.data.tables import read_table, write_table
-from unisup.schemas import RAW_LOGS
+from unisup.schemas import RAW_LOGS, DataValidationError
 
 TRAINING, HOLDOUT = "training", "holdout"
 STAGE = "stage.json"
@@ -70,7 +70,7 @@ def plan_extraction(
         first, last = window
         chosen = [(index, uri) for index, (date, uri) in enumerate(found) if first <= date <= last]
         if not chosen:
-            raise logs.DataValidationError("raw_logs", logs_uri, f"no partition in the window {first} .. {last}")
+            raise DataValidationError("raw_logs", logs_uri, f"no partition in the window {first} .. {last}")
         files = [
             {"uri": uri, "file_index": index, "shard": position * num_shards // len(chosen)}
             for position, (index, uri) in enumerate(chosen)
@@ -107,9 +107,24 @@ def _shard_windows(plan: dict, shard: int):
             yield window, files
 
 
-def _parts(folders: list[str], window: str, name: str) -> list[str]:
-    """The ``<folder>/<window>/<name>`` files that exist, in the folders' order."""
-    return [uri for uri in (storage.join(f, window, name) for f in folders) if storage.exists(uri)]
+def _parts(plan: dict, folders: list[str], window: str, name: str) -> list[str]:
+    """``<folder>/<window>/<name>`` of every shard with files in the window, in shard order
+    (each folder's record names its shard; the folders may come in any order). A missing one,
+    or a stage of another plan, is an error naming it."""
+    by_shard = {}
+    for folder in folders:
+        record = _read_stage(folder)
+        if record["plan"] != plan_digest(plan):
+            raise ValueError(f"{folder}: stage output of another extraction plan")
+        by_shard[record["shard"]] = folder
+    entry = next(w for w in plan["windows"] if w["name"] == window)
+    parts = []
+    for shard in sorted({f["shard"] for f in entry["files"]}):
+        uri = storage.join(by_shard[shard], window, name) if shard in by_shard else None
+        if uri is None or not storage.exists(uri):
+            raise FileNotFoundError(f"shard {shard} of the {window} window: no {name} ({uri or 'no stage output'})")
+        parts.append(uri)
+    return parts
 
 
 def plan_digest(plan: dict) -> str:
@@ -185,10 +200,10 @@ def find_duplicates(plan: dict, scans: list[str], out_uri: str) -> dict:
             name = window["name"]
             present = sorted({c for s in stages for c in s["windows"].get(name, {}).get("columns", [])})
             channels = sorted(c[len("rank_") :] for c in RAW_LOGS.dynamic_names(present))
-            with local_parts(_parts(scans, name, "events.parquet"), tmp) as parts:
+            with local_parts(_parts(plan, scans, name, "events.parquet"), tmp) as parts:
                 path = f"{tmp}/{name}-duplicates.parquet"
                 con.execute(
-                    f"COPY ({logs.duplicates_sql(f'SELECT * FROM read_parquet({logs.parquet_list(parts)})')}) "
+                    f"COPY ({logs.merged_duplicates_sql(f'read_parquet({logs.parquet_list(parts)})')}) "
                     f"TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)"
                 )
                 storage.upload_file(path, storage.join(out_uri, name, "duplicates.parquet"))
@@ -229,7 +244,7 @@ def find_bots(plan: dict, validations: list[str], out_uri: str) -> dict:
         for window in plan["windows"]:
             name = window["name"]
             con = logs.connect(cfg, tmp)
-            with local_parts(_parts(validations, name, "requests.parquet"), tmp) as parts:
+            with local_parts(_parts(plan, validations, name, "requests.parquet"), tmp) as parts:
                 windows[name] = logs.find_bots(
                     con, cfg, logs.per_request_sql(f"SELECT * FROM read_parquet({logs.parquet_list(parts)})")
                 )
@@ -294,7 +309,7 @@ def merge_extraction(
                     by_reason[reason] = by_reason.get(reason, 0) + count
             by_reason = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
             con = logs.connect(cfg, tmp)
-            with local_parts(_parts(aggregations, name, "slots.parquet"), tmp) as parts:
+            with local_parts(_parts(plan, aggregations, name, "slots.parquet"), tmp) as parts:
                 relation = f"read_parquet({logs.parquet_list(parts)})"
                 con.execute(f"CREATE TEMP TABLE qip AS {logs.merged_slot_stats_sql(relation, channels)}")
             local_engagement = f"{tmp}/{name}-engagement.parquet"
@@ -304,7 +319,7 @@ def merge_extraction(
             logs.check_accounting(plan["logs_uri"], rows_in, by_reason, window_bots, totals)
             logs.check_engagement_schema(local_engagement, channels, out_uri)
             storage.upload_file(local_engagement, out_uri)
-            _concatenate(_parts(validations, name, "quarantine.parquet"), quarantine_uri, tmp)
+            _concatenate(_parts(plan, validations, name, "quarantine.parquet"), quarantine_uri, tmp)
             seconds = time.perf_counter() - started
             timings = {stage: [s["seconds"] for s in records] for stage, records in stages.items() if records}
             timings |= {"duplicates": found["seconds"], "bots": bots["seconds"], "merge": round(seconds, 3)}
