@@ -54,11 +54,42 @@ def scan_log_shard(plan: Input[Artifact], index: int, scan: Output[Artifact]):
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
-def find_duplicate_events(plan: Input[Artifact], scans: Input[list[Artifact]], duplicates: Output[Artifact]):
-    """Round 1 reduce: the event ids that occur more than once in a window, over all shards."""
+def list_log_scans(scans: Input[list[Artifact]], listed: Output[Artifact]):
+    """The locations of the scans, for the per-bucket tasks, which read only their bucket of
+    each (a loop cannot take the collected outputs of another loop)."""
+    import json
+
+    from unisup import storage
+
+    storage.write_text(listed.path, json.dumps([scan.uri for scan in scans]))
+    listed.metadata["scans"] = len(scans)
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def find_duplicate_events(plan: Input[Artifact], scans: Input[Artifact], bucket: int, duplicates: Output[Artifact]):
+    """Round 1 reduce, one task per bucket: the event ids of the bucket that occur more than
+    once in a window, over all shards."""
+    import json
+
+    from unisup import storage
     from unisup.log_shards import find_duplicates, read_plan
 
-    record = find_duplicates(read_plan(plan.path), [s.path for s in scans], duplicates.path)
+    located = json.loads(storage.read_text(scans.path))
+    record = find_duplicates(read_plan(plan.path), located, bucket, duplicates.path)
+    duplicates.metadata.update(
+        {
+            "bucket": bucket,
+            **{f"{n}_duplicated_event_ids": w["duplicated_event_ids"] for n, w in record["windows"].items()},
+        }
+    )
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def gather_duplicate_events(plan: Input[Artifact], buckets: Input[list[Artifact]], duplicates: Output[Artifact]):
+    """The duplicated event ids of every bucket, for the validation and aggregation rounds."""
+    from unisup.log_shards import gather_duplicates, read_plan
+
+    record = gather_duplicates(read_plan(plan.path), [b.path for b in buckets], duplicates.path)
     duplicates.metadata.update(
         {f"{name}_duplicated_event_ids": w["duplicated_event_ids"] for name, w in record["windows"].items()}
     )

@@ -8,6 +8,8 @@ from components.extract_logs import (
     aggregate_log_shard,
     find_bot_users,
     find_duplicate_events,
+    gather_duplicate_events,
+    list_log_scans,
     merge_log_shards,
     plan_log_shards,
     scan_log_shard,
@@ -41,8 +43,9 @@ def sharded_extraction(
     logs_uri, start_date: str, end_date: str, num_shards: int, config: str, overrides: list
 ) -> dsl.PipelineTask:
     """The log extraction over ``num_shards`` file shards: a plan, then scan, validate and
-    aggregate rounds each fanned out with ``dsl.ParallelFor`` and merged by one reduce
-    (unisup.log_shards). Returns the last reduce, with the engagement outputs."""
+    aggregate rounds each fanned out with ``dsl.ParallelFor`` and merged by a reduce, the first
+    reduce itself fanned out over event-id buckets (unisup.log_shards). Returns the last
+    reduce, with the engagement outputs."""
     planned = _k8s.on_cpu(
         plan_log_shards(
             logs_uri=logs_uri,
@@ -56,7 +59,10 @@ def sharded_extraction(
     plan = planned.outputs["plan"]
     with dsl.ParallelFor(planned.outputs["Output"], name="scan-log-shards") as index:
         scanned = _k8s.on_cpu(scan_log_shard(plan=plan, index=index))
-    duplicates = _k8s.on_cpu(find_duplicate_events(plan=plan, scans=dsl.Collected(scanned.outputs["scan"])))
+    listed = _k8s.on_cpu(list_log_scans(scans=dsl.Collected(scanned.outputs["scan"])))
+    with dsl.ParallelFor(planned.outputs["Output"], name="find-duplicates-by-bucket") as bucket:
+        found = _k8s.on_cpu(find_duplicate_events(plan=plan, scans=listed.outputs["listed"], bucket=bucket))
+    duplicates = _k8s.on_cpu(gather_duplicate_events(plan=plan, buckets=dsl.Collected(found.outputs["duplicates"])))
     with dsl.ParallelFor(planned.outputs["Output"], name="validate-log-shards") as index:
         validated = _k8s.on_cpu(
             validate_log_shard(plan=plan, index=index, duplicates=duplicates.outputs["duplicates"]), _k8s.LARGE

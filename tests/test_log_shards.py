@@ -71,7 +71,8 @@ def test_any_shard_count_gives_the_single_process_tables(crossing_logs, crossing
     )
     _assert_same_report(single, sharded)
     assert sharded["shards"] == num_shards and sharded["duplicated_event_ids"] == 3
-    assert set(sharded["stage_seconds"]) == {"scan", "validate", "aggregate", "duplicates", "bots", "merge"}
+    assert set(sharded["stage_seconds"]) == {"scan", "duplicates", "gather", "validate", "bots", "aggregate", "merge"}
+    assert len(sharded["stage_seconds"]["duplicates"]) == num_shards  # one task per bucket
     _assert_same_tables(str(tmp_path / "single.parquet"), str(tmp_path / "sharded.parquet"))
     _assert_same_tables(str(tmp_path / "single.quarantine.parquet"), str(tmp_path / "sharded.quarantine.parquet"))
     assert held_out is None and read_table(str(tmp_path / "held_out.parquet")).num_rows == 0
@@ -145,7 +146,14 @@ def test_a_rerun_keeps_the_finished_stages_of_the_same_plan(crossing_logs, cross
     for k in range(3):
         (work / f"aggregate-{k:05d}" / "stage.json").unlink()
     calls = []
-    for name in ("scan_shard", "find_duplicates", "validate_shard", "find_bots", "aggregate_shard"):
+    for name in (
+        "scan_shard",
+        "find_duplicates",
+        "gather_duplicates",
+        "validate_shard",
+        "find_bots",
+        "aggregate_shard",
+    ):
         real = getattr(log_shards, name)
         monkeypatch.setattr(log_shards, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     again, _ = extract_logs_sharded(*args, _cfg(), crossing_catalog, 3, str(work))
@@ -173,3 +181,11 @@ def test_the_reduces_take_the_shards_in_any_order_and_miss_none(crossing_logs, c
     (work / "aggregate-00001" / TRAINING / "slots.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="shard 1 of the training window: no slots.parquet"):
         merge_extraction(plan, str(work / "duplicates"), str(work / "bots"), *stages.values(), out)
+
+
+def test_scans_are_read_from_local_or_gcs_locations_only(crossing_logs, crossing_catalog, tmp_path):
+    from unisup.log_shards import find_duplicates
+
+    plan = plan_extraction(crossing_logs, _cfg(), crossing_catalog, 2)
+    with pytest.raises(ValueError, match="s3://bucket/scan: scans are read by URI"):
+        find_duplicates(plan, ["s3://bucket/scan"], 0, str(tmp_path / "dups"))

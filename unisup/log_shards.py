@@ -10,17 +10,19 @@ run:
 
 1. :func:`plan_extraction`: the files of each window (training, held-out) in order, cut into
    ``num_shards`` contiguous shards; every task reads this plan, so all see the same files;
-2. :func:`scan_shard` -> per-event-id counts; :func:`find_duplicates` -> duplicated ids and the
-   key of their first row, and the columns and channels of all the files;
+2. :func:`scan_shard` -> per-event-id counts, hash-partitioned into ``num_shards`` buckets;
+   :func:`find_duplicates`, one task per bucket, reads that bucket of every scan (a shuffle:
+   every id meets its other copies) -> duplicated ids and the key of their first row;
+   :func:`gather_duplicates` -> those of all buckets (few), with the files' columns and channels;
 3. :func:`validate_shard` -> the shard's quarantine and per-request statistics of its accepted
    rows; :func:`find_bots` -> the bot users;
 4. :func:`aggregate_shard` -> per (query, item, slot) statistics of the rows used;
    :func:`merge_extraction` -> propensities, priors, the engagement table, the quarantine in
    file and row order and the report, with rows in = accepted + quarantined checked.
 
-Every stage writes one folder with a sub-folder per window::
+Every stage writes one folder with a sub-folder per window and, last, its record::
 
-    <stage>/training/events.parquet  <stage>/holdout/...  <stage>/stage.json
+    <stage>/training/requests.parquet  <stage>/holdout/...  <stage>/stage.json
 
 :func:`extract_logs_sharded` runs the rounds in this process (the CLI's ``--shards``).
 """
@@ -107,22 +109,37 @@ def _shard_windows(plan: dict, shard: int):
             yield window, files
 
 
-def _parts(plan: dict, folders: list[str], window: str, name: str) -> list[str]:
-    """``<folder>/<window>/<name>`` of every shard with files in the window, in shard order
-    (each folder's record names its shard; the folders may come in any order). A missing one,
-    or a stage of another plan, is an error naming it."""
-    by_shard = {}
+def _by_shard(plan: dict, folders: list[str]) -> dict[int, tuple[str, dict]]:
+    """Stage folders by the shard (or bucket) their record names, with the record; the folders
+    may come in any order. A stage of another plan is an error naming it."""
+    found = {}
     for folder in folders:
         record = _read_stage(folder)
         if record["plan"] != plan_digest(plan):
             raise ValueError(f"{folder}: stage output of another extraction plan")
-        by_shard[record["shard"]] = folder
+        found[record["shard"]] = (folder, record)
+    return found
+
+
+def _check_complete(plan: dict, records: dict, window: str) -> None:
+    """Every shard with files in the window has its stage output, or an error naming the first missing."""
+    entry = next(w for w in plan["windows"] if w["name"] == window)
+    for shard in sorted({f["shard"] for f in entry["files"]}):
+        if shard not in records:
+            raise FileNotFoundError(f"shard {shard} of the {window} window: no stage output")
+
+
+def _parts(plan: dict, folders: list[str], window: str, name: str) -> list[str]:
+    """``<folder>/<window>/<name>`` of every shard with files in the window, in shard order.
+    A missing one is an error naming it."""
+    records = _by_shard(plan, folders)
+    _check_complete(plan, records, window)
     entry = next(w for w in plan["windows"] if w["name"] == window)
     parts = []
     for shard in sorted({f["shard"] for f in entry["files"]}):
-        uri = storage.join(by_shard[shard], window, name) if shard in by_shard else None
-        if uri is None or not storage.exists(uri):
-            raise FileNotFoundError(f"shard {shard} of the {window} window: no {name} ({uri or 'no stage output'})")
+        uri = storage.join(records[shard][0], window, name)
+        if not storage.exists(uri):
+            raise FileNotFoundError(f"shard {shard} of the {window} window: no {name} ({uri})")
         parts.append(uri)
     return parts
 
@@ -132,10 +149,12 @@ def plan_digest(plan: dict) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _write_stage(folder: str, plan: dict, stage: str, shard: int | None, seconds: float, windows: dict) -> dict:
+def _write_stage(
+    folder: str, plan: dict, stage: str, shard: int | None, seconds: float, windows: dict, **extra
+) -> dict:
     """The stage's record, written after all its outputs: a folder without one is unfinished."""
     record = {"stage": stage, "shard": shard, "plan": plan_digest(plan), "seconds": round(seconds, 3)}
-    record["windows"] = windows
+    record |= {"windows": windows, **extra}
     storage.write_text(storage.join(folder, STAGE), json.dumps(record, indent=1))
     return record
 
@@ -179,38 +198,94 @@ def _open_shard(files: list[dict], cfg: ExtractionConfig, channels: list[str] | 
 
 
 def scan_shard(plan: dict, shard: int, out_uri: str) -> dict:
-    """Round 1 map: per event id of the shard's rows, its count and first row key
-    (``events.parquet``), and the columns its files have."""
+    """Round 1 map: per event id of the shard's rows, its count and first row key, hash-
+    partitioned into ``num_shards`` buckets (``events-<bucket>.parquet``; a bucket without ids
+    is not written), and the columns its files have. DuckDB's ``hash`` is the same in every
+    task of a run, which all run one image."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
+    buckets = plan["num_shards"]
     for window, files in _shard_windows(plan, shard):
+        name = window["name"]
         with _open_shard(files, cfg) as part:
-            part.copy(logs.EVENT_COUNTS_SQL, storage.join(out_uri, window["name"], "events.parquet"))
-            windows[window["name"]] = {"rows_in": part.rows_in, "columns": sorted(part.columns)}
+            folder = Path(part.tmp) / "events"
+            part.con.execute(
+                f"COPY (SELECT *, hash(event_id) % {buckets} AS bucket FROM ({logs.EVENT_COUNTS_SQL})) "
+                f"TO '{folder}' (FORMAT PARQUET, COMPRESSION ZSTD, PARTITION_BY (bucket))"
+            )
+            written = {}
+            for path in sorted(folder.glob("bucket=*/*.parquet")):
+                bucket = int(path.parent.name.split("=")[1])
+                file = f"events-{bucket:05d}-{len(written.get(bucket, [])):03d}.parquet"
+                storage.upload_file(path, storage.join(out_uri, name, file))
+                written.setdefault(bucket, []).append(file)
+            windows[name] = {"rows_in": part.rows_in, "columns": sorted(part.columns), "buckets": written}
     return _write_stage(out_uri, plan, "scan", shard, time.perf_counter() - started, windows)
 
 
-def find_duplicates(plan: dict, scans: list[str], out_uri: str) -> dict:
-    """Round 1 reduce: the duplicated event ids of each window (``duplicates.parquet``) and the
-    columns and channels of all its files."""
+def find_duplicates(plan: dict, scans: list[str], bucket: int, out_uri: str) -> dict:
+    """Round 1 reduce, one task per bucket: the duplicated event ids of the bucket in each window
+    (``duplicates.parquet``), from that bucket of every scan (``scans``: their locations, read
+    here by URI), and the columns and channels of all the window's files."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
-    stages = [_read_stage(folder) for folder in scans]
+    if not 0 <= bucket < plan["num_shards"]:
+        raise IndexError(f"bucket {bucket} out of range 0..{plan['num_shards'] - 1}")
+    for uri in scans:
+        if "://" in uri and not storage.is_gcs(uri):
+            raise ValueError(f"{uri}: scans are read by URI, local or gs:// (put the pipeline root on GCS)")
+    records = _by_shard(plan, scans)
     with tempfile.TemporaryDirectory(prefix="unisup-dups-") as tmp:
         con = logs.connect(cfg, tmp)
         for window in plan["windows"]:
             name = window["name"]
-            present = sorted({c for s in stages for c in s["windows"].get(name, {}).get("columns", [])})
+            _check_complete(plan, records, name)
+            present = sorted({c for _, r in records.values() for c in r["windows"].get(name, {}).get("columns", [])})
             channels = sorted(c[len("rank_") :] for c in RAW_LOGS.dynamic_names(present))
-            with local_parts(_parts(plan, scans, name, "events.parquet"), tmp) as parts:
-                path = f"{tmp}/{name}-duplicates.parquet"
+            parts = [
+                storage.join(folder, name, file)
+                for folder, record in records.values()
+                for file in record["windows"].get(name, {}).get("buckets", {}).get(str(bucket), [])
+            ]
+            path = f"{tmp}/{name}-duplicates.parquet"
+            with local_parts(parts, tmp) as local:
+                counts = f"read_parquet({logs.parquet_list(local)})" if local else _NO_EVENTS
                 con.execute(
-                    f"COPY ({logs.merged_duplicates_sql(f'read_parquet({logs.parquet_list(parts)})')}) "
-                    f"TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)"
+                    f"COPY ({logs.merged_duplicates_sql(counts)}) TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)"
                 )
-                storage.upload_file(path, storage.join(out_uri, name, "duplicates.parquet"))
-                duplicated = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
+            storage.upload_file(path, storage.join(out_uri, name, "duplicates.parquet"))
+            duplicated = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
             windows[name] = {"columns": present, "channels": channels, "duplicated_event_ids": int(duplicated)}
         con.close()
-    return _write_stage(out_uri, plan, "duplicates", None, time.perf_counter() - started, windows)
+    return _write_stage(out_uri, plan, "duplicates", bucket, time.perf_counter() - started, windows)
+
+
+_NO_EVENTS = (
+    "(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(0 AS BIGINT) AS n, CAST(0 AS BIGINT) AS first_key WHERE false)"
+)
+
+
+def gather_duplicates(plan: dict, buckets: list[str], out_uri: str) -> dict:
+    """The duplicated event ids of every bucket, one table per window (few rows: only ids that
+    occur more than once), with the window's columns and channels."""
+    started = time.perf_counter()
+    records = _by_shard(plan, buckets)
+    missing = sorted(set(range(plan["num_shards"])) - set(records))
+    if missing:
+        raise FileNotFoundError(f"no duplicates of bucket(s) {missing}")
+    windows = {}
+    with tempfile.TemporaryDirectory(prefix="unisup-gather-") as tmp:
+        for window in plan["windows"]:
+            name = window["name"]
+            parts = [storage.join(records[b][0], name, "duplicates.parquet") for b in sorted(records)]
+            _concatenate(parts, storage.join(out_uri, name, "duplicates.parquet"), tmp)
+            found = [records[b][1]["windows"][name] for b in sorted(records)]
+            windows[name] = {
+                "columns": found[0]["columns"],
+                "channels": found[0]["channels"],
+                "duplicated_event_ids": sum(f["duplicated_event_ids"] for f in found),
+            }
+    seconds = time.perf_counter() - started
+    bucket_seconds = [records[b][1]["seconds"] for b in sorted(records)]
+    return _write_stage(out_uri, plan, "gather", None, seconds, windows, bucket_seconds=bucket_seconds)
 
 
 def validate_shard(plan: dict, shard: int, duplicates_uri: str, out_uri: str) -> dict:
@@ -322,7 +397,8 @@ def merge_extraction(
             _concatenate(_parts(plan, validations, name, "quarantine.parquet"), quarantine_uri, tmp)
             seconds = time.perf_counter() - started
             timings = {stage: [s["seconds"] for s in records] for stage, records in stages.items() if records}
-            timings |= {"duplicates": found["seconds"], "bots": bots["seconds"], "merge": round(seconds, 3)}
+            timings |= {"duplicates": found["bucket_seconds"], "gather": found["seconds"]}
+            timings |= {"bots": bots["seconds"], "merge": round(seconds, 3)}
             critical_path = sum(max(v) if isinstance(v, list) else v for v in timings.values())
             report = logs.extraction_report(
                 logs_uri=plan["logs_uri"],
@@ -397,6 +473,7 @@ def extract_logs_sharded(
     scans = [storage.join(work_uri, f"scan-{k:05d}") for k in shards]
     validations = [storage.join(work_uri, f"validate-{k:05d}") for k in shards]
     aggregations = [storage.join(work_uri, f"aggregate-{k:05d}") for k in shards]
+    buckets = [storage.join(work_uri, f"duplicates-{b:05d}") for b in shards]
     duplicates, bots = storage.join(work_uri, "duplicates"), storage.join(work_uri, "bots")
 
     def once(folder: str, stage, *args) -> None:
@@ -406,7 +483,9 @@ def extract_logs_sharded(
 
     for k in shards:
         once(scans[k], scan_shard, k)
-    once(duplicates, find_duplicates, scans)
+    for b in shards:
+        once(buckets[b], find_duplicates, scans, b)
+    once(duplicates, gather_duplicates, buckets)
     for k in shards:
         once(validations[k], validate_shard, k, duplicates)
     once(bots, find_bots, validations)

@@ -69,13 +69,15 @@ def test_extraction_fans_out_over_a_log_shard_count_parameter(compiled):
         after = {n: [shown[key] for key in t.get("dependentTasks", [])] for n, t in tasks.items()}  # by shown name
         plan = tasks["plan-log-shards"]["inputs"]["parameters"]
         assert plan["num_shards"]["componentInputParameter"] == "log_shard_count"
-        rounds = {"scan-log-shards": "find-duplicate-events", "validate-log-shards": "find-bot-users"}
+        rounds = {"scan-log-shards": "list-log-scans", "find-duplicates-by-bucket": "gather-duplicate-events"}
+        rounds["validate-log-shards"] = "find-bot-users"
         rounds["aggregate-log-shards"] = "merge-log-shards"
         for loop, reduce in rounds.items():
             assert "parameterIterator" in tasks[loop] and "plan-log-shards" in after[loop]
             assert loop in after[reduce], (loop, reduce)
         # the second and third rounds read what the reduce before them found
-        assert "find-duplicate-events" in after["validate-log-shards"]
+        assert "list-log-scans" in after["find-duplicates-by-bucket"]
+        assert "gather-duplicate-events" in after["validate-log-shards"]
         assert "find-bot-users" in after["aggregate-log-shards"]
         assert "merge-log-shards" in after["split-shards"]
 
