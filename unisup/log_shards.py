@@ -10,7 +10,7 @@ run:
 
 1. :func:`plan_extraction`: the files of each window (training, held-out) in order, cut into
    ``num_shards`` contiguous shards; every task reads this plan, so all see the same files;
-2. :func:`scan_shard` -> per-event-id counts, hash-partitioned into ``num_shards`` buckets;
+2. :func:`scan_shard` -> the event id of each row, hash-partitioned into ``num_shards`` buckets;
    :func:`find_duplicates`, one task per bucket, reads that bucket of every scan (a shuffle:
    every id meets its other copies) -> duplicated ids and the key of their first row;
    :func:`gather_duplicates` -> those of all buckets (few), with the files' columns and channels;
@@ -198,10 +198,10 @@ def _open_shard(files: list[dict], cfg: ExtractionConfig, channels: list[str] | 
 
 
 def scan_shard(plan: dict, shard: int, out_uri: str) -> dict:
-    """Round 1 map: per event id of the shard's rows, its count and first row key, hash-
-    partitioned into ``num_shards`` buckets (``events-<bucket>.parquet``; a bucket without ids
-    is not written), and the columns its files have. DuckDB's ``hash`` is the same in every
-    task of a run, which all run one image."""
+    """Round 1 map: the event id and key of each of the shard's rows, hash-partitioned into
+    ``num_shards`` buckets (``events-<bucket>-<n>.parquet``; a bucket without ids is not
+    written), and the columns its files have. DuckDB's ``hash`` is the same in every task of a
+    run, which all run one image."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
     buckets = plan["num_shards"]
     for window, files in _shard_windows(plan, shard):
@@ -209,8 +209,8 @@ def scan_shard(plan: dict, shard: int, out_uri: str) -> dict:
         with _open_shard(files, cfg) as part:
             folder = Path(part.tmp) / "events"
             part.con.execute(
-                f"COPY (SELECT *, hash(event_id) % {buckets} AS bucket FROM ({logs.EVENT_COUNTS_SQL})) "
-                f"TO '{folder}' (FORMAT PARQUET, COMPRESSION ZSTD, PARTITION_BY (bucket))"
+                f"COPY (SELECT *, hash(event_id) % {buckets} AS bucket FROM ({logs.EVENT_KEYS_SQL})) "
+                f"TO '{folder}' (FORMAT PARQUET, COMPRESSION SNAPPY, PARTITION_BY (bucket))"
             )
             written = {}
             for path in sorted(folder.glob("bucket=*/*.parquet")):
@@ -247,10 +247,8 @@ def find_duplicates(plan: dict, scans: list[str], bucket: int, out_uri: str) -> 
             ]
             path = f"{tmp}/{name}-duplicates.parquet"
             with local_parts(parts, tmp) as local:
-                counts = f"read_parquet({logs.parquet_list(local)})" if local else _NO_EVENTS
-                con.execute(
-                    f"COPY ({logs.merged_duplicates_sql(counts)}) TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)"
-                )
+                keys = f"read_parquet({logs.parquet_list(local)})" if local else _NO_EVENTS
+                con.execute(f"COPY ({logs.duplicates_sql(keys)}) TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)")
             storage.upload_file(path, storage.join(out_uri, name, "duplicates.parquet"))
             duplicated = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
             windows[name] = {"columns": present, "channels": channels, "duplicated_event_ids": int(duplicated)}
@@ -258,9 +256,7 @@ def find_duplicates(plan: dict, scans: list[str], bucket: int, out_uri: str) -> 
     return _write_stage(out_uri, plan, "duplicates", bucket, time.perf_counter() - started, windows)
 
 
-_NO_EVENTS = (
-    "(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(0 AS BIGINT) AS n, CAST(0 AS BIGINT) AS first_key WHERE false)"
-)
+_NO_EVENTS = f"(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(0 AS BIGINT) AS {logs.ROW_KEY} WHERE false)"
 
 
 def gather_duplicates(plan: dict, buckets: list[str], out_uri: str) -> dict:

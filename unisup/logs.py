@@ -313,22 +313,17 @@ def load_known(con, known: pa.Table) -> None:
     con.unregister("catalog_ids")
 
 
-# per event id of src: occurrences and the key of the first row (a shard's part)
-EVENT_COUNTS_SQL = (
-    f"SELECT event_id, count(*) AS n, min({ROW_KEY}) AS first_key FROM src WHERE event_id IS NOT NULL GROUP BY event_id"
-)
+# the event id and key of every row with an id: a shard's scan, partitioned by the id's bucket
+EVENT_KEYS_SQL = f"SELECT event_id, {ROW_KEY} FROM src WHERE event_id IS NOT NULL"
 
 
-# the same grouping, keeping only the duplicated ids: the duplicates of a single-process run
-DUPLICATES_SQL = (
-    f"SELECT event_id, min({ROW_KEY}) AS first_key FROM src WHERE event_id IS NOT NULL"
-    " GROUP BY event_id HAVING count(*) > 1"
-)
-
-
-def merged_duplicates_sql(event_counts: str) -> str:
-    """The duplicated event ids (and the key of their first row) of the shards' event counts."""
-    return f"SELECT event_id, min(first_key) AS first_key FROM {event_counts} GROUP BY event_id HAVING sum(n) > 1"
+def duplicates_sql(relation: str) -> str:
+    """The duplicated event ids of a relation of (event_id, row_key) rows, with the key of the
+    first row of each: of ``src`` in a single pass, of one bucket of every scan in a sharded one."""
+    return (
+        f"SELECT event_id, min({ROW_KEY}) AS first_key FROM {relation} WHERE event_id IS NOT NULL"
+        " GROUP BY event_id HAVING count(*) > 1"
+    )
 
 
 def raw_columns(channels: list[str]) -> list[str]:
@@ -598,7 +593,7 @@ def extract_logs(
         con = connect(cfg, tmp)
         load_known(con, known)
         rows_in = open_source(con, files, selected, list(range(len(files))), present, channels)
-        con.execute(f"CREATE TEMP TABLE dups AS {DUPLICATES_SQL}")
+        con.execute(f"CREATE TEMP TABLE dups AS {duplicates_sql('src')}")
         by_reason = quarantine(con, window, cfg, channels, f"{tmp}/quarantine.parquet")
         bots = find_bots(con, cfg, per_request_sql(CLEAN_REQUEST_ROWS_SQL))
         con.execute(f"CREATE TEMP TABLE qip AS {slot_stats_sql(channels)}")
