@@ -54,15 +54,15 @@ def scan_log_shard(plan: Input[Artifact], index: int, scan: Output[Artifact]):
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
-def list_log_scans(scans: Input[list[Artifact]], listed: Output[Artifact]):
-    """The locations of the scans, for the per-bucket tasks, which read only their bucket of
-    each (a loop cannot take the collected outputs of another loop)."""
+def list_log_parts(parts: Input[list[Artifact]], listed: Output[Artifact]):
+    """The locations of one round's shard outputs, for the per-bucket tasks, which read only
+    their bucket of each (a loop cannot take the collected outputs of another loop)."""
     import json
 
     from unisup import storage
 
-    storage.write_text(listed.path, json.dumps([scan.uri for scan in scans]))
-    listed.metadata["scans"] = len(scans)
+    storage.write_text(listed.path, json.dumps([part.uri for part in parts]))
+    listed.metadata["parts"] = len(parts)
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -106,11 +106,25 @@ def validate_log_shard(plan: Input[Artifact], index: int, duplicates: Input[Arti
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
-def find_bot_users(plan: Input[Artifact], validated: Input[list[Artifact]], bots: Output[Artifact]):
-    """Round 2 reduce: the users the bot rules flag, from the requests of every shard."""
+def find_bot_users(plan: Input[Artifact], validated: Input[Artifact], bucket: int, bots: Output[Artifact]):
+    """Round 2 reduce, one task per bucket of users: the users the bot rules flag, from their
+    requests in every shard."""
+    import json
+
+    from unisup import storage
     from unisup.log_shards import find_bots, read_plan
 
-    record = find_bots(read_plan(plan.path), [v.path for v in validated], bots.path)
+    located = json.loads(storage.read_text(validated.path))
+    record = find_bots(read_plan(plan.path), located, bucket, bots.path)
+    bots.metadata.update({"bucket": bucket, **{f"{n}_bot_users": w["bot_users"] for n, w in record["windows"].items()}})
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def gather_bot_users(plan: Input[Artifact], buckets: Input[list[Artifact]], bots: Output[Artifact]):
+    """The bot users of every bucket, for the aggregation round."""
+    from unisup.log_shards import gather_bots, read_plan
+
+    record = gather_bots(read_plan(plan.path), [b.path for b in buckets], bots.path)
     bots.metadata.update({f"{name}_bot_users": w["bot_users"] for name, w in record["windows"].items()})
 
 

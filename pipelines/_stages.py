@@ -8,8 +8,9 @@ from components.extract_logs import (
     aggregate_log_shard,
     find_bot_users,
     find_duplicate_events,
+    gather_bot_users,
     gather_duplicate_events,
-    list_log_scans,
+    list_log_parts,
     merge_log_shards,
     plan_log_shards,
     scan_log_shard,
@@ -43,9 +44,9 @@ def sharded_extraction(
     logs_uri, start_date: str, end_date: str, num_shards: int, config: str, overrides: list
 ) -> dsl.PipelineTask:
     """The log extraction over ``num_shards`` file shards: a plan, then scan, validate and
-    aggregate rounds each fanned out with ``dsl.ParallelFor`` and merged by a reduce, the first
-    reduce itself fanned out over event-id buckets (unisup.log_shards). Returns the last
-    reduce, with the engagement outputs."""
+    aggregate rounds each fanned out with ``dsl.ParallelFor`` and merged by a reduce; the first
+    two reduces are themselves fanned out, over event-id and user buckets (unisup.log_shards).
+    Returns the last reduce, with the engagement outputs."""
     planned = _k8s.on_cpu(
         plan_log_shards(
             logs_uri=logs_uri,
@@ -59,7 +60,9 @@ def sharded_extraction(
     plan = planned.outputs["plan"]
     with dsl.ParallelFor(planned.outputs["Output"], name="scan-log-shards") as index:
         scanned = _k8s.on_cpu(scan_log_shard(plan=plan, index=index))
-    listed = _k8s.on_cpu(list_log_scans(scans=dsl.Collected(scanned.outputs["scan"])))
+    listed = _k8s.on_cpu(list_log_parts(parts=dsl.Collected(scanned.outputs["scan"]))).set_display_name(
+        "list-log-scans"
+    )
     with dsl.ParallelFor(planned.outputs["Output"], name="find-duplicates-by-bucket") as bucket:
         found = _k8s.on_cpu(find_duplicate_events(plan=plan, scans=listed.outputs["listed"], bucket=bucket))
     duplicates = _k8s.on_cpu(gather_duplicate_events(plan=plan, buckets=dsl.Collected(found.outputs["duplicates"])))
@@ -67,7 +70,12 @@ def sharded_extraction(
         validated = _k8s.on_cpu(
             validate_log_shard(plan=plan, index=index, duplicates=duplicates.outputs["duplicates"]), _k8s.LARGE
         )
-    bots = _k8s.on_cpu(find_bot_users(plan=plan, validated=dsl.Collected(validated.outputs["validated"])))
+    listed = _k8s.on_cpu(list_log_parts(parts=dsl.Collected(validated.outputs["validated"]))).set_display_name(
+        "list-log-validations"
+    )
+    with dsl.ParallelFor(planned.outputs["Output"], name="find-bots-by-bucket") as bucket:
+        flagged = _k8s.on_cpu(find_bot_users(plan=plan, validated=listed.outputs["listed"], bucket=bucket))
+    bots = _k8s.on_cpu(gather_bot_users(plan=plan, buckets=dsl.Collected(flagged.outputs["bots"])))
     with dsl.ParallelFor(planned.outputs["Output"], name="aggregate-log-shards") as index:
         aggregated = _k8s.on_cpu(
             aggregate_log_shard(

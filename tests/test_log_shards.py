@@ -71,8 +71,17 @@ def test_any_shard_count_gives_the_single_process_tables(crossing_logs, crossing
     )
     _assert_same_report(single, sharded)
     assert sharded["shards"] == num_shards and sharded["duplicated_event_ids"] == 3
-    assert set(sharded["stage_seconds"]) == {"scan", "duplicates", "gather", "validate", "bots", "aggregate", "merge"}
-    assert len(sharded["stage_seconds"]["duplicates"]) == num_shards  # one task per bucket
+    assert set(sharded["stage_seconds"]) == {
+        "scan",
+        "duplicates",
+        "gather_duplicates",
+        "validate",
+        "bots",
+        "gather_bots",
+        "aggregate",
+        "merge",
+    }
+    assert len(sharded["stage_seconds"]["duplicates"]) == len(sharded["stage_seconds"]["bots"]) == num_shards
     _assert_same_tables(str(tmp_path / "single.parquet"), str(tmp_path / "sharded.parquet"))
     _assert_same_tables(str(tmp_path / "single.quarantine.parquet"), str(tmp_path / "sharded.quarantine.parquet"))
     assert held_out is None and read_table(str(tmp_path / "held_out.parquet")).num_rows == 0
@@ -152,6 +161,7 @@ def test_a_rerun_keeps_the_finished_stages_of_the_same_plan(crossing_logs, cross
         "gather_duplicates",
         "validate_shard",
         "find_bots",
+        "gather_bots",
         "aggregate_shard",
     ):
         real = getattr(log_shards, name)
@@ -187,5 +197,5 @@ def test_scans_are_read_from_local_or_gcs_locations_only(crossing_logs, crossing
     from unisup.log_shards import find_duplicates
 
     plan = plan_extraction(crossing_logs, _cfg(), crossing_catalog, 2)
-    with pytest.raises(ValueError, match="s3://bucket/scan: scans are read by URI"):
+    with pytest.raises(ValueError, match="s3://bucket/scan: shard outputs are read by URI"):
         find_duplicates(plan, ["s3://bucket/scan"], 0, str(tmp_path / "dups"))

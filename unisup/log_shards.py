@@ -15,7 +15,8 @@ run:
    every id meets its other copies) -> duplicated ids and the key of their first row;
    :func:`gather_duplicates` -> those of all buckets (few), with the files' columns and channels;
 3. :func:`validate_shard` -> the shard's quarantine and per-request statistics of its accepted
-   rows; :func:`find_bots` -> the bot users;
+   rows, hash-partitioned by user; :func:`find_bots`, one task per bucket, -> the bot users
+   among that bucket's users; :func:`gather_bots` -> all of them;
 4. :func:`aggregate_shard` -> per (query, item, slot) statistics of the rows used;
    :func:`merge_extraction` -> propensities, priors, the engagement table, the quarantine in
    file and row order and the report, with rows in = accepted + quarantined checked.
@@ -197,54 +198,95 @@ def _open_shard(files: list[dict], cfg: ExtractionConfig, channels: list[str] | 
             con.close()
 
 
+def _write_buckets(part: _OpenShard, sql: str, key: str, prefix: str, out_uri: str, buckets: int) -> dict:
+    """The rows of ``sql`` hash-partitioned by ``key`` into ``buckets`` buckets, as
+    ``<out_uri>/<prefix>-<bucket>-<n>.parquet`` (a bucket without rows is not written); the
+    files written, by bucket. DuckDB's ``hash`` is the same in every task of a run, which all
+    run one image."""
+    folder = Path(part.tmp) / prefix
+    part.con.execute(
+        f"COPY (SELECT *, hash({key}) % {buckets} AS bucket FROM ({sql})) "
+        f"TO '{folder}' (FORMAT PARQUET, COMPRESSION SNAPPY, PARTITION_BY (bucket))"
+    )
+    written: dict[int, list[str]] = {}
+    for path in sorted(folder.glob("bucket=*/*.parquet")):
+        bucket = int(path.parent.name.split("=")[1])
+        file = f"{prefix}-{bucket:05d}-{len(written.get(bucket, [])):03d}.parquet"
+        storage.upload_file(path, storage.join(out_uri, file))
+        written.setdefault(bucket, []).append(file)
+    return written
+
+
+def _bucket_records(plan: dict, folders: list[str], bucket: int) -> dict[int, tuple[str, dict]]:
+    """The records of the shards' stage folders (read by URI, local or gs://) for one bucket task."""
+    if not 0 <= bucket < plan["num_shards"]:
+        raise IndexError(f"bucket {bucket} out of range 0..{plan['num_shards'] - 1}")
+    for uri in folders:
+        if "://" in uri and not storage.is_gcs(uri):
+            raise ValueError(f"{uri}: shard outputs are read by URI, local or gs:// (put the pipeline root on GCS)")
+    return _by_shard(plan, folders)
+
+
+def _bucket_parts(plan: dict, records: dict, window: str, bucket: int) -> list[str]:
+    """The files of one bucket in every shard's output of a window."""
+    _check_complete(plan, records, window)
+    return [
+        storage.join(folder, window, file)
+        for _, (folder, record) in sorted(records.items())
+        for file in record["windows"].get(window, {}).get("buckets", {}).get(str(bucket), [])
+    ]
+
+
+def _gather(plan: dict, buckets: list[str], table: str, out_uri: str, stage: str, combine) -> dict:
+    """The ``table`` of every bucket, one per window, and ``combine`` of the buckets' window
+    records; the record keeps each bucket's time."""
+    started = time.perf_counter()
+    records = _by_shard(plan, buckets)
+    missing = sorted(set(range(plan["num_shards"])) - set(records))
+    if missing:
+        raise FileNotFoundError(f"{stage}: no output of bucket(s) {missing}")
+    windows = {}
+    with tempfile.TemporaryDirectory(prefix="unisup-gather-") as tmp:
+        for window in plan["windows"]:
+            name = window["name"]
+            parts = [storage.join(records[b][0], name, table) for b in sorted(records)]
+            _concatenate(parts, storage.join(out_uri, name, table), tmp)
+            windows[name] = combine([records[b][1]["windows"][name] for b in sorted(records)])
+    seconds = time.perf_counter() - started
+    bucket_seconds = [records[b][1]["seconds"] for b in sorted(records)]
+    return _write_stage(out_uri, plan, stage, None, seconds, windows, bucket_seconds=bucket_seconds)
+
+
 def scan_shard(plan: dict, shard: int, out_uri: str) -> dict:
-    """Round 1 map: the event id and key of each of the shard's rows, hash-partitioned into
-    ``num_shards`` buckets (``events-<bucket>-<n>.parquet``; a bucket without ids is not
-    written), and the columns its files have. DuckDB's ``hash`` is the same in every task of a
-    run, which all run one image."""
+    """Round 1 map: the event id and key of each of the shard's rows, hash-partitioned by event
+    id into ``num_shards`` buckets (``events-<bucket>-<n>.parquet``), and the columns its files have."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
-    buckets = plan["num_shards"]
     for window, files in _shard_windows(plan, shard):
         name = window["name"]
         with _open_shard(files, cfg) as part:
-            folder = Path(part.tmp) / "events"
-            part.con.execute(
-                f"COPY (SELECT *, hash(event_id) % {buckets} AS bucket FROM ({logs.EVENT_KEYS_SQL})) "
-                f"TO '{folder}' (FORMAT PARQUET, COMPRESSION SNAPPY, PARTITION_BY (bucket))"
+            written = _write_buckets(
+                part, logs.EVENT_KEYS_SQL, "event_id", "events", storage.join(out_uri, name), plan["num_shards"]
             )
-            written = {}
-            for path in sorted(folder.glob("bucket=*/*.parquet")):
-                bucket = int(path.parent.name.split("=")[1])
-                file = f"events-{bucket:05d}-{len(written.get(bucket, [])):03d}.parquet"
-                storage.upload_file(path, storage.join(out_uri, name, file))
-                written.setdefault(bucket, []).append(file)
             windows[name] = {"rows_in": part.rows_in, "columns": sorted(part.columns), "buckets": written}
     return _write_stage(out_uri, plan, "scan", shard, time.perf_counter() - started, windows)
 
 
+_NO_EVENTS = f"(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(0 AS BIGINT) AS {logs.ROW_KEY} WHERE false)"
+
+
 def find_duplicates(plan: dict, scans: list[str], bucket: int, out_uri: str) -> dict:
     """Round 1 reduce, one task per bucket: the duplicated event ids of the bucket in each window
-    (``duplicates.parquet``), from that bucket of every scan (``scans``: their locations, read
-    here by URI), and the columns and channels of all the window's files."""
+    (``duplicates.parquet``), from that bucket of every scan (``scans``: their locations), and
+    the columns and channels of all the window's files."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
-    if not 0 <= bucket < plan["num_shards"]:
-        raise IndexError(f"bucket {bucket} out of range 0..{plan['num_shards'] - 1}")
-    for uri in scans:
-        if "://" in uri and not storage.is_gcs(uri):
-            raise ValueError(f"{uri}: scans are read by URI, local or gs:// (put the pipeline root on GCS)")
-    records = _by_shard(plan, scans)
+    records = _bucket_records(plan, scans, bucket)
     with tempfile.TemporaryDirectory(prefix="unisup-dups-") as tmp:
         con = logs.connect(cfg, tmp)
         for window in plan["windows"]:
             name = window["name"]
-            _check_complete(plan, records, name)
+            parts = _bucket_parts(plan, records, name, bucket)
             present = sorted({c for _, r in records.values() for c in r["windows"].get(name, {}).get("columns", [])})
             channels = sorted(c[len("rank_") :] for c in RAW_LOGS.dynamic_names(present))
-            parts = [
-                storage.join(folder, name, file)
-                for folder, record in records.values()
-                for file in record["windows"].get(name, {}).get("buckets", {}).get(str(bucket), [])
-            ]
             path = f"{tmp}/{name}-duplicates.parquet"
             with local_parts(parts, tmp) as local:
                 keys = f"read_parquet({logs.parquet_list(local)})" if local else _NO_EVENTS
@@ -256,37 +298,21 @@ def find_duplicates(plan: dict, scans: list[str], bucket: int, out_uri: str) -> 
     return _write_stage(out_uri, plan, "duplicates", bucket, time.perf_counter() - started, windows)
 
 
-_NO_EVENTS = f"(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(0 AS BIGINT) AS {logs.ROW_KEY} WHERE false)"
-
-
 def gather_duplicates(plan: dict, buckets: list[str], out_uri: str) -> dict:
     """The duplicated event ids of every bucket, one table per window (few rows: only ids that
     occur more than once), with the window's columns and channels."""
-    started = time.perf_counter()
-    records = _by_shard(plan, buckets)
-    missing = sorted(set(range(plan["num_shards"])) - set(records))
-    if missing:
-        raise FileNotFoundError(f"no duplicates of bucket(s) {missing}")
-    windows = {}
-    with tempfile.TemporaryDirectory(prefix="unisup-gather-") as tmp:
-        for window in plan["windows"]:
-            name = window["name"]
-            parts = [storage.join(records[b][0], name, "duplicates.parquet") for b in sorted(records)]
-            _concatenate(parts, storage.join(out_uri, name, "duplicates.parquet"), tmp)
-            found = [records[b][1]["windows"][name] for b in sorted(records)]
-            windows[name] = {
-                "columns": found[0]["columns"],
-                "channels": found[0]["channels"],
-                "duplicated_event_ids": sum(f["duplicated_event_ids"] for f in found),
-            }
-    seconds = time.perf_counter() - started
-    bucket_seconds = [records[b][1]["seconds"] for b in sorted(records)]
-    return _write_stage(out_uri, plan, "gather", None, seconds, windows, bucket_seconds=bucket_seconds)
+
+    def combine(found: list[dict]) -> dict:
+        total = sum(f["duplicated_event_ids"] for f in found)
+        return {"columns": found[0]["columns"], "channels": found[0]["channels"], "duplicated_event_ids": total}
+
+    return _gather(plan, buckets, "duplicates.parquet", out_uri, "gather_duplicates", combine)
 
 
 def validate_shard(plan: dict, shard: int, duplicates_uri: str, out_uri: str) -> dict:
     """Round 2 map: the shard's quarantine (``quarantine.parquet``, file and row order) and the
-    per-request statistics of its accepted rows (``requests.parquet``)."""
+    per-request statistics of its accepted rows, hash-partitioned by user into ``num_shards``
+    buckets (``requests-<bucket>-<n>.parquet``)."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
     known = logs.known_items(plan["catalog_uri"])
     found = _read_stage(duplicates_uri)["windows"]
@@ -300,30 +326,50 @@ def validate_shard(plan: dict, shard: int, duplicates_uri: str, out_uri: str) ->
                 part.con, tuple(window["window"]), cfg, found[name]["channels"], local_quarantine
             )
             storage.upload_file(local_quarantine, storage.join(out_uri, name, "quarantine.parquet"))
-            part.copy(
-                logs.per_request_sql(logs.CLEAN_REQUEST_ROWS_SQL), storage.join(out_uri, name, "requests.parquet")
+            requests = logs.per_request_sql(logs.CLEAN_REQUEST_ROWS_SQL)
+            written = _write_buckets(
+                part, requests, "user_id", "requests", storage.join(out_uri, name), plan["num_shards"]
             )
-            windows[name] = {"rows_in": part.rows_in, "quarantined_by_reason": by_reason}
+            windows[name] = {"rows_in": part.rows_in, "quarantined_by_reason": by_reason, "buckets": written}
     return _write_stage(out_uri, plan, "validate", shard, time.perf_counter() - started, windows)
 
 
-def find_bots(plan: dict, validations: list[str], out_uri: str) -> dict:
-    """Round 2 reduce: the bot users of each window (``bots.parquet``) from the per-request
-    statistics of every shard, with the rows accepted and the counts by rule."""
+_NO_REQUESTS = (
+    "(SELECT CAST(NULL AS VARCHAR) AS user_id, CAST(NULL AS DATE) AS day, CAST(NULL AS VARCHAR) AS user_agent,"
+    " CAST(NULL AS VARCHAR) AS request_id, CAST(0 AS BIGINT) AS n, CAST(0 AS BIGINT) AS impressions,"
+    " CAST(0 AS BIGINT) AS clicks WHERE false)"
+)
+
+
+def find_bots(plan: dict, validations: list[str], bucket: int, out_uri: str) -> dict:
+    """Round 2 reduce, one task per bucket: the bot users of the bucket in each window
+    (``bots.parquet``), from that bucket of every shard's per-request statistics (all of a
+    user's requests are in one bucket), with the rows accepted and the counts by rule."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
+    records = _bucket_records(plan, validations, bucket)
     with tempfile.TemporaryDirectory(prefix="unisup-bots-") as tmp:
         for window in plan["windows"]:
             name = window["name"]
             con = logs.connect(cfg, tmp)
-            with local_parts(_parts(plan, validations, name, "requests.parquet"), tmp) as parts:
-                windows[name] = logs.find_bots(
-                    con, cfg, logs.per_request_sql(f"SELECT * FROM read_parquet({logs.parquet_list(parts)})")
-                )
+            with local_parts(_bucket_parts(plan, records, name, bucket), tmp) as local:
+                requests = f"read_parquet({logs.parquet_list(local)})" if local else _NO_REQUESTS
+                windows[name] = logs.find_bots(con, cfg, logs.per_request_sql(f"SELECT * FROM {requests}"))
             path = f"{tmp}/{name}-bots.parquet"
             con.execute(f"COPY bots TO '{path}' (FORMAT PARQUET)")
             con.close()
             storage.upload_file(path, storage.join(out_uri, name, "bots.parquet"))
-    return _write_stage(out_uri, plan, "bots", None, time.perf_counter() - started, windows)
+    return _write_stage(out_uri, plan, "bots", bucket, time.perf_counter() - started, windows)
+
+
+def gather_bots(plan: dict, buckets: list[str], out_uri: str) -> dict:
+    """The bot users of every bucket, one table per window, and their counts summed."""
+
+    def combine(found: list[dict]) -> dict:
+        total = {k: sum(f[k] for f in found) for k in ("rows_accepted", "rows_bot_filtered", "bot_users")}
+        rules = found[0]["bot_users_by_rule"]
+        return total | {"bot_users_by_rule": {r: sum(f["bot_users_by_rule"][r] for f in found) for r in rules}}
+
+    return _gather(plan, buckets, "bots.parquet", out_uri, "gather_bots", combine)
 
 
 def aggregate_shard(plan: dict, shard: int, duplicates_uri: str, bots_uri: str, out_uri: str) -> dict:
@@ -393,8 +439,8 @@ def merge_extraction(
             _concatenate(_parts(plan, validations, name, "quarantine.parquet"), quarantine_uri, tmp)
             seconds = time.perf_counter() - started
             timings = {stage: [s["seconds"] for s in records] for stage, records in stages.items() if records}
-            timings |= {"duplicates": found["bucket_seconds"], "gather": found["seconds"]}
-            timings |= {"bots": bots["seconds"], "merge": round(seconds, 3)}
+            timings |= {"duplicates": found["bucket_seconds"], "gather_duplicates": found["seconds"]}
+            timings |= {"bots": bots["bucket_seconds"], "gather_bots": bots["seconds"], "merge": round(seconds, 3)}
             critical_path = sum(max(v) if isinstance(v, list) else v for v in timings.values())
             report = logs.extraction_report(
                 logs_uri=plan["logs_uri"],
@@ -470,6 +516,7 @@ def extract_logs_sharded(
     validations = [storage.join(work_uri, f"validate-{k:05d}") for k in shards]
     aggregations = [storage.join(work_uri, f"aggregate-{k:05d}") for k in shards]
     buckets = [storage.join(work_uri, f"duplicates-{b:05d}") for b in shards]
+    bot_buckets = [storage.join(work_uri, f"bots-{b:05d}") for b in shards]
     duplicates, bots = storage.join(work_uri, "duplicates"), storage.join(work_uri, "bots")
 
     def once(folder: str, stage, *args) -> None:
@@ -484,7 +531,9 @@ def extract_logs_sharded(
     once(duplicates, gather_duplicates, buckets)
     for k in shards:
         once(validations[k], validate_shard, k, duplicates)
-    once(bots, find_bots, validations)
+    for b in shards:
+        once(bot_buckets[b], find_bots, validations, b)
+    once(bots, gather_bots, bot_buckets)
     for k in shards:
         once(aggregations[k], aggregate_shard, k, duplicates, bots)
     outputs = {TRAINING: (out_uri, quarantine_uri, report_uri), HOLDOUT: (holdout_uri, None, None)}

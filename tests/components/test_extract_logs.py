@@ -11,8 +11,9 @@ from components.extract_logs import (
     aggregate_log_shard,
     find_bot_users,
     find_duplicate_events,
+    gather_bot_users,
     gather_duplicate_events,
-    list_log_scans,
+    list_log_parts,
     merge_log_shards,
     plan_log_shards,
     scan_log_shard,
@@ -50,8 +51,8 @@ def _run_functions(logs, overrides, tmp_path, num_shards):
     for k in shards:
         scan_log_shard.python_func(plan=plan, index=k, scan=scans[k])
     listed = art("listed")
-    list_log_scans.python_func(scans=scans, listed=listed)
-    assert listed.metadata["scans"] == num_shards
+    list_log_parts.python_func(parts=scans, listed=listed)
+    assert listed.metadata["parts"] == num_shards
     buckets = [art(f"bucket{b}") for b in shards]
     for b in shards:
         find_duplicate_events.python_func(plan=plan, scans=listed, bucket=b, duplicates=buckets[b])
@@ -60,8 +61,13 @@ def _run_functions(logs, overrides, tmp_path, num_shards):
     validated = [art(f"validated{k}") for k in shards]
     for k in shards:
         validate_log_shard.python_func(plan=plan, index=k, duplicates=duplicates, validated=validated[k])
+    listed = art("listed-validations")
+    list_log_parts.python_func(parts=validated, listed=listed)
+    flagged = [art(f"bots{b}") for b in shards]
+    for b in shards:
+        find_bot_users.python_func(plan=plan, validated=listed, bucket=b, bots=flagged[b])
     bots = art("bots")
-    find_bot_users.python_func(plan=plan, validated=validated, bots=bots)
+    gather_bot_users.python_func(plan=plan, buckets=flagged, bots=bots)
     aggregated = [art(f"aggregated{k}") for k in shards]
     for k in shards:
         aggregate_log_shard.python_func(plan=plan, index=k, duplicates=duplicates, bots=bots, aggregated=aggregated[k])
@@ -116,7 +122,8 @@ def test_fan_out_through_kfp_local(small_logs, tiny_overrides, tmp_path):
     root = tmp_path / "root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     extraction_only(logs_uri=str(logs), num_shards=2, overrides=tiny_overrides + ["extraction.holdout_days=1"])
-    for stage in ("scan-log-shard", "find-duplicate-events", "validate-log-shard", "aggregate-log-shard"):
+    stages = ("scan-log-shard", "find-duplicate-events", "validate-log-shard", "find-bot-users", "aggregate-log-shard")
+    for stage in stages:
         assert len(list(root.rglob(f"{stage}*/executor_output.json"))) == 2, stage
     report = json.loads(next(root.rglob("merge-log-shards/report")).read_text())
     held_out = json.loads(next(root.rglob("merge-log-shards/executor_output.json")).read_text())

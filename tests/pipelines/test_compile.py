@@ -70,7 +70,7 @@ def test_extraction_fans_out_over_a_log_shard_count_parameter(compiled):
         plan = tasks["plan-log-shards"]["inputs"]["parameters"]
         assert plan["num_shards"]["componentInputParameter"] == "log_shard_count"
         rounds = {"scan-log-shards": "list-log-scans", "find-duplicates-by-bucket": "gather-duplicate-events"}
-        rounds["validate-log-shards"] = "find-bot-users"
+        rounds |= {"validate-log-shards": "list-log-validations", "find-bots-by-bucket": "gather-bot-users"}
         rounds["aggregate-log-shards"] = "merge-log-shards"
         for loop, reduce in rounds.items():
             assert "parameterIterator" in tasks[loop] and "plan-log-shards" in after[loop]
@@ -78,7 +78,8 @@ def test_extraction_fans_out_over_a_log_shard_count_parameter(compiled):
         # the second and third rounds read what the reduce before them found
         assert "list-log-scans" in after["find-duplicates-by-bucket"]
         assert "gather-duplicate-events" in after["validate-log-shards"]
-        assert "find-bot-users" in after["aggregate-log-shards"]
+        assert "list-log-validations" in after["find-bots-by-bucket"]
+        assert "gather-bot-users" in after["aggregate-log-shards"]
         assert "merge-log-shards" in after["split-shards"]
 
 
