@@ -1,6 +1,7 @@
 """KFP components of the sharded log extraction: raw logs -> engagement + quarantine
-(unisup.log_shards). A plan, three rounds of one map per shard (``dsl.ParallelFor``) and
-one reduce each; the last reduce writes what ``unisup extract-logs`` writes."""
+(unisup.log_shards). A plan, then three rounds of one map per shard (``dsl.ParallelFor``)
+and a reduce each; the first two reduces run one task per hash bucket and a gather, the
+last writes what ``unisup extract-logs`` writes."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output

@@ -135,13 +135,13 @@ def test_sharded_extraction_on_gcs(crossing_logs, crossing_catalog, gcs_emulator
     out = f"gs://{gcs_emulator}/sharded/engagement.parquet"
     sharded, _ = extract_logs_sharded(
         prefix, out, f"gs://{gcs_emulator}/sharded/held.parquet", _cfg(), crossing_catalog, 3,
-        f"gs://{gcs_emulator}/sharded/work",
+        f"gs://{gcs_emulator}/sharded/stages",
     )  # fmt: skip
     _assert_same_report({**single, "logs_uri": prefix}, sharded)
     local = tmp_path / "from-gcs.parquet"
     storage.download_file(out, local)
     _assert_same_tables(str(tmp_path / "single.parquet"), str(local))
-    assert storage.exists(f"gs://{gcs_emulator}/sharded/work/duplicates/training/duplicates.parquet")
+    assert storage.exists(f"gs://{gcs_emulator}/sharded/stages/duplicates/training/duplicates.parquet")
 
 
 def test_a_rerun_keeps_the_finished_stages_of_the_same_plan(crossing_logs, crossing_catalog, tmp_path, monkeypatch):

@@ -64,8 +64,8 @@ def plan_extraction(
     are cut into ``num_shards`` contiguous runs (a window with fewer files leaves shards idle)."""
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    training, held_out = logs.holdout_windows(logs_uri, cfg, start_date, end_date)
     found = logs.partitions(logs_uri)
+    training, held_out = logs.holdout_windows(logs_uri, cfg, start_date, end_date, found)
     windows = []
     for name, window in ((TRAINING, training), (HOLDOUT, held_out)):
         if window is None:

@@ -207,11 +207,16 @@ def _propensities(con, cfg: ExtractionConfig, max_slot: int) -> tuple[list[float
 
 
 def holdout_windows(
-    logs_uri: str, cfg: ExtractionConfig, start_date: str | None = None, end_date: str | None = None
+    logs_uri: str,
+    cfg: ExtractionConfig,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    found: list[tuple[str, str]] | None = None,
 ) -> tuple[tuple[str, str], tuple[str, str] | None]:
     """(first, last) days of the training window and of the held-out window: the window's last
-    ``cfg.holdout_days`` days that have partitions (None when 0)."""
-    found = partitions(logs_uri)
+    ``cfg.holdout_days`` days that have partitions (None when 0). ``found``: the
+    :func:`partitions` of ``logs_uri``, when already listed."""
+    found = partitions(logs_uri) if found is None else found
     if not found:
         raise DataValidationError("raw_logs", logs_uri, "no Parquet log files under this prefix")
     first, last = _window([d for d, _ in found], cfg, start_date, end_date)
