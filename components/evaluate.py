@@ -18,6 +18,7 @@ def evaluate(
     baseline_model: Input[Model] = None,
     baseline_index: Input[Artifact] = None,
     engagement: Input[Dataset] = None,
+    teacher_audit: Input[Metrics] = None,
     baseline_name: str = "off_the_shelf",
     judgments_uri: str = "",
     split: str = "",
@@ -46,6 +47,7 @@ def evaluate(
         judgments_uri or None,
         split or None,
         engagement.path if engagement is not None else None,
+        teacher_audit.path if teacher_audit is not None else None,
     )
     write_outputs(
         result, {"results": results.path, "json": results_json.path, "report": report.path, "blessing": blessing.path}

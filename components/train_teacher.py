@@ -13,8 +13,9 @@ def train_teacher(
     config: str = "local",
     overrides: list = [],
 ):
-    """Fine-tune every cascade stage on the judgments, export them as a Triton model repository
-    (``teachers``), and audit stages and cascade against held-out human grades (``audit``)."""
+    """Fit or fine-tune every cascade stage on the judgments, export them as a Triton model repository
+    (``teachers``), and audit stages and cascade against held-out human grades and the features-only
+    baseline (``audit``; its gate reaches the blessing through the evaluation)."""
     import json
     from dataclasses import asdict
 
@@ -24,7 +25,7 @@ def train_teacher(
     from unisup.teachers.training import train_teachers
 
     cfg = load_config(config, overrides)
-    report = train_teachers(cfg.teachers, cfg.data, teachers.path)
+    report = train_teachers(cfg.teachers, cfg.data, teachers.path, channels_cfg=cfg.channels)
     result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size), repository=teachers.path)
     with open(audit.path, "w") as handle:
         json.dump(result, handle, indent=1)
@@ -42,13 +43,18 @@ def train_teacher(
             **{f"{name}_steps": r["steps"] for name, r in report["stages"].items()},
             **{f"{name}_temperature": r["temperature"] for name, r in report["stages"].items()},
             **{f"{name}_stop_reason": r["stop_reason"] for name, r in report["stages"].items()},
+            **{f"{name}_cut_by_time": r["cut_by_time"] for name, r in report["stages"].items()},
+            "audit_failures": json.dumps(result["gate"]["failures"]),
+            "audit_warnings": json.dumps(result["warnings"]),
         }
     )
     for who, stats in [
         *result["stages"].items(),
         ("cascade", result["cascade"]),
+        ("features_baseline", result["features_baseline"]),
         ("raters", result["raters"].get("mean", {})),
     ]:
-        for key in ("exact", "within_one", "qwk"):
+        for key in ("exact", "within_one", "qwk", "condensed_ndcg@10"):
             if stats.get(key) is not None:
-                audit.log_metric(f"{who}_{key}", stats[key])
+                audit.log_metric(f"{who}_{key.replace('@', '_at_')}", stats[key])
+    audit.log_metric("audit_passed", float(result["gate"]["passed"]))

@@ -115,7 +115,7 @@ def labeled_engagement(
     logged (query, item): extraction fanned out over ``log_shard_count`` file shards, labeling
     over ``shard_count`` query shards. The last ``log_holdout_days`` days of the window are
     held out for evaluation.
-    Returns the (engagement, held-out engagement, labels) artifact channels."""
+    Returns the (engagement, held-out engagement, labels, teacher audit) artifact channels."""
     with dsl.If(logs_uri == "", name="simulate-logs"):
         simulated = _k8s.on_cpu(simulate_logs(config=config, overrides=overrides), _k8s.LARGE)
     with dsl.Else(name="read-given-logs"):
@@ -155,4 +155,9 @@ def labeled_engagement(
             main_table=LABEL_TABLES[0],
         )
     )
-    return engagement, extracted.outputs["holdout_engagement"], merged.outputs["merged_table"]
+    return (
+        engagement,
+        extracted.outputs["holdout_engagement"],
+        merged.outputs["merged_table"],
+        teachers.outputs["audit"],
+    )

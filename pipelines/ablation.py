@@ -47,7 +47,7 @@ def ablation(
     faiss_search_params: str = "efSearch=128",
 ):
     common = data_overrides(catalog_uri, judgments_uri, split_uri)
-    engagement, holdout_engagement, labels = labeled_engagement(
+    engagement, holdout_engagement, labels, teacher_audit = labeled_engagement(
         config,
         common,
         logs_uri,
@@ -80,6 +80,7 @@ def ablation(
                 candidate_model=trained.outputs["model"],
                 candidate_index=index.outputs["index"],
                 engagement=holdout_engagement,
+                teacher_audit=teacher_audit,
                 config=config,
                 overrides=overrides,
             ),

@@ -92,7 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarize(run: Path) -> None:
-    """Print the labeling backend used, the headline table, the blessing and the push."""
+    """Print the teacher audit, the labeling backend used, the headline table, the blessing and the push."""
+    from unisup.teachers.audit import format_audit
+
+    audit = json.loads(next(run.glob("train-teacher/audit")).read_text())
+    print("\nteachers against held-out human grades and the features-only baseline\n")
+    print(format_audit(audit), end="")
     label_meta = _metadata(run, "label")
     print(f"\nlabeling backend used: {label_meta.get('backend_used', 'unknown')}")
     stages = json.loads(label_meta.get("cascade_stages", "[]"))

@@ -92,7 +92,7 @@ def unified_supervision(
     control_index_uri: str = "",
 ):
     common = data_overrides(catalog_uri, judgments_uri, split_uri)
-    engagement, holdout_engagement, labels = labeled_engagement(
+    engagement, holdout_engagement, labels, teacher_audit = labeled_engagement(
         config,
         common,
         logs_uri,
@@ -144,6 +144,7 @@ def unified_supervision(
             baseline_index=control_index.outputs["index"],
             baseline_name=baseline_preset,
             engagement=holdout_engagement,
+            teacher_audit=teacher_audit,
             config=config,
             # the gates compare with the A/B control, the baseline_preset model of this run
             overrides=overrides + [f"evaluation.gate_baselines=[{baseline_preset}]"],

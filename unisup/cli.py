@@ -220,10 +220,12 @@ def _train(args: argparse.Namespace) -> None:
         work_dir=args.work_dir,
         resume=not args.no_resume,
     )
+    start = "" if result.start_metric is None else f" (start {result.start_metric:.4f})"
     print(
         f"{result.steps} steps, {result.epochs} epochs{' (stopped early)' if result.stopped_early else ''}; "
         "best validation "
-        f"nDCG@{cfg.training.validation_k} {result.best_metric:.4f} at step {result.best_step}; "
+        f"nDCG@{cfg.training.validation_k} {result.best_metric:.4f} at step {result.best_step}{start}"
+        f"{', BELOW THE START' if result.below_start else ''}; "
         f"{result.lists_per_second:.2f} lists/s, {result.items_per_second:.1f} items/s -> {result.model_dir}"
         + (f"; Triton model {result.triton_model}" if result.triton_model else "")
     )
@@ -261,7 +263,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     try:
         result = run_evaluation(
-            cfg, args.model, args.index, args.out, args.baseline, args.judgments, args.split, args.engagement
+            cfg,
+            args.model,
+            args.index,
+            args.out,
+            args.baseline,
+            args.judgments,
+            args.split,
+            args.engagement,
+            args.teacher_audit,
         )
     except ValueError as err:
         print(f"unisup: error: {err}", file=sys.stderr)
@@ -320,12 +330,13 @@ def _train_teacher(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     out = args.out or cfg.teachers.repository_uri
-    report = train_teachers(cfg.teachers, cfg.data, out)
+    report = train_teachers(cfg.teachers, cfg.data, out, channels_cfg=cfg.channels)
     for name, record in report["stages"].items():
+        cut = " CUT BY THE max_seconds SAFETY NET" if record["cut_by_time"] else ""
         print(
-            f"{name}: {record['steps']} steps ({record['stop_reason']}), validation NLL "
-            f"{record['validation_nll_calibrated']:.4f} at temperature {record['temperature']:.2f}, "
-            f"{record['seconds']} s"
+            f"{name}: {record['steps']} of {record['planned_steps']} steps ({record['stop_reason']}{cut}), "
+            f"best epoch {record['best_epoch']}, validation NLL {record['validation_nll_calibrated']:.4f} "
+            f"at temperature {record['temperature']:.2f}, {record['seconds']} s"
         )
     print(f"teachers exported to the Triton repository {out}")
     if report["escalation"]:
@@ -497,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--judgments", help="judgments file [data.judgments_uri]")
     p.add_argument("--split", choices=["train", "validation", "test"], help="judged split [evaluation.split]")
+    p.add_argument("--teacher-audit", help="audit.json of `unisup train-teacher --audit`: teachers gate the blessing")
     p.add_argument("--engagement", help="held-out engagement table (engagement schema)")
     p.set_defaults(handler=_evaluate)
 

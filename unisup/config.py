@@ -98,8 +98,15 @@ class FusionConfig:
 @dataclass
 class TrainingConfig:
     encoder_path: str = _f("", "HF encoder folder the towers start from; empty = the packaged MiniLM")
-    shared_towers: bool = _f(True, "one encoder for queries and items (else two separate copies)")
-    projection_dim: int = _f(0, "linear projection after pooling; 0 = none")
+    freeze_item_tower: bool = _f(
+        True,
+        "item tower = the start encoder unchanged: the catalog is embedded once (content-keyed cache, "
+        "channels.cache_dir) and only a separate query tower is trained",
+    )
+    shared_towers: bool = _f(
+        True, "one encoder for queries and items (else two separate copies); unused when freeze_item_tower"
+    )
+    projection_dim: int = _f(0, "linear projection after pooling; 0 = none (needs freeze_item_tower: false)")
     query_max_length: int = _f(16, "max tokens of a query")
     item_max_length: int = _f(64, "max tokens of an item text")
     item_fields: list[str] = _f(
@@ -209,7 +216,8 @@ class TeacherStageConfig:
     name: str = _f("fast", "stage name: the Triton model name and the value of labels.stage")
     kind: str = _f(
         "ordinal_cross_encoder",
-        "ordinal_cross_encoder (trained here) | served (already in the Triton repository, e.g. an LLM judge)",
+        "ordinal_cross_encoder (fine-tuned here) | ordinal_features (an ordinal model over lexical, dense and "
+        "brand features, fitted here in seconds) | served (already in the Triton repository, e.g. an LLM judge)",
     )
     base_model: str = _f("", "encoder folder to fine-tune from; empty = the packaged MiniLM")
     num_layers: int = _f(0, "transformer layers kept from the base encoder (0 = all)")
@@ -220,7 +228,9 @@ class TeacherStageConfig:
     batch_size: int = _f(16, "training pairs per step")
     learning_rate: float = _f(5e-5, "AdamW learning rate of the encoder")
     max_steps: int = _f(0, "stop after this many steps (0 = no limit)")
-    max_seconds: float = _f(0.0, "stop training after this many seconds (0 = no limit)")
+    max_seconds: float = _f(
+        0.0, "safety net only: stop training after this many seconds (0 = no limit); the audit flags a stage it cut"
+    )
     patience: int = _f(1, "epochs without a better validation NLL before stopping")
     distill_from: str = _f(
         "",
@@ -230,10 +240,16 @@ class TeacherStageConfig:
     distill_weight: float = _f(
         0.8, "with distill_from: weight w of the KL to the soft targets; 1 - w weighs the ordinal loss on human grades"
     )
+    stack_on: str = _f(
+        "",
+        "an ordinal_features stage this cross-encoder adds to: it starts as that stage (its feature score and "
+        "thresholds, the encoder's score at zero) and fine-tuning adds what the encoder sees; empty = text only",
+    )
 
 
 def _default_teacher_stages() -> list[TeacherStageConfig]:
     return [
+        TeacherStageConfig("features", kind="ordinal_features"),
         TeacherStageConfig(
             "fast",
             num_layers=3,
@@ -241,6 +257,7 @@ def _default_teacher_stages() -> list[TeacherStageConfig]:
             item_fields=["title", "brand"],
             epochs=4,
             batch_size=32,
+            stack_on="features",
             distill_from="precise",
         ),
         TeacherStageConfig(
@@ -251,6 +268,7 @@ def _default_teacher_stages() -> list[TeacherStageConfig]:
             attributes=5,
             epochs=2,
             batch_size=16,
+            stack_on="features",
         ),
     ]
 
@@ -271,6 +289,13 @@ class TeachersConfig:
     warmup_fraction: float = _f(0.1, "share of steps with a linear learning-rate warmup")
     seed: int = _f(0, "seed of initialization, shuffling and subsampling")
     audit_split: str = _f("test", "held-out split of the quality audit")
+    audit_tolerance: float = _f(
+        0.01,
+        "a stage or the cascade fails the audit when its QWK or condensed nDCG@10 is this far below the "
+        "features-only baseline",
+    )
+    feature_l2: float = _f(0.01, "L2 penalty on the feature weights of ordinal_features stages")
+    feature_iterations: int = _f(500, "L-BFGS iterations fitting an ordinal_features stage (a fixed budget)")
     distill_candidates: int = _f(
         50, "unlabeled BM25 top-k catalog items per training query added to the pairs of distilled stages"
     )

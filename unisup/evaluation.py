@@ -445,6 +445,42 @@ def bless(
     }
 
 
+def teacher_audit_gate(audit: Mapping) -> dict:
+    """The gate of a teacher quality audit (:mod:`unisup.teachers.audit`): every teacher stage and the
+    cascade at or above the features-only baseline the audit computed."""
+    gate = audit.get("gate")
+    if gate is None:
+        return _gate(False, None, None, "the teacher audit has no features-only baseline gate: re-run the audit")
+    base = audit.get("features_baseline", {})
+    cascade = audit["cascade"]
+    ndcg = "condensed_ndcg@10"
+    summary = (
+        f"teacher audit on {audit.get('pairs')} {audit.get('split')} pairs: cascade QWK "
+        f"{_or_nan(cascade.get('qwk')):.3f}, condensed nDCG@10 {_or_nan(cascade.get(ndcg)):.3f} against the "
+        f"features-only baseline's {_or_nan(base.get('qwk')):.3f} / {_or_nan(base.get(ndcg)):.3f}"
+    )
+    if gate["passed"]:
+        return _gate(True, None, gate["tolerance"], summary + ": every stage at or above it")
+    return _gate(
+        False,
+        gate["failures"],
+        gate["tolerance"],
+        "teachers below the features-only baseline: " + "; ".join(gate["failures"]),
+    )
+
+
+def with_gate(blessing: dict, name: str, gate: dict) -> dict:
+    """The blessing with one more gate: blessed only if it passes too; reasons as :func:`bless` gives them."""
+    gates = {**blessing["gates"], name: gate}
+    failed = [g["reason"] for g in gates.values() if not g["passed"]]
+    return {
+        **blessing,
+        "gates": gates,
+        "blessed": not failed,
+        "reasons": failed or [g["reason"] for g in gates.values()],
+    }
+
+
 # ---------------------------------------------------------------- outputs
 
 
@@ -512,11 +548,13 @@ def run_evaluation(
     judgments_uri: str | None = None,
     split: str | None = None,
     engagement_uri: str | None = None,
+    teacher_audit_uri: str | None = None,
 ) -> EvaluationResult:
     """Evaluate a bi-encoder + index on the judged ``split`` (``evaluation.split``) of
     ``judgments_uri`` (``data.judgments_uri``) and on held-out engagement, against the
     ``(name, model, index)`` baselines and the channels of ``evaluation.baseline_channels``;
-    writes every output under ``out_uri`` when given."""
+    with ``teacher_audit_uri`` the teachers' audit gates the blessing too (teachers below the
+    features-only baseline are named). Writes every output under ``out_uri`` when given."""
     from dataclasses import replace
 
     from unisup.data.sample import load_dataset
@@ -554,8 +592,12 @@ def run_evaluation(
             "candidate_model": candidate_model,
             "candidate_index": candidate_index,
             "model_baselines": [list(b) for b in model_baselines],
+            "teacher_audit_uri": teacher_audit_uri,
         }
     )
+    if teacher_audit_uri:
+        audit = json.loads(storage.read_text(teacher_audit_uri))
+        result.blessing = with_gate(result.blessing, "teacher_audit", teacher_audit_gate(audit))
     if out_uri:
         write_outputs(result, output_uris(out_uri))
     return result

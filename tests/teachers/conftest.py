@@ -11,8 +11,10 @@ from unisup.teachers.triton_server import pytriton_server_dir, triton_server
 
 
 def tiny_teacher_overrides(encoder_path, repository) -> list[str]:
-    """Two tiny stages of different cost on the tiny encoder, a few steps each."""
+    """Three tiny stages of rising cost: the feature stage, then two cross-encoders on the tiny
+    encoder, a few steps each; the last one stacked on the features."""
     stages = [
+        {"name": "features", "kind": "ordinal_features"},
         {
             "name": "fast",
             "base_model": str(encoder_path),
@@ -35,6 +37,7 @@ def tiny_teacher_overrides(encoder_path, repository) -> list[str]:
             "batch_size": 16,
             "max_steps": 8,
             "learning_rate": 1e-3,
+            "stack_on": "features",
         },
     ]
     return [
@@ -61,7 +64,12 @@ def trained_teachers(teacher_config) -> dict:
     """Train the tiny teachers once per session; yields the training report."""
     from unisup.teachers.training import train_teachers
 
-    return train_teachers(teacher_config.teachers, teacher_config.data, teacher_config.teachers.repository_uri)
+    return train_teachers(
+        teacher_config.teachers,
+        teacher_config.data,
+        teacher_config.teachers.repository_uri,
+        channels_cfg=teacher_config.channels,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ import pyarrow as pa
 
 from unisup.teachers.audit import (
     agreement,
+    audit_gate,
+    condensed_ndcg,
     format_audit,
     quality_audit,
     rater_agreement,
@@ -33,9 +35,48 @@ def test_quality_audit_on_held_out_pairs(teacher_config, trained_teachers, tmp_p
         teacher_config, InProcessBackend(trained_teachers["repository"]), "test", trained_teachers["repository"]
     )
     assert audit["pairs"] > 0 and audit["queries"] == 3
-    assert set(audit["stages"]) == {"fast", "precise"}
-    assert sum(audit["cascade"]["decided"].values()) == audit["pairs"] == audit["cascade"]["reached"]["fast"]
+    assert set(audit["stages"]) == {"features", "fast", "precise"} and audit["feature_stages"] == ["features"]
+    assert sum(audit["cascade"]["decided"].values()) == audit["pairs"] == audit["cascade"]["reached"]["features"]
     for stats in [*audit["stages"].values(), audit["cascade"], audit["raters"]["rater_1~rater_2"]]:
         assert 0 <= stats["exact"] <= stats["within_one"] <= 1
+    for stats in [*audit["stages"].values(), audit["cascade"], audit["features_baseline"]]:
+        assert 0 <= stats["condensed_ndcg@10"] <= 1 and stats["qwk"] is not None
+    assert audit["budgets"]["precise"]["planned_steps"] == 8 and audit["warnings"] == []
+    gate = audit["gate"]
+    base = audit["features_baseline"]
+    below = [
+        name
+        for name, stats in [*audit["stages"].items(), ("cascade", audit["cascade"])]
+        if stats["qwk"] < base["qwk"] - 0.01 or stats["condensed_ndcg@10"] < base["condensed_ndcg@10"] - 0.01
+    ]
+    assert gate["passed"] == (not below) and len(gate["failures"]) >= len(below)
     write_audit(audit, str(tmp_path / "audit.json"))
-    assert "| cascade |" in (tmp_path / "audit.md").read_text() and "| humans rater_1~rater_2 |" in format_audit(audit)
+    text = (tmp_path / "audit.md").read_text()
+    assert "| cascade |" in text and "| humans rater_1~rater_2 |" in format_audit(audit)
+    assert "features-only baseline" in text and "audit gate:" in text
+
+
+def test_audit_gate_names_each_labeler_below_the_baseline():
+    audit = {
+        "features_baseline": {"qwk": 0.6, "condensed_ndcg@10": 0.9},
+        "stages": {
+            "features": {"qwk": 0.7, "condensed_ndcg@10": 0.95},
+            "precise": {"qwk": 0.55, "condensed_ndcg@10": 0.9},
+        },
+        "cascade": {"qwk": 0.65, "condensed_ndcg@10": 0.85},
+    }
+    gate = audit_gate(audit, 0.01)
+    assert not gate["passed"] and len(gate["failures"]) == 2
+    assert gate["failures"][0].startswith("stage precise: QWK 0.550") and gate["failures"][1].startswith(
+        "cascade: condensed"
+    )
+    assert audit_gate(audit, 0.2)["passed"]
+
+
+def test_condensed_ndcg_ranks_judged_items_by_expected_grade():
+    judgments = pa.table(
+        {"query": ["a", "a", "a", "b", "b"], "product_id": ["1", "2", "3", "4", "5"], "rating": [3, 0, 1, 0, 0]}
+    )
+    right = np.eye(4)[[3, 0, 1, 0, 0]]
+    assert condensed_ndcg(judgments, right) == 1.0  # query b has nothing above grade 0: not counted
+    assert condensed_ndcg(judgments, np.eye(4)[[0, 3, 1, 0, 0]]) < 1.0

@@ -1,5 +1,7 @@
 """Escalation rules and cascade decisions."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,8 @@ def test_run_cascade_sends_only_uncertain_pairs_on(trained_teachers):
     backend = InProcessBackend(trained_teachers["repository"])
     queries = ["usb cable", "laptop", "red shoes", "tv", "mouse"]
     items = ["a", "b", "c", "d", "e"]
-    texts = [{i: f"{i} item title" for i in items}, {i: f"{i} item title | long description" for i in items}]
+    records = {i: json.dumps({"title": f"{i} item title", "description": "long description"}) for i in items}
+    texts = [{i: f"{i} item title" for i in items}, records]  # the stacked precise stage reads item records
     rule = EscalationRule("max_prob", 0.5)
     result = run_cascade(queries, items, texts, ["fast", "precise"], backend, rule, 4)
     fast = backend.predict("fast", queries, texts[0].values())

@@ -1,6 +1,7 @@
 """Served-teacher logic outside Triton, and the python-backend template."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def test_template_imports_outside_triton_and_extends_sys_path(tmp_path, monkeypa
 
 def test_small_forward_batches_give_the_same_probabilities(trained_teachers):
     folder = Path(trained_teachers["repository"]) / "precise" / "1" / "teacher"
-    queries, items = ["usb cable", "laptop", "mouse"], ["USB cable, 2 m, black", "Notebook", "Wireless mouse"]
-    requests = [(encode_texts(queries[:2]), encode_texts(items[:2]))]
+    queries = ["usb cable", "laptop", "mouse"]
+    items = [json.dumps({"title": t, "brand": "", "description": ""}) for t in ("USB cable, 2 m", "Notebook", "Mouse")]
+    requests = [(encode_texts(queries[:2]), encode_texts(items[:2]))]  # the stacked stage reads item records
     requests.append((encode_texts(queries[2:]), encode_texts(items[2:])))
     whole = np.concatenate(TeacherService(folder, batch_size=64).score_batches(requests))
     split = np.concatenate(TeacherService(folder, batch_size=1).score_batches(requests))

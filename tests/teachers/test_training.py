@@ -73,11 +73,11 @@ def test_temperature_scaling_recovers_the_generating_temperature():
 
 def test_train_teachers_exports_a_triton_repository(trained_teachers, teacher_config):
     repository = Path(trained_teachers["repository"])
-    assert set(trained_teachers["stages"]) == {"fast", "precise"}
+    assert set(trained_teachers["stages"]) == {"features", "fast", "precise"}
     for stage in teacher_config.teachers.stages:
         record = trained_teachers["stages"][stage.name]
         assert record["train_pairs"] == 160 and record["validation_pairs"] == 80
-        assert record["temperature"] > 0 and record["steps"] <= stage.max_steps
+        assert record["temperature"] > 0 and not record["cut_by_time"]
         assert record["validation_nll_calibrated"] <= record["validation_nll_uncalibrated"] + 1e-6
         config = (repository / stage.name / "config.pbtxt").read_text()
         assert f'name: "{stage.name}"' in config and "dynamic_batching {" in config
@@ -86,7 +86,13 @@ def test_train_teachers_exports_a_triton_repository(trained_teachers, teacher_co
         version = repository / stage.name / "1"
         assert (version / "model.py").exists()
         saved = json.loads((version / "teacher" / "teacher.json").read_text())
-        assert saved["item_fields"] == stage.item_fields and saved["num_grades"] == 4
+        assert saved["num_grades"] == 4
+        if stage.kind == "ordinal_features":
+            assert record["steps"] == teacher_config.teachers.feature_iterations
+            assert saved["kind"] == "ordinal_features" and set(record["feature_weights"]) == set(saved["features"])
+        else:
+            assert record["steps"] <= stage.max_steps and saved["item_fields"] == stage.item_fields
+            assert saved["stacked_on_features"] == (stage.name == "precise")
     layers = {
         s: json.loads((repository / s / "1" / "teacher" / "teacher.json").read_text())["num_layers"]
         for s in ("fast", "precise")
@@ -98,15 +104,16 @@ def test_distilled_fast_stage_imitates_the_trained_precise_stage(teacher_overrid
     stages = json.loads(
         next(o for o in teacher_overrides if o.startswith("teachers.stages="))[len("teachers.stages=") :]
     )
-    stages[0].update(distill_from="precise", distill_weight=0.5)
+    fast_config = next(s for s in stages if s["name"] == "fast")
+    fast_config.update(distill_from="precise", distill_weight=0.5)
     overrides = [o for o in teacher_overrides if not o.startswith("teachers.stages=")]
     cfg = load_config("local", overrides + [f"teachers.stages={json.dumps(stages)}", "teachers.distill_candidates=5"])
-    report = train_teachers(cfg.teachers, cfg.data, tmp_path / "repository")
+    report = train_teachers(cfg.teachers, cfg.data, tmp_path / "repository", channels_cfg=cfg.channels)
     fast, precise = report["stages"]["fast"], report["stages"]["precise"]
     assert "distillation" not in precise and precise["train_pairs"] == 160
     assert fast["distillation"]["source"] == "precise" and fast["distillation"]["validation_kl"] >= 0
     assert fast["labeled_train_pairs"] == 160 and 160 < fast["train_pairs"] <= 160 + 5 * 6
-    assert all("validation_kl" in h for h in fast["history"]) and fast["steps"] <= stages[0]["max_steps"]
+    assert all("validation_kl" in h for h in fast["history"]) and fast["steps"] <= fast_config["max_steps"]
     escalation = report["escalation"]
     assert escalation["pairs"] == 80 and escalation["max_prob"]["share"] <= cfg.teachers.escalation_target_share
     saved = json.loads((tmp_path / "repository" / "fast" / "1" / "teacher" / "teacher.json").read_text())

@@ -1,9 +1,19 @@
-"""Quality audit of the teachers against held-out human grades.
+"""Quality audit of the teachers against held-out human grades, gated on a features-only baseline.
 
 For each stage (run on every held-out judged pair) and for the cascade: exact
 agreement, within-one agreement and quadratic-weighted Cohen's kappa with the human
-grade. The same statistics between the individual raters (rater_1..3) are the
-reference a teacher should reach.
+grade, and the condensed nDCG@10 of ranking each query's judged items by expected
+grade (over the queries with at least one item above grade 0: the others have
+nothing to rank). The same statistics between the individual raters (rater_1..3) are
+the reference a teacher should reach.
+
+The audit computes its own **features-only baseline** on the same pairs: a multinomial
+logistic regression on the BM25 score and the dense cosine of the packaged encoder,
+raw and z-scored within the query's judged items, fitted on the training and
+validation judgments. A stage or the cascade more than ``teachers.audit_tolerance``
+below it on QWK or condensed nDCG@10 fails the audit; the run reports it and the
+blessing names it. A stage whose training the ``max_seconds`` safety net cut is named
+in the warnings.
 """
 
 from __future__ import annotations
@@ -21,9 +31,11 @@ from unisup.data.sample import load_dataset
 from unisup.teachers.backends import Backend
 from unisup.teachers.cascade import EscalationRule, decide
 from unisup.teachers.labeling import cascade_stages, escalation_rule
-from unisup.teachers.training import stage_item_texts
+from unisup.teachers.training import FEATURES_KIND, stage_item_texts
 
 RATERS = ("rater_1", "rater_2", "rater_3")
+BASELINE = "features_baseline"
+RANK_K = 10
 
 
 def agreement(predicted: np.ndarray, truth: np.ndarray, num_grades: int) -> dict:
@@ -40,6 +52,93 @@ def agreement(predicted: np.ndarray, truth: np.ndarray, num_grades: int) -> dict
         "within_one": float(np.mean(np.abs(predicted - truth) <= 1)),
         "qwk": None if np.isnan(kappa) else float(kappa),
     }
+
+
+def condensed_ndcg(judgments, probs: np.ndarray, k: int = RANK_K) -> float | None:
+    """Mean nDCG@k of ranking each query's judged items by expected grade, over the queries with an
+    item above grade 0."""
+    from unisup.metrics import per_query_metrics
+
+    queries, items = judgments["query"].to_pylist(), judgments["product_id"].to_pylist()
+    grades = judgments["rating"].to_pylist()
+    expected = probs @ np.arange(probs.shape[1])
+    qrels: dict[str, dict[str, int]] = {}
+    scored: dict[str, list[tuple[float, str]]] = {}
+    for q, item, g, e in zip(queries, items, grades, expected):
+        qrels.setdefault(q, {})[item] = int(g)
+        scored.setdefault(q, []).append((-float(e), item))
+    qrels = {q: rel for q, rel in qrels.items() if max(rel.values()) > 0}
+    if not qrels:
+        return None
+    rankings = {q: [item for _, item in sorted(scored[q])] for q in qrels}
+    return float(np.mean(list(per_query_metrics(rankings, qrels, k)[f"condensed_ndcg@{k}"].values())))
+
+
+def _baseline_inputs(judgments, featurizer, records: dict[str, str]) -> np.ndarray:
+    """BM25 and cosine of each judged pair, raw and z-scored within the query's judged items."""
+    from unisup.teachers.features import FEATURE_NAMES
+
+    queries, items = judgments["query"].to_pylist(), judgments["product_id"].to_pylist()
+    raw = featurizer.features(queries, [records[i] for i in items])[
+        :, [FEATURE_NAMES.index("bm25"), FEATURE_NAMES.index("cosine")]
+    ]
+    z = np.zeros_like(raw)
+    by_query: dict[str, list[int]] = {}
+    for row, q in enumerate(queries):
+        by_query.setdefault(q, []).append(row)
+    for rows in by_query.values():
+        block = raw[rows]
+        z[rows] = (block - block.mean(0)) / np.where(block.std(0) > 1e-6, block.std(0), 1.0)
+    return np.hstack([raw, z])
+
+
+def features_baseline(dataset, audited, featurizer, num_grades: int, seed: int = 0) -> np.ndarray:
+    """Per-grade probabilities of the features-only baseline on the ``audited`` judgments, fitted on
+    the training and validation judgments."""
+    import pyarrow as pa
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from unisup.data.catalog import item_records
+
+    records = dict(zip(dataset.catalog["product_id"].to_pylist(), item_records(dataset.catalog)))
+    fit_on = pa.concat_tables([dataset.judgments_for("train"), dataset.judgments_for("validation")])
+    grades = np.array(fit_on["rating"].to_pylist(), dtype=np.int64)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    model.fit(_baseline_inputs(fit_on, featurizer, records), grades)
+    probs = np.zeros((audited.num_rows, num_grades), dtype=np.float32)
+    probs[:, model.classes_] = model.predict_proba(_baseline_inputs(audited, featurizer, records))
+    return probs
+
+
+def audit_gate(audit: dict, tolerance: float) -> dict:
+    """Which labelers fall more than ``tolerance`` below the features-only baseline."""
+    base = audit[BASELINE]
+    failures = []
+    for who, stats in [*((f"stage {n}", a) for n, a in audit["stages"].items()), ("cascade", audit["cascade"])]:
+        for key, label in (("qwk", "QWK"), ("condensed_ndcg@10", "condensed nDCG@10")):
+            if stats.get(key) is None or base.get(key) is None:
+                continue
+            if stats[key] < base[key] - tolerance:
+                failures.append(
+                    f"{who}: {label} {stats[key]:.3f} is below the features-only baseline's {base[key]:.3f}"
+                    f" (tolerance {tolerance})"
+                )
+    return {"passed": not failures, "failures": failures, "tolerance": tolerance}
+
+
+def training_budgets(repository: str | None, names: list[str]) -> dict:
+    """Per stage: steps done, steps planned and whether ``max_seconds`` cut it, from the repository."""
+    from pathlib import Path
+
+    out = {}
+    for name in names:
+        path = Path(repository or "") / name / "1" / "teacher" / "teacher.json"
+        if repository and path.exists():
+            record = json.loads(path.read_text()).get("record", {})
+            out[name] = {k: record.get(k) for k in ("steps", "planned_steps", "stop_reason", "cut_by_time")}
+    return out
 
 
 def rater_agreement(judgments, num_grades: int) -> dict:
@@ -73,21 +172,34 @@ def held_out_scores(cfg: Config, backend: Backend, split: str | None = None):
     return judgments, names, stage_probs
 
 
+def labeler_scores(judgments, probs: np.ndarray, num_grades: int) -> dict:
+    """Agreement with the human grades and condensed nDCG@10 of one labeler's probabilities."""
+    truth = np.array(judgments["rating"].to_pylist(), dtype=np.int64)
+    return {**agreement(probs.argmax(axis=1), truth, num_grades), "condensed_ndcg@10": condensed_ndcg(judgments, probs)}
+
+
 def audit_scores(
-    judgments, names: list[str], stage_probs: list[np.ndarray], rule: EscalationRule, num_grades: int, split: str
+    judgments,
+    names: list[str],
+    stage_probs: list[np.ndarray],
+    rule: EscalationRule,
+    num_grades: int,
+    split: str,
+    baseline_probs: np.ndarray | None = None,
+    tolerance: float = 0.01,
 ) -> dict:
-    """The audit figures from per-stage probabilities on judged pairs."""
+    """The audit figures from per-stage probabilities on judged pairs, gated on the baseline's."""
     truth = np.array(judgments["rating"].to_pylist(), dtype=np.int64)
     cascade = decide(stage_probs, rule)
     k = num_grades
-    return {
+    audit = {
         "split": split,
         "pairs": len(truth),
         "queries": len(set(judgments["query"].to_pylist())),
         "human_grade_counts": np.bincount(truth, minlength=k).tolist(),
-        "stages": {n: agreement(p.argmax(axis=1), truth, k) for n, p in zip(names, stage_probs)},
+        "stages": {n: labeler_scores(judgments, p, k) for n, p in zip(names, stage_probs)},
         "cascade": {
-            **agreement(cascade.grades, truth, k),
+            **labeler_scores(judgments, cascade.probs, k),
             "reached": dict(zip(names, cascade.pairs_per_stage)),
             "decided": dict(zip(names, np.bincount(cascade.decided_by, minlength=len(names)).tolist())),
             "agreement_with_last_stage": float(np.mean(cascade.grades == stage_probs[-1].argmax(axis=1))),
@@ -95,30 +207,58 @@ def audit_scores(
         "raters": rater_agreement(judgments, k),
         "rule": asdict(rule),
     }
+    if baseline_probs is not None:
+        audit[BASELINE] = labeler_scores(judgments, baseline_probs, k)
+        audit["gate"] = audit_gate(audit, tolerance)
+    return audit
 
 
 def quality_audit(cfg: Config, backend: Backend, split: str | None = None, repository: str | None = None) -> dict:
     """Audit every cascade stage and the cascade (its rule as labeling resolves it from the teachers
     ``repository``) on a held-out split's judged pairs."""
+    from unisup.teachers.features import featurizer_for
+
     split = split or cfg.teachers.audit_split
     judgments, names, stage_probs = held_out_scores(cfg, backend, split)
     rule = escalation_rule(cfg, repository)
-    return audit_scores(judgments, names, stage_probs, rule, cfg.data.num_grades, split)
+    dataset = load_dataset(cfg.data)
+    baseline = features_baseline(
+        dataset, judgments, featurizer_for(dataset.catalog, cfg.channels), cfg.data.num_grades, cfg.teachers.seed
+    )
+    audit = audit_scores(
+        judgments, names, stage_probs, rule, cfg.data.num_grades, split, baseline, cfg.teachers.audit_tolerance
+    )
+    audit["budgets"] = training_budgets(repository, names)
+    audit["warnings"] = [
+        f"stage {name}: the max_seconds safety net cut its training at {b['steps']} of {b['planned_steps']} steps"
+        for name, b in audit["budgets"].items()
+        if b.get("cut_by_time")
+    ]
+    audit["kinds"] = {s.name: s.kind for s in cascade_stages(cfg)}
+    audit["feature_stages"] = [s.name for s in cascade_stages(cfg) if s.kind == FEATURES_KIND]
+    return audit
 
 
 def format_audit(audit: dict) -> str:
     """The audit as a Markdown table."""
     rows = [(f"stage {n}", a) for n, a in audit["stages"].items()] + [("cascade", audit["cascade"])]
+    if BASELINE in audit:
+        rows.append(("features-only baseline (logistic regression)", audit[BASELINE]))
     rows += [(f"humans {n}", a) for n, a in audit["raters"].items()]
     lines = [
         f"Quality audit on {audit['pairs']} judged pairs of {audit['queries']} {audit['split']} queries",
         "",
-        "| labeler | exact | within one | QWK |",
-        "|---|---|---|---|",
+        "| labeler | exact | within one | QWK | condensed nDCG@10 |",
+        "|---|---|---|---|---|",
     ]
     for name, a in rows:
-        cells = ["-" if a.get(key) is None else f"{a[key]:.3f}" for key in ("exact", "within_one", "qwk")]
+        keys = ("exact", "within_one", "qwk", "condensed_ndcg@10")
+        cells = ["-" if a.get(key) is None else f"{a[key]:.3f}" for key in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    gate = audit.get("gate")
+    if gate:
+        lines += ["", "audit gate: " + ("passed" if gate["passed"] else "FAILED: " + "; ".join(gate["failures"]))]
+    lines += [f"warning: {w}" for w in audit.get("warnings", [])]
     return "\n".join(lines) + "\n"
 
 

@@ -54,7 +54,7 @@ class InProcessBackend:
             self._teacher(stage)
 
     def _teacher(self, stage: str):
-        from unisup.teachers.model import OrdinalCrossEncoder
+        from unisup.teachers.model import load_teacher
 
         if stage not in self._teachers:
             folder = self.teacher_dir(stage)
@@ -63,7 +63,7 @@ class InProcessBackend:
                     f"stage {stage!r}: no teacher at {folder} (in-process needs the model files;"
                     " stages of kind 'served' run on the triton backend only)"
                 )
-            self._teachers[stage] = OrdinalCrossEncoder.load(folder)
+            self._teachers[stage] = load_teacher(folder)
         return self._teachers[stage]
 
     def predict(self, stage: str, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:

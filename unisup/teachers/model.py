@@ -7,13 +7,22 @@ construction (first threshold + cumulative softplus gaps), so P(grade > k) never
 increases with k and the per-grade probabilities are never negative. A calibration
 temperature divides the cumulative logits.
 
+A teacher may be **stacked** on a :class:`~unisup.teachers.features.FeatureTeacher`:
+its score is then the feature teacher's linear score of the pair's features plus the
+encoder's score, which starts at zero, and its thresholds start at the feature
+teacher's. Before its first step it *is* the feature teacher; fine-tuning adds what
+the encoder sees to that evidence. A stacked teacher reads JSON item records (the
+features need each field) and builds its text from them.
+
 A teacher folder holds the Hugging Face encoder + tokenizer (``save_pretrained``),
 ``ordinal_head.safetensors`` and ``teacher.json`` (grades, max length, item text
-fields, temperature, training record).
+fields, temperature, training record), and a stacked one its feature teacher in
+``features/``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +33,11 @@ import torch
 from torch import nn
 
 from unisup.channels import mean_pool
+from unisup.data.catalog import parse_record, row_text
 
 TEACHER_CONFIG = "teacher.json"
 HEAD_FILE = "ordinal_head.safetensors"
+FEATURES_DIR = "features"
 
 
 def grade_probabilities(cumulative_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -73,6 +84,7 @@ class OrdinalCrossEncoder(nn.Module):
         attributes: int = 0,
         temperature: float = 1.0,
         record: dict | None = None,
+        features=None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -84,6 +96,30 @@ class OrdinalCrossEncoder(nn.Module):
         self.temperature = temperature
         self.record = dict(record or {})
         self.head = OrdinalHead(encoder.config.hidden_size, num_grades)
+        self.features = features
+        self.feature_score = None
+        if features is not None:
+            self.stack_on(features)
+
+    def stack_on(self, features) -> None:
+        """Start from a feature teacher: its score and thresholds, plus an encoder score of zero."""
+        self.features = features
+        self.feature_score = copy.deepcopy(features.score)
+        nn.init.zeros_(self.head.score.weight)
+        nn.init.zeros_(self.head.score.bias)
+        with torch.no_grad():
+            self.head.first_threshold.copy_(features.head.first_threshold)
+            self.head.threshold_gaps.copy_(features.head.threshold_gaps)
+
+    def item_text(self, item: str) -> str:
+        """The text the encoder reads: the item itself, or built from a JSON record when stacked."""
+        if self.features is None:
+            return item
+        return row_text(parse_record(item), self.item_fields, self.attributes)
+
+    def pair_features(self, queries: Sequence[str], items: Sequence[str]) -> np.ndarray | None:
+        """The stacked teacher's features of (query, item record) pairs; None when not stacked."""
+        return None if self.features is None else self.features.featurizer.features(list(queries), list(items))
 
     @classmethod
     def from_encoder(
@@ -119,10 +155,21 @@ class OrdinalCrossEncoder(nn.Module):
             return_tensors="pt",
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
-        """Cumulative logits (n, K-1), before temperature."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: torch.Tensor | None = None,
+        **extra: torch.Tensor,
+    ) -> torch.Tensor:
+        """Cumulative logits (n, K-1), before temperature; ``features`` of the pairs when stacked."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        return self.head(mean_pool(hidden, attention_mask))
+        logits = self.head(mean_pool(hidden, attention_mask))
+        if self.feature_score is not None:
+            if features is None:
+                raise ValueError("a stacked teacher needs the pairs' features")
+            logits = logits + self.feature_score(features.to(logits.dtype))
+        return logits
 
     @torch.inference_mode()
     def cumulative_logits(self, queries: Sequence[str], items: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -133,11 +180,17 @@ class OrdinalCrossEncoder(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         out = np.zeros((len(queries), self.num_grades - 1), dtype=np.float32)
-        order = np.argsort([-(len(q) + len(t)) for q, t in zip(queries, items)], kind="stable")
+        features = self.pair_features(queries, items)
+        texts = [self.item_text(t) for t in items]
+        order = np.argsort([-(len(q) + len(t)) for q, t in zip(queries, texts)], kind="stable")
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = self.tokenize([queries[i] for i in idx], [items[i] for i in idx])
-            out[idx] = self(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+            batch = {
+                k: v.to(device) for k, v in self.tokenize([queries[i] for i in idx], [texts[i] for i in idx]).items()
+            }
+            if features is not None:
+                batch["features"] = torch.from_numpy(features[idx]).to(device)
+            out[idx] = self(**batch).float().cpu().numpy()
         self.train(was_training)
         return out
 
@@ -153,7 +206,11 @@ class OrdinalCrossEncoder(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.encoder.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
+        tensors = dict(self.head.state_dict())
+        if self.feature_score is not None:
+            tensors.update({f"features.{k}": v for k, v in self.feature_score.state_dict().items()})
+            self.features.save(path / FEATURES_DIR)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path / HEAD_FILE))
         config = {
             "kind": "ordinal_cross_encoder",
             "num_grades": self.num_grades,
@@ -162,6 +219,7 @@ class OrdinalCrossEncoder(nn.Module):
             "attributes": self.attributes,
             "temperature": self.temperature,
             "num_layers": self.encoder.config.num_hidden_layers,
+            "stacked_on_features": self.features is not None,
             "record": self.record,
         }
         (path / TEACHER_CONFIG).write_text(json.dumps(config, indent=1))
@@ -178,6 +236,11 @@ class OrdinalCrossEncoder(nn.Module):
         if not config_path.exists():
             raise FileNotFoundError(f"{path}: not a teacher folder ({TEACHER_CONFIG} missing)")
         config = json.loads(config_path.read_text())
+        features = None
+        if config.get("stacked_on_features"):
+            from unisup.teachers.features import FeatureTeacher
+
+            features = FeatureTeacher.load(path / FEATURES_DIR, device)
         teacher = cls(
             AutoModel.from_pretrained(str(path)),
             AutoTokenizer.from_pretrained(str(path)),
@@ -187,6 +250,23 @@ class OrdinalCrossEncoder(nn.Module):
             config["attributes"],
             config["temperature"],
             config.get("record"),
+            features,
         )
-        teacher.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        tensors = load_file(str(path / HEAD_FILE))
+        teacher.head.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("features.")})
+        if teacher.feature_score is not None:
+            teacher.feature_score.load_state_dict({k[9:]: v for k, v in tensors.items() if k.startswith("features.")})
         return teacher.to(device or "cpu").eval()
+
+
+def load_teacher(path: str | Path, device: str | None = None):
+    """Any teacher folder: an ordinal cross-encoder (stacked or not) or a feature teacher."""
+    path = Path(path)
+    config_path = path / TEACHER_CONFIG
+    if not config_path.exists():
+        raise FileNotFoundError(f"{path}: not a teacher folder ({TEACHER_CONFIG} missing)")
+    if json.loads(config_path.read_text()).get("kind") == "ordinal_features":
+        from unisup.teachers.features import FeatureTeacher
+
+        return FeatureTeacher.load(path, device)
+    return OrdinalCrossEncoder.load(path, device)

@@ -36,9 +36,9 @@ class TeacherService:
     """A loaded teacher that scores whole dynamic batches."""
 
     def __init__(self, teacher_dir: str | Path, device: str = "cpu", batch_size: int = 64):
-        from unisup.teachers.model import OrdinalCrossEncoder
+        from unisup.teachers.model import load_teacher
 
-        self.teacher = OrdinalCrossEncoder.load(teacher_dir, device)
+        self.teacher = load_teacher(teacher_dir, device)
         self.batch_size = batch_size
 
     def score_batches(self, requests: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:

@@ -11,6 +11,13 @@ judged pairs plus unlabeled BM25 candidates of the training queries (KL divergen
 mixed with the ordinal loss on the human grades), and early-stopped on the KL
 divergence to the later stage on the validation pairs. The later stage is queried
 through a :class:`~unisup.teachers.backends.Backend`, so it may be any model.
+
+A stage of kind ``ordinal_features`` is an ordinal model over cheap evidence
+(:mod:`unisup.teachers.features`), fitted in seconds; a cross-encoder with
+``stack_on`` starts as such a stage and adds what its encoder reads. Its starting
+point counts as a candidate on validation, so fine-tuning is kept only where it
+validates better than the features alone. Every budget is in epochs, steps or
+iterations, seeded; ``max_seconds`` is a safety net whose cut the record names.
 """
 
 from __future__ import annotations
@@ -29,29 +36,41 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from unisup import storage
-from unisup.config import DataConfig, TeachersConfig, TeacherStageConfig
-from unisup.data.catalog import item_texts
+from unisup.config import ChannelsConfig, DataConfig, TeachersConfig, TeacherStageConfig
+from unisup.data.catalog import item_records, item_texts
 from unisup.data.sample import Dataset, load_dataset
 from unisup.teachers.backends import Backend, InProcessBackend
 from unisup.teachers.cascade import calibrate_escalation
 from unisup.teachers.export import export_repository
+from unisup.teachers.features import FeatureTeacher, PairFeaturizer, featurizer_for
 from unisup.teachers.model import OrdinalCrossEncoder, grade_probabilities
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
 ESCALATION_FILE = "escalation.json"  # in the repository: the thresholds calibrated on validation
+FEATURES_KIND = "ordinal_features"
+KINDS = ("ordinal_cross_encoder", FEATURES_KIND, "served")
+
+
+def reads_records(stage: TeacherStageConfig) -> bool:
+    """Whether the stage reads JSON item records (feature stages and stacked cross-encoders)."""
+    return stage.kind == FEATURES_KIND or bool(stage.stack_on)
 
 
 def stage_item_texts(catalog: pa.Table, stage: TeacherStageConfig, item_ids: list[str] | None = None) -> dict[str, str]:
-    """{item_id: text the stage reads} for the catalog rows (or only ``item_ids``)."""
+    """{item_id: what the stage reads} for the catalog rows (or only ``item_ids``): the item text,
+    or the JSON item record for a stage that :func:`reads_records`."""
     if item_ids is not None:
         import pyarrow.compute as pc
 
         catalog = catalog.filter(
             pc.is_in(catalog["product_id"], value_set=pa.array(sorted(set(item_ids)), pa.string()))
         )
-    texts = item_texts(catalog, fields=tuple(stage.item_fields), attributes=stage.attributes)
+    if reads_records(stage):
+        texts = item_records(catalog, attributes=stage.attributes)
+    else:
+        texts = item_texts(catalog, fields=tuple(stage.item_fields), attributes=stage.attributes)
     return dict(zip(catalog["product_id"].to_pylist(), texts))
 
 
@@ -191,9 +210,10 @@ def train_stage(
     num_grades: int,
     out_dir: str | Path,
     targets: SoftTargets | None = None,
+    stack_on: FeatureTeacher | None = None,
 ) -> dict:
-    """Fine-tune (on human grades, or distilled from ``targets``), early-stop, calibrate and save one
-    teacher; returns its training record."""
+    """Fine-tune (on human grades, or distilled from ``targets``; from the feature teacher ``stack_on``
+    when given), early-stop, calibrate and save one teacher; returns its training record."""
     from tqdm.auto import tqdm
 
     from unisup.channels import packaged_minilm_path
@@ -206,6 +226,7 @@ def train_stage(
         train_q, train_i, train_y = targets.queries, targets.items, targets.grades
     val_q, val_i, val_y = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
     train_t, val_t = [texts[i] for i in train_i], [texts[i] for i in val_i]
+    train_f = val_f = None
     labeled = train_y >= 0
     if not labeled.any() or len(val_y) == 0:
         raise ValueError(
@@ -221,6 +242,10 @@ def train_stage(
         stage.attributes,
         cfg.seed,
     )
+    if stack_on is not None:
+        teacher.stack_on(stack_on)
+        train_f, val_f = teacher.pair_features(train_q, train_t), teacher.pair_features(val_q, val_t)
+        train_t, val_t = [teacher.item_text(t) for t in train_t], [teacher.item_text(t) for t in val_t]
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     if cfg.freeze_embeddings:
@@ -228,10 +253,13 @@ def train_stage(
     weights = class_weights(train_y[labeled], num_grades, cfg.class_weight_power)
     pair_weights = torch.from_numpy(np.where(labeled, weights[np.maximum(train_y, 0)], 0.0)).float()
     grades = torch.from_numpy(np.maximum(train_y, 0))
+    head_params = list(teacher.head.parameters())
+    if teacher.feature_score is not None:
+        head_params += list(teacher.feature_score.linear.parameters())
     optimizer = torch.optim.AdamW(
         [
             {"params": [p for p in teacher.encoder.parameters() if p.requires_grad], "lr": stage.learning_rate},
-            {"params": teacher.head.parameters(), "lr": cfg.head_learning_rate},
+            {"params": head_params, "lr": cfg.head_learning_rate},
         ],
         weight_decay=cfg.weight_decay,
     )
@@ -258,10 +286,19 @@ def train_stage(
     def validation_loss(logits: np.ndarray) -> float:
         return nll(logits, val_y) if targets is None else kl_to_targets(logits, targets.validation_probs)
 
+    def validation_logits() -> np.ndarray:
+        if val_f is None:
+            return teacher.cumulative_logits(val_q, val_t)
+        return _stacked_logits(teacher, val_q, val_t, val_f)
+
     criterion = "validation_nll" if targets is None else "validation_kl"
     rng = np.random.default_rng(cfg.seed)
     best = {"loss": math.inf, "state": None, "epoch": 0}
     history, step, bad_epochs, stop_reason = [], 0, 0, "epochs"
+    if stack_on is not None:  # the start (the feature teacher itself) is a candidate
+        start_loss = validation_loss(validation_logits())
+        history.append({"epoch": 0, "steps": 0, criterion: start_loss})
+        best = {"loss": start_loss, "state": copy.deepcopy(teacher.state_dict()), "epoch": 0}
     teacher.train()
     for epoch in range(1, stage.epochs + 1):
         order = rng.permutation(len(train_y))
@@ -271,6 +308,8 @@ def train_stage(
         ):
             idx = order[start : start + stage.batch_size]
             batch = teacher.tokenize([train_q[i] for i in idx], [train_t[i] for i in idx])
+            if train_f is not None:
+                batch["features"] = torch.from_numpy(train_f[idx])
             loss = batch_loss(teacher(**batch), idx)
             optimizer.zero_grad()
             loss.backward()
@@ -285,7 +324,7 @@ def train_stage(
             if stage.max_seconds and time.perf_counter() - started > stage.max_seconds:
                 stop_reason = "max_seconds"
                 break
-        val_loss = validation_loss(teacher.cumulative_logits(val_q, val_t))
+        val_loss = validation_loss(validation_logits())
         history.append({"epoch": epoch, "steps": step, "train_loss": float(np.mean(losses)), criterion: val_loss})
         log.info("stage %s epoch %d: train loss %.4f, %s %.4f", stage.name, epoch, np.mean(losses), criterion, val_loss)
         if val_loss < best["loss"]:
@@ -299,7 +338,7 @@ def train_stage(
             stop_reason = "early_stopping"
             break
     teacher.load_state_dict(best["state"])
-    val_logits = teacher.cumulative_logits(val_q, val_t)
+    val_logits = validation_logits()
     teacher.temperature = fit_temperature(val_logits, val_y)
     record = {
         "stage": asdict(stage),
@@ -311,8 +350,11 @@ def train_stage(
         "freeze_embeddings": cfg.freeze_embeddings,
         "torch_threads": torch.get_num_threads(),
         "steps": step,
+        "planned_steps": total_steps,
         "best_epoch": best["epoch"],
         "stop_reason": stop_reason,
+        "cut_by_time": stop_reason == "max_seconds",
+        "stacked_on": stage.stack_on or None,
         "history": history,
         "validation_nll_uncalibrated": nll(val_logits, val_y),
         "validation_nll_calibrated": nll(val_logits, val_y, teacher.temperature),
@@ -329,6 +371,90 @@ def train_stage(
     teacher.record = record
     teacher.save(out_dir)
     return record
+
+
+def _stacked_logits(teacher: OrdinalCrossEncoder, queries, texts, features: np.ndarray, batch_size: int = 64):
+    """Cumulative logits of a stacked teacher on item texts with precomputed features."""
+    out = np.zeros((len(queries), teacher.num_grades - 1), dtype=np.float32)
+    was_training = teacher.training
+    teacher.eval()
+    with torch.inference_mode():
+        for start in range(0, len(queries), batch_size):
+            idx = np.arange(start, min(start + batch_size, len(queries)))
+            batch = teacher.tokenize([queries[i] for i in idx], [texts[i] for i in idx])
+            out[idx] = teacher(**batch, features=torch.from_numpy(features[idx])).numpy()
+    teacher.train(was_training)
+    return out
+
+
+def train_feature_stage(
+    stage: TeacherStageConfig,
+    cfg: TeachersConfig,
+    dataset: Dataset,
+    num_grades: int,
+    out_dir: str | Path,
+    featurizer: PairFeaturizer,
+) -> dict:
+    """Fit an ``ordinal_features`` stage on the training judgments, temperature-scale it on
+    validation and save it; returns its training record."""
+    started = time.perf_counter()
+    records = stage_item_texts(dataset.catalog, stage)
+    train_q, train_i, train_y = judged_pairs(dataset, "train", cfg.max_train_pairs, cfg.seed)
+    val_q, val_i, val_y = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
+    if len(train_y) == 0 or len(val_y) == 0:
+        raise ValueError(
+            f"stage {stage.name}: the training and validation splits need judged pairs "
+            f"(got {len(train_y)} and {len(val_y)})"
+        )
+    train_x = featurizer.features(train_q, [records[i] for i in train_i])
+    val_x = featurizer.features(val_q, [records[i] for i in val_i])
+    weights = class_weights(train_y, num_grades, cfg.class_weight_power)
+    teacher = FeatureTeacher.fit(
+        featurizer, train_x, train_y, num_grades, weights[train_y], cfg.feature_l2, cfg.seed, cfg.feature_iterations
+    )
+    val_logits = teacher.logits_of_features(val_x)
+    teacher.temperature = fit_temperature(val_logits, val_y)
+    record = {
+        "stage": asdict(stage),
+        "train_pairs": int(len(train_y)),
+        "labeled_train_pairs": int(len(train_y)),
+        "validation_pairs": int(len(val_y)),
+        "class_weights": weights.round(4).tolist(),
+        "class_weight_power": cfg.class_weight_power,
+        "feature_l2": cfg.feature_l2,
+        "feature_weights": teacher.weights(),
+        "steps": cfg.feature_iterations,
+        "planned_steps": cfg.feature_iterations,
+        "best_epoch": 1,
+        "stop_reason": "iterations",
+        "cut_by_time": False,
+        "stacked_on": None,
+        "history": [],
+        "validation_nll_uncalibrated": nll(val_logits, val_y),
+        "validation_nll_calibrated": nll(val_logits, val_y, teacher.temperature),
+        "temperature": teacher.temperature,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    teacher.record = record
+    teacher.save(out_dir)
+    return record
+
+
+def check_stages(stages: list[TeacherStageConfig]) -> None:
+    """Known kinds; each ``stack_on`` names an ``ordinal_features`` stage under a cross-encoder."""
+    by_name = {s.name: s for s in stages}
+    for stage in stages:
+        if stage.kind not in KINDS:
+            raise ValueError(f"stage {stage.name}: kind must be one of {', '.join(KINDS)}, got {stage.kind!r}")
+        if not stage.stack_on:
+            continue
+        if stage.kind != "ordinal_cross_encoder":
+            raise ValueError(f"stage {stage.name}: only an ordinal_cross_encoder stage can be stacked")
+        if by_name.get(stage.stack_on, TeacherStageConfig(kind="")).kind != FEATURES_KIND:
+            raise ValueError(
+                f"stage {stage.name}: stack_on must name an ordinal_features stage, got {stage.stack_on!r}"
+            )
+    check_distillation(stages)
 
 
 def check_distillation(stages: list[TeacherStageConfig]) -> None:
@@ -361,32 +487,47 @@ def validation_escalation(
 
 
 def train_teachers(
-    cfg: TeachersConfig, data_cfg: DataConfig, out_dir: str | Path, backend: Backend | None = None
+    cfg: TeachersConfig,
+    data_cfg: DataConfig,
+    out_dir: str | Path,
+    backend: Backend | None = None,
+    channels_cfg: ChannelsConfig | None = None,
 ) -> dict:
     """Train every trainable stage and export all of them into a Triton repository at ``out_dir``.
 
     Stages of kind ``served`` are not trained here: their model must already be in the
     repository (e.g. an LLM judge); ``backend`` serves them where a stage is distilled
-    from one or the escalation is calibrated. Stages are trained last first, so a
-    distilled stage finds the stage it imitates trained. The escalation thresholds
+    from one or the escalation is calibrated. Feature stages are fitted first (with the
+    dense channel's encoder and cache of ``channels_cfg``), then the others last first, so
+    a distilled stage finds the stage it imitates trained and a stacked one its features. The escalation thresholds
     calibrated on validation are written beside the models (``escalation.json``), where
     ``labeling.escalate_rule=calibrated`` reads them. Returns {"stages": {name: record},
     "escalation": validation thresholds (or None), "repository": ...}.
     """
     import tempfile
 
-    check_distillation(cfg.stages)
+    check_stages(cfg.stages)
     dataset = load_dataset(data_cfg)
     by_name = {s.name: s for s in cfg.stages}
     records = {}
     with tempfile.TemporaryDirectory(prefix="unisup-teachers-") as tmp:
         folders = {s.name: Path(tmp) / s.name for s in cfg.stages if s.kind != "served"}
         trained = TrainedStages(folders, backend)
+        feature_stages = [s for s in cfg.stages if s.kind == FEATURES_KIND]
+        if feature_stages:
+            featurizer = featurizer_for(dataset.catalog, channels_cfg or ChannelsConfig())
+        for stage in feature_stages:
+            records[stage.name] = train_feature_stage(
+                stage, cfg, dataset, data_cfg.num_grades, folders[stage.name], featurizer
+            )
         for stage in reversed(cfg.stages):
-            if stage.kind == "served":
+            if stage.kind in ("served", FEATURES_KIND):
                 continue
             targets = soft_targets(by_name[stage.distill_from], cfg, dataset, trained) if stage.distill_from else None
-            records[stage.name] = train_stage(stage, cfg, dataset, data_cfg.num_grades, folders[stage.name], targets)
+            base = FeatureTeacher.load(folders[stage.stack_on]) if stage.stack_on else None
+            records[stage.name] = train_stage(
+                stage, cfg, dataset, data_cfg.num_grades, folders[stage.name], targets, base
+            )
         escalation = None
         if backend is not None or len(folders) == len(cfg.stages):
             escalation = validation_escalation(cfg, dataset, trained, data_cfg.relevance_threshold)
