@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -132,3 +133,76 @@ def test_build_index_writes_to_gcs(tiny_model, tiny_sample, tmp_path, gcs_emulat
         [IDS_FILE, INDEX_FILE, METADATA_FILE]
     )
     assert len(ItemIndex.load(uri).item_ids) == catalog.num_rows
+
+
+@pytest.fixture(scope="module")
+def frozen_model(tiny_overrides, tiny_encoder_path, tiny_training_lists, tmp_path_factory):
+    """A bi-encoder trained for 2 steps with the frozen item tower; the catalog embeddings
+    it cached, and its config."""
+    from unisup.biencoder.train import train
+
+    tmp = tmp_path_factory.mktemp("frozen")
+    cache = tmp / "embedding-cache"
+    overrides = [
+        f"training.encoder_path={tiny_encoder_path}",
+        "training.max_steps=2",
+        "training.lists_per_batch=3",
+        "training.validation_distractors=20",
+        f"channels.cache_dir={cache}",
+        f"index.work_dir={tmp / 'shards'}",
+        "index.factory=Flat",
+        'index.search_params=""',
+    ]
+    config = load_config("local", tiny_overrides + overrides)
+    assert config.training.freeze_item_tower  # the default
+    train(str(tiny_training_lists), str(tmp / "model"), config, work_dir=str(tmp / "work"), progress=False)
+    return tmp / "model", cache, config
+
+
+def _vectors(index_dir):
+    index = ItemIndex.load(str(index_dir)).index
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def test_a_frozen_item_tower_reuses_the_cached_catalog_embeddings(frozen_model, tiny_sample, tmp_path):
+    """The catalog embeddings training cached (under the dense channel's key for the same
+    encoder) are reused, and equal those computed afresh or by the regular item-tower path."""
+    from unisup.biencoder.tower import MANIFEST
+    from unisup.channels import DenseEncoder, embedding_cache_path
+    from unisup.data.catalog import item_texts
+
+    model, cache, config = frozen_model
+    catalog = load_catalog(str(tiny_sample["catalog"])).accepted
+    texts = item_texts(catalog, tuple(config.training.item_fields))
+    dense = DenseEncoder(config.training.encoder_path, max_length=config.training.item_max_length)
+    assert embedding_cache_path(dense.fingerprint, texts, cache).exists()  # the dense channel's key
+
+    def build(name, cache_dir):
+        meta = build_index(
+            str(model), catalog, str(tmp_path / name), config.index, progress=False, embedding_cache_dir=cache_dir
+        ).metadata
+        return meta["item_embeddings"], _vectors(tmp_path / name)
+
+    reused, from_cache = build("reused", cache)
+    assert reused == "frozen start encoder: from the embedding cache"
+    cold, fresh = build("cold", tmp_path / "empty-cache")
+    assert cold == "frozen start encoder: embedded"
+    assert np.array_equal(from_cache, fresh)
+    assert np.array_equal(from_cache, dense.encode(texts))
+
+    # weights that no longer match the recorded digest are embedded by the item tower
+    manifest = json.loads((model / MANIFEST).read_text())
+    manifest["frozen_item_tower"]["weights_digest"] = "0" * 16
+    (tmp_path / "tampered").mkdir()
+    shutil.copytree(model, tmp_path / "tampered" / "model")
+    (tmp_path / "tampered" / "model" / MANIFEST).write_text(json.dumps(manifest))
+    meta = build_index(
+        str(tmp_path / "tampered" / "model"),
+        catalog,
+        str(tmp_path / "t-index"),
+        config.index,
+        progress=False,
+        embedding_cache_dir=cache,
+    ).metadata
+    assert meta["item_embeddings"] == "embedded by the item tower"
+    assert np.array_equal(_vectors(tmp_path / "t-index"), from_cache)  # same batch size (64): same bits

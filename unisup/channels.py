@@ -83,6 +83,11 @@ def model_fingerprint(model_path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def encoder_cache_key(fingerprint: str, max_length: int) -> str:
+    """The embedding-cache key of an encoder: its folder fingerprint and max tokens."""
+    return f"{fingerprint}-L{max_length}"
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # noqa: F821
     """Mean of token embeddings over the attention mask."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -111,7 +116,7 @@ class DenseEncoder:
 
     @property
     def fingerprint(self) -> str:
-        return f"{model_fingerprint(self.model_path)}-L{self.max_length}"
+        return encoder_cache_key(model_fingerprint(self.model_path), self.max_length)
 
     def encode(self, texts: Sequence[str], progress: bool = False, desc: str = "encoding") -> np.ndarray:
         """Embed texts in batches (sorted by length to limit padding); float32, unit norm."""
@@ -138,17 +143,23 @@ class DenseEncoder:
         return out
 
 
-def cached_encode(
-    encoder: DenseEncoder, texts: Sequence[str], cache_dir: str | Path | None, progress: bool = False
-) -> np.ndarray:
-    """:meth:`DenseEncoder.encode` with an on-disk cache keyed by a hash of texts and model."""
-    if not cache_dir:
-        return encoder.encode(texts, progress=progress)
-    digest = hashlib.sha256(encoder.fingerprint.encode())
+def embedding_cache_path(cache_key: str, texts: Sequence[str], cache_dir: str | Path) -> Path:
+    """Where :func:`cached_encode` keeps the embeddings of ``texts`` by the encoder with ``cache_key``."""
+    digest = hashlib.sha256(cache_key.encode())
     for text in texts:
         digest.update(text.encode("utf-8"))
         digest.update(b"\x00")
-    path = Path(cache_dir) / f"{digest.hexdigest()[:24]}.npy"
+    return Path(cache_dir) / f"{digest.hexdigest()[:24]}.npy"
+
+
+def cached_encode(
+    encoder: DenseEncoder, texts: Sequence[str], cache_dir: str | Path | None, progress: bool = False
+) -> np.ndarray:
+    """:meth:`DenseEncoder.encode` with an on-disk cache keyed by a hash of texts and model
+    (any encoder with ``fingerprint`` and ``encode(texts, progress=...)`` will do)."""
+    if not cache_dir:
+        return encoder.encode(texts, progress=progress)
+    path = embedding_cache_path(encoder.fingerprint, texts, cache_dir)
     if path.exists():
         log.info("embedding cache hit: %s", path)
         return np.load(path)

@@ -10,8 +10,12 @@ An index folder holds:
 
 The catalog is embedded in shards of ``shard_size`` items written to a local work
 folder keyed by the model fingerprint and a hash of the item texts: a build that
-crashes resumes from the shards already written. Trainable indexes (IVF, PQ, SQ) are
-trained on a seeded sample of at most ``train_size`` vectors.
+crashes resumes from the shards already written. A model whose item tower is the frozen
+start encoder (``training.freeze_item_tower``, its weights checked against the digest in
+the manifest) is not re-embedded: its catalog embeddings come from the content-keyed
+embedding cache that training and the dense channel fill (computed the same way when the
+cache is cold, so the vectors are identical either way). Trainable indexes (IVF, PQ, SQ)
+are trained on a seeded sample of at most ``train_size`` vectors.
 """
 
 from __future__ import annotations
@@ -181,13 +185,15 @@ def build_index(
     query_texts: Sequence[str] | None = None,
     progress: bool = True,
     extra_metadata: dict | None = None,
+    embedding_cache_dir: str | Path | None = None,
 ) -> IndexBuild:
-    """Embed the catalog with the item tower of the bi-encoder at ``model_path``, build the
+    """Embed the catalog with the item tower of the bi-encoder at ``model_path`` (a frozen
+    start-encoder item tower through the cache in ``embedding_cache_dir``), build the
     configured FAISS index, measure its recall@10/@100 against exact search (on
     ``query_texts`` encoded by the query tower, or else on a sample of catalog vectors),
     and write the index folder to ``out_uri`` (local or gs://)."""
-    from unisup.biencoder.tower import item_fields, load_biencoder
-    from unisup.channels import model_fingerprint
+    from unisup.biencoder.tower import frozen_item_encoder, item_fields, load_biencoder
+    from unisup.channels import cached_encode, embedding_cache_path, model_fingerprint
     from unisup.data.catalog import item_texts
 
     with storage.local_copy(model_path) as local_model:
@@ -195,18 +201,29 @@ def build_index(
         fingerprint = model_fingerprint(str(local_model))
         item_ids = catalog["product_id"].to_pylist()
         texts = item_texts(catalog, item_fields(local_model))  # the text the item tower was trained on
-        shard_dir = Path(cfg.work_dir) / f"{fingerprint}-{_texts_digest(texts)}-{cfg.shard_size}"
+        frozen = frozen_item_encoder(local_model, item_tower)
         start = time.perf_counter()
-        vectors = embed_in_shards(
-            lambda chunk: item_tower.encode(
-                chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"
-            ),
-            texts,
-            shard_dir,
-            cfg.shard_size,
-            progress,
-        )
+        if frozen is not None:
+            cached = (
+                bool(embedding_cache_dir)
+                and embedding_cache_path(frozen.fingerprint, texts, embedding_cache_dir).exists()
+            )
+            item_embeddings = f"frozen start encoder: {'from the embedding cache' if cached else 'embedded'}"
+            vectors = cached_encode(frozen, texts, embedding_cache_dir, progress)
+        else:
+            item_embeddings = "embedded by the item tower"
+            shard_dir = Path(cfg.work_dir) / f"{fingerprint}-{_texts_digest(texts)}-{cfg.shard_size}"
+            vectors = embed_in_shards(
+                lambda chunk: item_tower.encode(
+                    chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"
+                ),
+                texts,
+                shard_dir,
+                cfg.shard_size,
+                progress,
+            )
         embed_seconds = time.perf_counter() - start
+        log.info("catalog vectors: %s (%.1f s)", item_embeddings, embed_seconds)
         queries, query_source = _recall_queries(
             query_texts,
             lambda t: query_tower.encode(t, batch_size=cfg.batch_size),
@@ -230,6 +247,7 @@ def build_index(
         "num_items": int(index.ntotal),
         "build_seconds": round(build_seconds, 4),
         "embed_seconds": round(embed_seconds, 4),
+        "item_embeddings": item_embeddings,
         **recall,
         "recall_queries": query_source,
         "model_fingerprint": fingerprint,
@@ -245,7 +263,8 @@ def build_index(
 
 def build_catalog_index(model_path: str, out_uri: str, cfg: Config, progress: bool = True) -> IndexBuild:
     """:func:`build_index` over the configured catalog (``data.catalog_uri``), recall
-    measured on the configured judgments' queries (``data.judgments_uri``)."""
+    measured on the configured judgments' queries (``data.judgments_uri``), a frozen item
+    tower's embeddings from ``channels.cache_dir``."""
     from unisup.data.sample import load_catalog, load_judgments
 
     catalog = load_catalog(cfg.data.catalog_uri).accepted
@@ -253,7 +272,14 @@ def build_catalog_index(model_path: str, out_uri: str, cfg: Config, progress: bo
         set(load_judgments(cfg.data.judgments_uri, catalog, cfg.data.num_grades).accepted["query"].to_pylist())
     )
     return build_index(
-        model_path, catalog, out_uri, cfg.index, queries, progress, {"catalog_uri": cfg.data.catalog_uri}
+        model_path,
+        catalog,
+        out_uri,
+        cfg.index,
+        queries,
+        progress,
+        {"catalog_uri": cfg.data.catalog_uri},
+        cfg.channels.cache_dir or None,
     )
 
 

@@ -1,16 +1,18 @@
-"""The training loop on the tiny encoder and the tiny sample's lists: validation, early
-stopping, export, and resume-after-kill giving exactly the uninterrupted result."""
+"""The training loop on the tiny encoder and the tiny sample's lists: the frozen item tower
+(only the query tower trains), validation of the start and of every epoch, early stopping,
+export, and resume-after-kill giving exactly the uninterrupted result."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from unisup.biencoder.tower import item_fields, load_biencoder, off_the_shelf_biencoder
+from unisup.biencoder.tower import FROZEN_ITEM_TOWER, item_fields, load_biencoder, off_the_shelf_biencoder
 from unisup.biencoder.train import group_lists, latest_checkpoint, train, train_biencoder
 from unisup.config import load_config
 from unisup.data.catalog import DEFAULT_FIELDS
@@ -43,11 +45,11 @@ class Killed(RuntimeError):
     pass
 
 
-def _run(setup, tmp, name, on_step=None, **changes):
-    config, dataset, lists = setup
+def _run(setup, tmp, name, on_step=None, lists=None, **changes):
+    config, dataset, all_lists = setup
     cfg = dataclasses.replace(config.training, **changes)
     return train_biencoder(
-        lists,
+        all_lists if lists is None else lists,
         dataset.catalog,
         dataset.qrels("validation"),
         cfg,
@@ -56,11 +58,17 @@ def _run(setup, tmp, name, on_step=None, **changes):
         config.data.relevance_threshold,
         progress=False,
         on_step=on_step,
+        embedding_cache_dir=tmp / "embedding-cache",
     )
 
 
-def _weights(model_dir):
-    return load_file(str(model_dir / "query_tower" / "model.safetensors"))
+def _weights(model_dir, tower="query_tower"):
+    return load_file(str(model_dir / tower / "model.safetensors"))
+
+
+def _changed(initial, trained):
+    assert set(initial) == set(trained)
+    return any(not torch.equal(trained[k], initial[k]) for k in trained)
 
 
 def test_unknown_items_are_named(setup):
@@ -73,43 +81,84 @@ def test_unknown_items_are_named(setup):
         group_lists(bad, dataset.catalog["product_id"].to_pylist(), 2)
 
 
-def test_training_validates_each_epoch_and_exports(setup, tiny_encoder_path, tmp_path):
+def test_frozen_item_tower_trains_only_the_query_tower(setup, tiny_encoder_path, tmp_path):
     result = _run(setup, tmp_path, "model")
     assert result.steps == 6 and result.epochs == 3  # 6 train lists, 3 per batch
-    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert [(h["epoch"], h["step"]) for h in result.history] == [(0, 0), (1, 2), (2, 4), (3, 6)]
     assert all(0.0 <= h["validation_ndcg@10"] <= 1.0 for h in result.history)
-    assert result.best_metric == max(h["validation_ndcg@10"] for h in result.history)
+    assert result.start_metric == result.history[0]["validation_ndcg@10"]
+    # the start is reported, not a candidate: the best is the best trained epoch
+    assert result.best_metric == max(h["validation_ndcg@10"] for h in result.history[1:])
+    assert result.below_start == (result.best_metric < result.start_metric)
     assert result.items_per_second > 0 and result.lists_per_second > 0
     query, item = load_biencoder(tmp_path / "model")
-    assert query is item  # shared towers by default
+    assert query is not item and query.max_length == 12 and item.max_length == 24
     vectors = query.encode(["red wine glass", "sofa"])
     assert vectors.shape == (2, 32) and abs(float((vectors**2).sum(1)[0]) - 1) < 1e-5
     initial = load_file(str(tiny_encoder_path / "model.safetensors"))
-    trained = _weights(tmp_path / "model")
-    assert set(initial) == set(trained) and any(not torch.equal(trained[k], initial[k]) for k in trained)
+    assert _changed(initial, _weights(tmp_path / "model"))
+    assert not _changed(initial, _weights(tmp_path / "model", "item_tower"))  # the start encoder, unchanged
+    manifest = json.loads((tmp_path / "model" / "biencoder.json").read_text())
+    assert manifest[FROZEN_ITEM_TOWER]["max_length"] == 24
+    assert manifest["training"]["below_start"] == result.below_start
     # the index embeds the catalog with the text the item tower was trained on
     assert item_fields(tmp_path / "model") == tuple(setup[0].training.item_fields) == ("title", "brand")
     assert item_fields(off_the_shelf_biencoder(tmp_path / "untrained", tiny_encoder_path)) == DEFAULT_FIELDS
 
 
-def test_resume_after_kill_gives_the_uninterrupted_result(setup, tmp_path):
-    uninterrupted = _run(setup, tmp_path, "a")
+def test_trained_item_tower_is_shared_and_changes(setup, tiny_encoder_path, tmp_path):
+    result = _run(setup, tmp_path, "shared", freeze_item_tower=False, max_steps=2)
+    assert result.steps == 2
+    query, item = load_biencoder(tmp_path / "shared")
+    assert query is item
+    assert FROZEN_ITEM_TOWER not in json.loads((tmp_path / "shared" / "biencoder.json").read_text())
+    assert _changed(load_file(str(tiny_encoder_path / "model.safetensors")), _weights(tmp_path / "shared"))
+
+
+def test_frozen_loss_decreases_on_a_tiny_list_set(setup, tmp_path):
+    """Every step sees the same 4 whole lists (one batch per epoch): the loss must fall."""
+    lists = setup[2]
+    queries = sorted(set(lists["query"].to_pylist()))[:4]
+    tiny = lists.filter(pa.compute.is_in(lists["query"], value_set=pa.array(queries)))
+    losses = []
+    _run(
+        setup,
+        tmp_path,
+        "fit",
+        on_step=lambda step, loss: losses.append(loss),
+        lists=tiny,
+        lists_per_batch=4,
+        items_per_list=1000,
+        max_epochs=12,
+        patience=100,
+        warmup_fraction=0.0,
+        learning_rate=0.003,
+    )
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen_item_tower", "shared_towers"])
+def test_resume_after_kill_gives_the_uninterrupted_result(setup, tmp_path, frozen):
+    uninterrupted = _run(setup, tmp_path, "a", freeze_item_tower=frozen)
 
     def kill_at_5(step, loss):
         if step == 5:
             raise Killed(f"killed at step {step}")
 
     with pytest.raises(Killed):
-        _run(setup, tmp_path, "b", on_step=kill_at_5)
+        _run(setup, tmp_path, "b", on_step=kill_at_5, freeze_item_tower=frozen)
     assert latest_checkpoint(tmp_path / "b-work" / "checkpoints").name == "step-00000004.pt"
-    resumed = _run(setup, tmp_path, "b")
+    resumed = _run(setup, tmp_path, "b", freeze_item_tower=frozen)
     assert resumed.resumed_from_step == 4
     assert resumed.history == uninterrupted.history
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    final_a = torch.load(latest_checkpoint(tmp_path / "a-work" / "checkpoints"), weights_only=False)["model"]
-    final_b = torch.load(latest_checkpoint(tmp_path / "b-work" / "checkpoints"), weights_only=False)["model"]
-    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    final_a = torch.load(latest_checkpoint(tmp_path / "a-work" / "checkpoints"), weights_only=True)["model"]
+    final_b = torch.load(latest_checkpoint(tmp_path / "b-work" / "checkpoints"), weights_only=True)["model"]
+    assert final_a.keys() == final_b.keys() and all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    # a frozen run checkpoints the query tower alone
+    assert any(k.startswith("item_tower.") for k in final_a) != frozen
 
 
 def test_a_checkpoint_of_another_config_is_refused(setup, tmp_path):
@@ -121,10 +170,28 @@ def test_a_checkpoint_of_another_config_is_refused(setup, tmp_path):
 def test_early_stopping_without_improvement(setup, tmp_path):
     result = _run(setup, tmp_path, "flat", learning_rate=0.0, patience=1, max_epochs=5)
     assert result.stopped_early and result.epochs == 2 and result.best_step == 2
+    assert result.best_metric == result.start_metric and not result.below_start  # lr 0: still the start
+
+
+def test_below_start_is_reported(setup, tmp_path, caplog):
+    result = _run(setup, tmp_path, "worse", learning_rate=0.5, max_epochs=1)
+    assert result.best_metric < result.start_metric and result.below_start
+    assert "below the start" in caplog.text
 
 
 def test_separate_towers_projection_and_moppr(setup, tmp_path):
-    result = _run(setup, tmp_path, "sep", shared_towers=False, projection_dim=16, loss="moppr", max_steps=2)
+    with pytest.raises(ValueError, match="projection_dim needs training.freeze_item_tower=false"):
+        _run(setup, tmp_path, "frozen-projection", projection_dim=16)
+    result = _run(
+        setup,
+        tmp_path,
+        "sep",
+        freeze_item_tower=False,
+        shared_towers=False,
+        projection_dim=16,
+        loss="moppr",
+        max_steps=2,
+    )
     assert result.steps == 2
     query, item = load_biencoder(tmp_path / "sep")
     assert query is not item and query.dim == item.dim == 16

@@ -50,5 +50,5 @@ def test_train_component_in_kfp_local(tiny_training_lists, tiny_overrides, tiny_
     models = list(tmp_path.glob("train-only-*/train/model"))
     assert len(models) == 1
     query, item = load_biencoder(models[0])
-    assert query is item and query.encode(["lamp"]).shape == (1, 32)
+    assert query is not item and query.encode(["lamp"]).shape == (1, 32)  # frozen item tower: its own copy
     assert list(tmp_path.glob("train-only-*/train/query_encoder/query_encoder/1/model.py"))

@@ -10,10 +10,16 @@ A bi-encoder folder holds ``biencoder.json`` plus one folder per distinct tower:
       query_tower/          HF save_pretrained (config, weights, tokenizer) + tower.json
                             [+ projection.safetensors]
       item_tower/           same; absent when the towers share weights (both name one folder)
+
+With a frozen item tower (``training.freeze_item_tower``) the manifest's ``frozen_item_tower``
+records the start encoder's fingerprint and the digest of its weights: the catalog's item
+embeddings are then the start encoder's, shared through the content-keyed embedding cache
+(:func:`unisup.channels.cached_encode`) by training, the dense channel and the index.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from unisup.channels import mean_pool
+from unisup.channels import encoder_cache_key, mean_pool
 
 MANIFEST = "biencoder.json"
+FROZEN_ITEM_TOWER = "frozen_item_tower"
 TOWER_CONFIG = "tower.json"
 PROJECTION_FILE = "projection.safetensors"
 
@@ -124,6 +131,53 @@ class Tower(nn.Module):
         if tower.projection is not None:
             tower.projection.weight.data.copy_(load_file(str(path / PROJECTION_FILE))["weight"])
         return tower.to(device or "cpu").eval()
+
+
+def weights_digest(tower: Tower) -> str:
+    """A content hash of a tower's weights (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tower.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class FrozenItemEncoder:
+    """A frozen item tower as an encoder for :func:`unisup.channels.cached_encode`: keyed as the
+    start encoder it is (folder fingerprint and max tokens), the key the dense channel gives the
+    same encoder, and encoded in batches of a fixed size (batch composition moves the last bits)."""
+
+    def __init__(self, tower: Tower, start_fingerprint: str, batch_size: int):
+        self.tower = tower
+        self.start_fingerprint = start_fingerprint
+        self.batch_size = batch_size
+
+    @property
+    def fingerprint(self) -> str:
+        return encoder_cache_key(self.start_fingerprint, self.tower.max_length)
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        return self.tower.encode(texts, batch_size=self.batch_size, progress=progress, desc="frozen item tower")
+
+    def record(self) -> dict:
+        """The manifest entry (``frozen_item_tower``) of this tower."""
+        return {
+            "start_fingerprint": self.start_fingerprint,
+            "weights_digest": weights_digest(self.tower),
+            "max_length": self.tower.max_length,
+            "batch_size": self.batch_size,
+        }
+
+
+def frozen_item_encoder(path: str | Path, item_tower: Tower) -> FrozenItemEncoder | None:
+    """The item tower of a bi-encoder folder as a :class:`FrozenItemEncoder` when the manifest
+    records it as the frozen start encoder and its weights are still that encoder's; else None."""
+    record = json.loads((Path(path) / MANIFEST).read_text()).get(FROZEN_ITEM_TOWER)
+    if not record:
+        return None
+    if record["weights_digest"] != weights_digest(item_tower) or record["max_length"] != item_tower.max_length:
+        return None
+    return FrozenItemEncoder(item_tower, record["start_fingerprint"], record["batch_size"])
 
 
 def save_biencoder(query_tower: Tower, item_tower: Tower, path: str | Path, metadata: dict | None = None) -> Path:

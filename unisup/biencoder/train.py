@@ -4,11 +4,21 @@ One optimizer step takes ``lists_per_batch`` query lists (``items_per_list`` ite
 seeded sample that always keeps the best-target item), embeds queries and items with
 their towers, scores every query against every item of the batch and applies the
 configured loss (:mod:`unisup.biencoder.losses`), with the other lists' items as
-in-batch negatives. After each epoch the validation queries are retrieved over a
-candidate set (their judged items plus ``validation_distractors`` seeded random catalog
-items, or the full catalog with -1) and scored by nDCG@k against the human judgments;
-training stops early after ``patience`` epochs without improvement and the best weights
-are exported.
+in-batch negatives.
+
+With ``freeze_item_tower`` (the default) the item tower is the start encoder unchanged:
+the catalog is embedded once with it (content-keyed cache, shared with the dense channel
+and the index) and a step encodes only the queries, with a separate query tower, so the
+same wall budget buys many more steps.
+
+Validation: the validation queries are retrieved over a candidate set (their judged
+items plus ``validation_distractors`` seeded random catalog items, or the full catalog
+with -1) and scored by nDCG@k against the human judgments, once before the first step
+(the start, epoch 0) and after every epoch. Training stops early after ``patience``
+epochs without improvement and the best trained epoch is exported. The start is no
+candidate: the exported model is always a trained one, and when its best validation is
+below the start the result says so (``below_start``) - the start encoder stays
+available as the off-the-shelf baseline the evaluation compares with.
 
 Determinism and resumption: batch order and list samples come from generators seeded by
 (seed, epoch, list), and the dropout RNG is reseeded from (seed, step, rank) before every
@@ -22,6 +32,7 @@ share of every batch's lists; rank 0 validates, checkpoints and exports).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -43,7 +54,7 @@ from unisup.biencoder.losses import (
     listwise_softmax_cross_entropy,
     moppr_hierarchical_loss,
 )
-from unisup.biencoder.tower import Tower, save_biencoder
+from unisup.biencoder.tower import FROZEN_ITEM_TOWER, FrozenItemEncoder, Tower, save_biencoder
 from unisup.config import Config, TrainingConfig
 from unisup.schemas import DataValidationError
 
@@ -122,14 +133,21 @@ def epoch_batches(num_lists: int, lists_per_batch: int, seed: int, epoch: int) -
 class BiEncoder(nn.Module):
     """Query tower and item tower (the same module when weights are shared)."""
 
-    def __init__(self, query_tower: Tower, item_tower: Tower):
+    def __init__(self, query_tower: Tower, item_tower: Tower, item_frozen: bool = False):
         super().__init__()
         self.query_tower = query_tower
         self.item_tower = item_tower
+        self.item_frozen = item_frozen
 
     @property
     def shared(self) -> bool:
         return self.query_tower is self.item_tower
+
+    @property
+    def trainable(self) -> nn.Module:
+        """What the optimizer updates and a checkpoint holds: the query tower alone when the
+        item tower is frozen, else both towers."""
+        return self.query_tower if self.item_frozen else self
 
     def forward(
         self, queries: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
@@ -137,12 +155,22 @@ class BiEncoder(nn.Module):
         return self.query_tower(**queries), self.item_tower(**items)
 
 
-def build_biencoder(cfg: TrainingConfig) -> BiEncoder:
-    """Towers on ``cfg.encoder_path`` (default: the packaged MiniLM), shared or separate."""
+def start_encoder_path(cfg: TrainingConfig) -> Path:
+    """The encoder the towers start from: ``cfg.encoder_path``, default the packaged MiniLM."""
     from unisup.channels import packaged_minilm_path
 
-    path = cfg.encoder_path or packaged_minilm_path()
+    return Path(cfg.encoder_path) if cfg.encoder_path else packaged_minilm_path()
+
+
+def build_biencoder(cfg: TrainingConfig) -> BiEncoder:
+    """Towers on the start encoder: a trainable query tower and the frozen start encoder as
+    item tower (``freeze_item_tower``), else shared or separate trainable towers."""
+    path = start_encoder_path(cfg)
     projection = cfg.projection_dim or None
+    if cfg.freeze_item_tower:
+        query = Tower.from_pretrained(path, cfg.query_max_length, seed=cfg.seed)
+        item = Tower.from_pretrained(path, cfg.item_max_length, seed=cfg.seed).requires_grad_(False)
+        return BiEncoder(query, item, item_frozen=True)
     if cfg.shared_towers:
         tower = Tower.from_pretrained(path, max(cfg.query_max_length, cfg.item_max_length), projection, seed=cfg.seed)
         return BiEncoder(tower, tower)
@@ -167,8 +195,11 @@ def batch_loss(
     item_texts: list[str],
     cfg: TrainingConfig,
     device: torch.device,
+    item_vectors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """The configured loss of one batch of lists; returns (loss, number of items)."""
+    """The configured loss of one batch of lists; returns (loss, number of items). With
+    ``item_vectors`` (the frozen item tower's catalog embeddings, on ``device``) only the
+    queries are encoded, by ``model`` (then the query tower)."""
     owner = np.concatenate([np.full(len(p), b) for b, p in enumerate(positions)])
     items = np.concatenate([ql.items[p] for ql, p in zip(lists, positions)])
 
@@ -176,10 +207,13 @@ def batch_loss(
         return torch.as_tensor(np.concatenate([getattr(ql, name)[p] for ql, p in zip(lists, positions)]), device=device)
 
     queries = _tokenize(towers.query_tower, [ql.query for ql in lists], cfg.query_max_length, device)
-    item_batch = _tokenize(towers.item_tower, [item_texts[i] for i in items], cfg.item_max_length, device)
     use_amp = cfg.amp and device.type == "cuda"
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-        query_vecs, item_vecs = model(queries, item_batch)
+        if item_vectors is not None:
+            query_vecs, item_vecs = model(**queries), item_vectors[torch.as_tensor(items, device=device)]
+        else:
+            item_batch = _tokenize(towers.item_tower, [item_texts[i] for i in items], cfg.item_max_length, device)
+            query_vecs, item_vecs = model(queries, item_batch)
     scores = query_vecs.float() @ item_vecs.float().T
     owner_t = torch.as_tensor(owner, device=device)
     own, candidates = in_batch_masks(owner_t, torch.as_tensor(items, device=device), len(lists), cfg.in_batch_negatives)
@@ -236,15 +270,20 @@ def validate_ndcg(
     qrels: dict[str, dict[str, int]],
     cfg: TrainingConfig,
     relevance_threshold: int,
+    catalog_vectors: np.ndarray | None = None,
 ) -> float:
-    """Mean nDCG@k of the validation queries, retrieving over ``candidates``."""
+    """Mean nDCG@k of the validation queries, retrieving over ``candidates`` (embedded by
+    the item tower, or rows of ``catalog_vectors`` when it is frozen)."""
     from unisup.channels import top_k_inner_product
     from unisup.metrics import per_query_metrics
 
     queries = sorted(qrels)
-    item_vecs = _encode(
-        towers.item_tower, [item_texts[i] for i in candidates], cfg.item_max_length, cfg.encode_batch_size
-    )
+    if catalog_vectors is not None:
+        item_vecs = catalog_vectors[candidates]
+    else:
+        item_vecs = _encode(
+            towers.item_tower, [item_texts[i] for i in candidates], cfg.item_max_length, cfg.encode_batch_size
+        )
     query_vecs = _encode(towers.query_tower, queries, cfg.query_max_length, cfg.encode_batch_size)
     idx, _ = top_k_inner_product(query_vecs, item_vecs, cfg.validation_k)
     rankings = {q: [catalog_ids[candidates[j]] for j in row] for q, row in zip(queries, idx)}
@@ -271,6 +310,7 @@ class LoopState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
+    start_metric: float | None = None
     best_metric: float = float("-inf")
     best_step: int = 0
     epochs_without_improvement: int = 0
@@ -297,13 +337,14 @@ def _atomic_save(obj: dict, path: Path) -> None:
 
 
 def save_checkpoint(
-    folder: Path, towers: BiEncoder, optimizer, scheduler, state: LoopState, fingerprint: str, keep: int
+    folder: Path, trainable: nn.Module, optimizer, scheduler, state: LoopState, fingerprint: str, keep: int
 ) -> Path:
-    """Write ``step-XXXXXXXX.pt`` atomically and keep the ``keep`` most recent."""
+    """Write ``step-XXXXXXXX.pt`` (the trainable weights, optimizer, scheduler and loop state)
+    atomically and keep the ``keep`` most recent."""
     path = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}.pt"
     _atomic_save(
         {
-            "model": towers.state_dict(),
+            "model": trainable.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "state": dataclasses.asdict(state),
@@ -326,8 +367,10 @@ class TrainResult:
     model_dir: str
     steps: int
     epochs: int
+    start_metric: float | None
     best_metric: float
     best_step: int
+    below_start: bool
     stopped_early: bool
     resumed_from_step: int
     history: list[dict]
@@ -357,6 +400,10 @@ def _device(cfg: TrainingConfig, local_rank: int) -> torch.device:
 def _check(cfg: TrainingConfig) -> None:
     if cfg.loss not in LOSSES:
         raise ValueError(f"training.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.freeze_item_tower and cfg.projection_dim:
+        raise ValueError(
+            "training.projection_dim needs training.freeze_item_tower=false (the frozen item tower has no projection)"
+        )
     for name in ("lists_per_batch", "items_per_list", "checkpoint_every", "max_epochs"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -375,16 +422,20 @@ def train_biencoder(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     metadata: dict | None = None,
+    embedding_cache_dir: str | Path | None = None,
+    embedding_batch_size: int = 64,
 ) -> TrainResult:
     """Train the bi-encoder on ``lists`` and write it to ``out_dir`` (``save_biencoder``
     layout), the query tower also into ``triton_repository`` when given.
 
     Checkpoints go to ``work_dir/checkpoints`` (default ``out_dir/../<name>.work``); with
     ``resume`` the latest one there is continued. ``on_step(step, loss)`` is called after
-    every optimizer step.
+    every optimizer step. A frozen item tower embeds the catalog in batches of
+    ``embedding_batch_size`` through the cache in ``embedding_cache_dir`` (none: no cache).
     """
     from tqdm.auto import tqdm
 
+    from unisup.channels import cached_encode, model_fingerprint
     from unisup.data.catalog import item_texts as catalog_texts
 
     _check(cfg)
@@ -410,10 +461,26 @@ def train_biencoder(
 
     towers = build_biencoder(cfg).to(device)
     towers.train()
-    model: nn.Module = towers
+    trainable = towers.trainable
+    catalog_vectors, frozen_record = None, {}
+    if towers.item_frozen:
+        frozen = FrozenItemEncoder(
+            towers.item_tower, model_fingerprint(str(start_encoder_path(cfg))), embedding_batch_size
+        )
+        if rank == 0:
+            catalog_vectors = cached_encode(frozen, texts, embedding_cache_dir, progress)
+        if world > 1:
+            torch.distributed.barrier()  # rank 0 has filled the cache; the other ranks read it
+            if rank > 0:
+                catalog_vectors = cached_encode(frozen, texts, embedding_cache_dir)
+        frozen_record = {FROZEN_ITEM_TOWER: frozen.record()}
+    item_vectors = torch.as_tensor(catalog_vectors, device=device) if catalog_vectors is not None else None
+    model: nn.Module = trainable
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(towers, device_ids=[local_rank] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(towers.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        model = nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_fraction * total_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
@@ -421,19 +488,34 @@ def train_biencoder(
     state = LoopState()
     checkpoint = latest_checkpoint(checkpoints) if resume else None
     if checkpoint is not None:
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
         if saved["fingerprint"] != fingerprint:
             raise ValueError(
                 f"{checkpoint}: written by a run with a different training config or lists; "
                 f"use another work_dir or resume=False"
             )
-        towers.load_state_dict(saved["model"])
+        trainable.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = LoopState(**saved["state"])
         log.info("resumed from %s (step %d)", checkpoint, state.step)
     resumed_from = state.step
     candidates = validation_candidates(catalog_ids, validation_qrels, cfg.validation_distractors, cfg.seed)
+    validate = functools.partial(
+        validate_ndcg,
+        towers,
+        catalog_ids,
+        texts,
+        candidates,
+        validation_qrels,
+        cfg,
+        relevance_threshold,
+        catalog_vectors,
+    )
+    if rank == 0 and validation_qrels and state.start_metric is None:
+        state.start_metric = validate()
+        state.history.append({"epoch": 0, "step": 0, f"validation_ndcg@{cfg.validation_k}": state.start_metric})
+        log.info("start: validation nDCG@%d %.4f", cfg.validation_k, state.start_metric)
     best_path = work / "best.pt"
     items_seen, lists_seen, seconds = 0, 0, 0.0
     bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress or rank > 0)
@@ -448,11 +530,11 @@ def train_biencoder(
                 for i in chosen
             ]
             torch.manual_seed(cfg.seed * 1_000_003 + state.step * 101 + rank)
-            loss, n_items = batch_loss(model, towers, batch_lists, positions, texts, cfg, device)
+            loss, n_items = batch_loss(model, towers, batch_lists, positions, texts, cfg, device, item_vectors)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(towers.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             state.step += 1
@@ -463,31 +545,29 @@ def train_biencoder(
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state.epoch)
             if rank == 0 and state.step % cfg.checkpoint_every == 0:
-                save_checkpoint(checkpoints, towers, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
+                save_checkpoint(checkpoints, trainable, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
             if on_step is not None:
                 on_step(state.step, float(loss.item()))
-        _end_epoch(
-            state,
-            towers,
-            catalog_ids,
-            texts,
-            candidates,
-            validation_qrels,
-            cfg,
-            relevance_threshold,
-            best_path,
-            rank,
-            world,
-        )
+        _end_epoch(state, validate if validation_qrels else None, trainable, cfg, best_path, rank, world)
     bar.close()
     if rank == 0:
-        save_checkpoint(checkpoints, towers, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
+        save_checkpoint(checkpoints, trainable, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
+    below_start = state.start_metric is not None and state.best_metric < state.start_metric
+    if rank == 0 and below_start:
+        log.warning(
+            "below the start: the trained model's best validation nDCG@%d %.4f is below the start encoder's %.4f",
+            cfg.validation_k,
+            state.best_metric,
+            state.start_metric,
+        )
     result = TrainResult(
         model_dir=str(out_dir),
         steps=state.step,
         epochs=state.epoch,
+        start_metric=state.start_metric,
         best_metric=state.best_metric,
         best_step=state.best_step,
+        below_start=below_start,
         stopped_early=state.stopped_early,
         resumed_from_step=resumed_from,
         history=state.history,
@@ -498,24 +578,33 @@ def train_biencoder(
     )
     if rank == 0:
         if best_path.exists():
-            towers.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
-        _export(towers, out_dir, cfg, result, triton_repository, metadata or {})
+            trainable.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        _export(towers, out_dir, cfg, result, triton_repository, {**frozen_record, **(metadata or {})})
     if world > 1:
         torch.distributed.barrier()
     return result
 
 
 def _end_epoch(
-    state: LoopState, towers: BiEncoder, catalog_ids, texts, candidates, qrels, cfg, r0, best_path, rank, world
+    state: LoopState,
+    validate: Callable[[], float] | None,
+    trainable: nn.Module,
+    cfg: TrainingConfig,
+    best_path: Path,
+    rank: int,
+    world: int,
 ) -> None:
     """Validate (rank 0), update early stopping and the best weights, move to the next epoch."""
     decision = [state.stopped_early]
-    if rank == 0 and qrels:
-        metric = validate_ndcg(towers, catalog_ids, texts, candidates, qrels, cfg, r0)
-        state.history.append({"epoch": state.epoch, "step": state.step, f"validation_ndcg@{cfg.validation_k}": metric})
+    if rank == 0 and validate is not None:
+        metric = validate()
+        state.history.append(
+            {"epoch": state.epoch + 1, "step": state.step, f"validation_ndcg@{cfg.validation_k}": metric}
+        )
+        log.info("epoch %d (step %d): validation nDCG@%d %.4f", state.epoch + 1, state.step, cfg.validation_k, metric)
         if metric > state.best_metric:
             state.best_metric, state.best_step, state.epochs_without_improvement = metric, state.step, 0
-            _atomic_save(towers.state_dict(), best_path)
+            _atomic_save(trainable.state_dict(), best_path)
         else:
             state.epochs_without_improvement += 1
         decision = [state.epochs_without_improvement >= cfg.patience]
@@ -551,7 +640,9 @@ def train(
     progress: bool = True,
 ) -> TrainResult:
     """The ``train`` stage: lists (Parquet, local or gs://) + catalog + validation judgments
-    of ``config.data`` -> a bi-encoder folder at ``out_uri`` (and the Triton query encoder)."""
+    of ``config.data`` -> a bi-encoder folder at ``out_uri`` (and the Triton query encoder).
+    A frozen item tower's catalog embeddings go through the dense channel's cache
+    (``channels.cache_dir``, batches of ``channels.dense_batch_size``)."""
     import tempfile
 
     from unisup import storage
@@ -575,6 +666,8 @@ def train(
             resume,
             progress,
             metadata={"training_lists": lists_uri},
+            embedding_cache_dir=config.channels.cache_dir or None,
+            embedding_batch_size=config.channels.dense_batch_size,
         )
         if storage.is_gcs(out_uri):
             storage.upload_dir(local_out, out_uri)
