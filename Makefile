@@ -26,6 +26,9 @@ venv: $(STAMP) ## create the Python environment in .venv
 demo: $(STAMP) ## run the main job on the bundled sample (the compiled pipeline through kfp.local)
 	$(PY) -m pipelines.demo
 
+reproduce: $(STAMP) ## the same pipeline with the quality profile's bigger budget (at most an hour on 2 cores)
+	$(PY) -m pipelines.demo --config quality --root runs/reproduce
+
 test: $(STAMP) ## run the whole test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -49,4 +52,4 @@ clean: ## remove caches, run outputs and the environment
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help venv demo test compile bench lint submit images clean
+.PHONY: help venv demo reproduce test compile bench lint submit images clean

@@ -10,8 +10,8 @@
 - for escalation rules and thresholds, and for the configured rule (the one calibrated on
   validation by default): the share of the test pairs reaching the precise stage and the
   agreement of the cascade's grades with the precise teacher grading every pair;
-- the quality audit (teachers, cascade and raters vs held-out human grades), also
-  written to bench/results/teachers_audit.{json,md}.
+- the quality audit (teachers, cascade, the features-only baseline and raters vs held-out
+  human grades), also written to bench/results/teachers_audit.{json,md}.
 
 Uses the teachers in ``teachers.repository_uri`` (trained first when absent).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from unisup.config import load_config
-from unisup.teachers.audit import audit_scores, format_audit, held_out_scores, write_audit
+from unisup.teachers.audit import format_audit, held_out_scores, quality_audit, write_audit
 from unisup.teachers.backends import InProcessBackend, TritonBackend
 from unisup.teachers.cascade import EscalationRule, decide
 from unisup.teachers.labeling import escalation_rule
@@ -33,7 +33,7 @@ from unisup.teachers.triton_server import triton_server
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = (1, 8, 32)
 CLIENT_BATCH = 16
-PAIRS = {"fast": 913, "precise": 256}
+PAIRS = {"features": 913, "fast": 913, "precise": 256}
 REPEATS = 3
 
 
@@ -71,11 +71,11 @@ def run() -> dict:
     cfg = load_config("local")
     repository = Path(cfg.teachers.repository_uri)
     if not (repository / cfg.teachers.stages[-1].name / "config.pbtxt").exists():
-        train_teachers(cfg.teachers, cfg.data, repository)
+        train_teachers(cfg.teachers, cfg.data, repository, channels_cfg=cfg.channels)
     local = InProcessBackend(repository, batch_size=cfg.teachers.triton_forward_batch_size)
     judgments, names, stage_probs = held_out_scores(cfg, local, "test")
     rule = escalation_rule(cfg, str(repository))
-    audit = audit_scores(judgments, names, stage_probs, rule, cfg.data.num_grades, "test")
+    audit = quality_audit(cfg, local, "test", str(repository))
     RESULTS.mkdir(exist_ok=True)
     write_audit(audit, str(RESULTS / "teachers_audit.json"))
     print(format_audit(audit))
@@ -97,7 +97,8 @@ def run() -> dict:
                 backend.close()
             figures["triton_c8_vs_inprocess"] = round(figures["triton_c8"] / figures["inprocess"], 3)
             throughput[stage.name] = figures
-    stats = lambda a: {k: round(a[k], 4) for k in ("exact", "within_one", "qwk") if a.get(k) is not None}  # noqa: E731
+    keys = ("exact", "within_one", "qwk", "condensed_ndcg@10")
+    stats = lambda a: {k: round(a[k], 4) for k in keys if a.get(k) is not None}  # noqa: E731
     return {
         "pairs_per_s": throughput,
         "cascade_sweep_test_pairs": len(queries),
@@ -110,7 +111,9 @@ def run() -> dict:
         "audit": {
             **{f"stage_{n}": stats(a) for n, a in audit["stages"].items()},
             "cascade": stats(audit["cascade"]),
+            "features_baseline": stats(audit["features_baseline"]),
             "raters_mean": stats(audit["raters"]["mean"]),
+            "gate_passed": audit["gate"]["passed"],
         },
     }
 

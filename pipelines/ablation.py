@@ -41,7 +41,7 @@ def ablation(
     boundary_margin: float = 0.3,
     escalate_rule: str = "calibrated",
     presets: list = PRESETS,
-    max_epochs: int = 10,
+    max_epochs: int = 6,
     max_steps: int = 0,
     faiss_factory: str = "HNSW32",
     faiss_search_params: str = "efSearch=128",

@@ -26,16 +26,20 @@ HEADLINE = ["unified", "engagement_only", "bm25", "minilm"]
 COLUMNS = ["ndcg@10", "condensed_ndcg@10", "judged@10", "grade0_share@10", "recall@10"]
 
 
-def demo_arguments(max_steps: int) -> dict:
-    """Pipeline parameters of the demo: the sample, a local Triton, a small training budget,
-    and serving locations on the emulated GCS."""
+def demo_arguments(profile: str = "local", max_steps: int | None = None) -> dict:
+    """Pipeline parameters of the demo: the sample, a local Triton, the profile's training budget
+    (epochs and steps; ``max_steps`` overrides the steps), and serving locations on the emulated GCS."""
+    from unisup.config import load_config
+
+    training = load_config(profile).training
     serving = f"gs://{BUCKET}/serving"
     return {
-        "config": "local",
+        "config": profile,
         "log_shard_count": 2,
         "shard_count": 1,
         "labeling_backend": "triton_local",
-        "max_steps": max_steps,
+        "max_epochs": training.max_epochs,
+        "max_steps": training.max_steps if max_steps is None else max_steps,
         "serving_model_repository": f"{serving}/triton_models",
         "serving_index_root": f"{serving}/indexes",
         "experiment_config_root": f"{serving}/experiments",
@@ -74,17 +78,19 @@ def headline(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(REPO / "runs" / "demo"), help="pipeline root [runs/demo]")
-    parser.add_argument("--max-steps", type=int, default=40, help="training steps per bi-encoder [40]")
+    parser.add_argument("--config", default="local", help="profile: local (the demo) or quality (make reproduce)")
+    parser.add_argument("--max-steps", type=int, help="training steps per bi-encoder [the profile's budget]")
     args = parser.parse_args(argv)
     root = Path(args.root)
     start = time.perf_counter()
     print("unisup demo: the compiled pipeline on the bundled Icecat/Chorus sample (data/sample/ATTRIBUTION.md)")
+    print(f"profile: {args.config}")
     print(f"pipeline: {COMPILED.relative_to(REPO)}; runner: kfp.local.SubprocessRunner; root: {root}")
     with local_gcs(BUCKET) as url:
         print(f"GCS emulator for the push: {url} (bucket {BUCKET})\n")
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
         pipeline = components.load_component_from_file(str(COMPILED))
-        pipeline(**demo_arguments(args.max_steps))
+        pipeline(**demo_arguments(args.config, args.max_steps))
         run = newest_run(root)
         summarize(run)
     print(f"\ndone in {(time.perf_counter() - start) / 60:.1f} min")

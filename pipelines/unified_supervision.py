@@ -75,7 +75,7 @@ def unified_supervision(
     prior_weight: float = 0.5,
     engagement_weight: float = 1.0,
     hard_negative_weight: float = 1.0,
-    max_epochs: int = 10,
+    max_epochs: int = 6,
     max_steps: int = 0,
     faiss_factory: str = "HNSW32",
     faiss_search_params: str = "efSearch=128",

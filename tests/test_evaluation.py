@@ -288,3 +288,24 @@ def test_cli_build_index_then_evaluate_on_the_tiny_sample_with_bm25(
         )
         == 2
     )
+
+
+def test_a_teacher_audit_below_the_features_baseline_refuses_the_blessing():
+    from unisup.evaluation import teacher_audit_gate, with_gate
+
+    audit = {
+        "pairs": 10,
+        "split": "test",
+        "cascade": {"qwk": 0.5, "condensed_ndcg@10": 0.8},
+        "features_baseline": {"qwk": 0.6, "condensed_ndcg@10": 0.9},
+        "gate": {"passed": False, "failures": ["stage precise: QWK 0.500 is below ..."], "tolerance": 0.01},
+    }
+    blessed = {"blessed": True, "reasons": ["all fine"], "gates": {"min_queries": {"passed": True, "reason": "ok"}}}
+    refused = with_gate(blessed, "teacher_audit", teacher_audit_gate(audit))
+    assert refused["blessed"] is False and refused["reasons"] == [refused["gates"]["teacher_audit"]["reason"]]
+    assert "stage precise" in refused["reasons"][0]
+    passing = with_gate(
+        blessed, "teacher_audit", teacher_audit_gate({**audit, "gate": {**audit["gate"], "passed": True}})
+    )
+    assert passing["blessed"] is True and len(passing["reasons"]) == 2
+    assert not teacher_audit_gate({k: v for k, v in audit.items() if k != "gate"})["passed"]

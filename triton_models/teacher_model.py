@@ -1,7 +1,8 @@
 """Triton python-backend model of one teacher stage (copied to ``<repo>/<stage>/1/model.py``).
 
-Inputs ``query`` and ``item`` (BYTES, raw texts), output ``probs`` (FP32, K per-grade
-probabilities). The teacher's files are in the ``teacher/`` folder beside this file.
+Inputs ``query`` and ``item`` (BYTES: the raw item text, or the JSON item record that feature
+and stacked stages read), output ``probs`` (FP32, K per-grade probabilities). The teacher's
+files (any kind: cross-encoder, feature teacher) are in the ``teacher/`` folder beside this file.
 The python backend stub ignores PYTHONPATH, so the folders holding ``unisup`` and its
 dependencies are added to ``sys.path`` from the ``UNISUP_PYTHONPATH`` environment
 variable and the ``python_paths`` parameter of ``config.pbtxt`` (both ':'-separated);

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("local", "cluster")
+PROFILES = ("local", "quality", "cluster")
 
 
 class ConfigError(ValueError):

@@ -7,7 +7,8 @@
                                parameters python_paths and forward_batch_size
         1/
           model.py             copy of triton_models/teacher_model.py
-          teacher/             the teacher folder (HF encoder, tokenizer, ordinal head, teacher.json)
+          teacher/             the teacher folder: HF encoder, tokenizer, ordinal head, teacher.json;
+                               for a feature teacher its featurizer (statistics, catalog embeddings)
 
 The same repository loads in the NGC Triton image and in the tritonserver binary
 shipped inside nvidia-pytriton.
