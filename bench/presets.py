@@ -4,11 +4,13 @@ Reads the outputs of the logs and teacher stages on the sample: by default those
 newest ``make demo`` run (``runs/demo``); ``BENCH_LABELS`` (the teacher cascade's labels),
 ``BENCH_ENGAGEMENT`` (the extracted engagement table) and ``BENCH_TEACHERS`` (the teachers'
 Triton repository) override them. For each preset: ``unisup.fusion.fuse`` ->
-``unisup.biencoder.train.train`` (the ``training`` config of the local profile,
-``BENCH_PRESET_STEPS`` steps each), then retrieval of the test queries over the full
-catalog, scored against the human grades (nDCG@10, condensed nDCG@10, judged@10, grade-0
-share of the judged top 10). The upper bound: the teacher cascade reranking the unified
-model's top 100 (by expected grade).
+``unisup.biencoder.train.train`` (the ``training`` config of the local profile, at most
+``BENCH_PRESET_STEPS`` steps each; 0, the default, keeps the profile's epochs and early
+stopping), then retrieval of the test queries over the full catalog, scored against the
+human grades (nDCG@10, condensed nDCG@10, judged@10, grade-0 share of the judged top 10).
+The upper bound: the teacher cascade reranking the unified model's top 100 (by expected
+grade). ``BENCH_PRESET_SEEDS`` (default ``0``, e.g. ``0,1,2``) trains the unified and
+engagement-only presets once per training seed and adds the median and spread of each figure.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import numpy as np
 
 PRESET_NAMES = ("unified", "engagement_only", "relevance_only", "unified_no_prior", "unified_no_engagement")
 METRICS = ("ndcg@10", "condensed_ndcg@10", "judged@10", "grade0_share@10")
-STEPS = int(os.environ.get("BENCH_PRESET_STEPS", "60"))
+STEPS = int(os.environ.get("BENCH_PRESET_STEPS", "0"))
+SEEDS = [int(s) for s in os.environ.get("BENCH_PRESET_SEEDS", "0").split(",")]
+SEEDED = ("unified", "engagement_only")
 DEMO_ROOT = Path(__file__).resolve().parents[1] / "runs" / "demo"
 
 
@@ -100,22 +104,37 @@ def run() -> dict:
     labels, engagement = inputs["labels"], inputs["engagement"]
     figures: dict = {"machine": machine(), "steps_per_preset": STEPS, "split": "test", "retrieval": "full catalog"}
     with tempfile.TemporaryDirectory(prefix="bench-presets-") as tmp:
-        for preset in PRESET_NAMES:
-            cfg = load_config("local", [f"fusion.preset={preset}", f"training.max_steps={STEPS}"])
-            fuse(labels, engagement, f"{tmp}/{preset}.parquet", None, cfg)
-            result = train(f"{tmp}/{preset}.parquet", f"{tmp}/{preset}", cfg, work_dir=f"{tmp}/{preset}.work")
+        for preset, seed in [(p, s) for p in PRESET_NAMES for s in (SEEDS if p in SEEDED else SEEDS[:1])]:
+            cfg = load_config(
+                "local", [f"fusion.preset={preset}", f"training.max_steps={STEPS}", f"training.seed={seed}"]
+            )
+            name = preset if seed == SEEDS[0] else f"{preset}_seed{seed}"
+            fuse(labels, engagement, f"{tmp}/{name}.parquet", None, cfg)
+            result = train(f"{tmp}/{name}.parquet", f"{tmp}/{name}", cfg, work_dir=f"{tmp}/{name}.work")
             dataset = load_dataset(cfg.data)
-            metrics, rankings = evaluate_biencoder(f"{tmp}/{preset}", dataset, cfg)
-            figures[preset] = {m: round(metrics[m], 4) for m in METRICS} | {
-                "train_seconds": round(result.train_seconds, 1)
+            metrics, rankings = evaluate_biencoder(f"{tmp}/{name}", dataset, cfg)
+            figures[name] = {m: round(metrics[m], 4) for m in METRICS} | {
+                "train_seconds": round(result.train_seconds, 1),
+                "steps": result.steps,
+                "below_start": result.below_start,
             }
-            if preset == "unified":
+            if name == "unified":
                 reranked = teacher_rerank(rankings, inputs["teachers"], cfg, f"{tmp}/rerank")
                 qrels = dataset.qrels("test")
                 rerank = mean_metrics(
                     per_query_metrics(reranked, qrels, k=10, relevance_threshold=cfg.data.relevance_threshold)
                 )
                 figures["teacher_rerank_of_unified_top100"] = {m: round(rerank[m], 4) for m in METRICS}
+    if len(SEEDS) > 1:
+        for preset in SEEDED:
+            runs = [figures[preset if s == SEEDS[0] else f"{preset}_seed{s}"] for s in SEEDS]
+            figures[f"{preset}_over_seeds"] = {
+                m: {
+                    "median": round(float(np.median([r[m] for r in runs])), 4),
+                    "spread": round(float(np.ptp([r[m] for r in runs])), 4),
+                }
+                for m in METRICS
+            }
     cfg = load_config("local")
     dataset = load_dataset(cfg.data)
     baselines = build_channels(dataset, cfg.channels)

@@ -40,11 +40,16 @@ def train(
             "steps": result.steps,
             "best_step": result.best_step,
             "best_validation_ndcg": result.best_metric,
+            "start_validation_ndcg": result.start_metric,
+            "below_start": result.below_start,
         }
     )
     query_encoder.metadata.update({"triton_model": result.triton_model, "model_name": cfg.training.triton_model_name})
     metrics.log_metric("steps", result.steps)
     metrics.log_metric("epochs", result.epochs)
     metrics.log_metric(f"best_validation_ndcg@{cfg.training.validation_k}", result.best_metric)
+    if result.start_metric is not None:
+        metrics.log_metric(f"start_validation_ndcg@{cfg.training.validation_k}", result.start_metric)
+    metrics.log_metric("below_start", float(result.below_start))
     metrics.log_metric("lists_per_second", result.lists_per_second)
     metrics.log_metric("items_per_second", result.items_per_second)

@@ -111,6 +111,14 @@ def summarize(run: Path) -> None:
         reached = [int(label_meta.get(f"{name}_pairs", 0)) for name in stages]
         shares = ", ".join(f"{name} {n} ({n / max(1, reached[0]):.0%})" for name, n in zip(stages, reached))
         print(f"cascade, pairs reaching each stage (first shard): {shares}")
+    for tasks, arm in ((("train",), "unified"), (("train-baseline", "train-2"), "engagement-only")):
+        meta = next((m for m in map(lambda t: _metadata(run, t), tasks) if m), {})
+        if meta.get("start_validation_ndcg") is not None:
+            verdict = "BELOW its start" if meta.get("below_start") else "above its start"
+            print(
+                f"student {arm}: validation nDCG@10 {meta['best_validation_ndcg']:.4f} at step {int(meta['best_step'])}"
+                f" against {meta['start_validation_ndcg']:.4f} for the start encoder ({verdict})"
+            )
     results = json.loads(next(run.glob("evaluate/results_json")).read_text())
     print("\nheadline: test queries, human grades, retrieval over the full catalog\n")
     print(headline(results))

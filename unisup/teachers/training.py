@@ -15,8 +15,9 @@ through a :class:`~unisup.teachers.backends.Backend`, so it may be any model.
 A stage of kind ``ordinal_features`` is an ordinal model over cheap evidence
 (:mod:`unisup.teachers.features`), fitted in seconds; a cross-encoder with
 ``stack_on`` starts as such a stage and adds what its encoder reads. Its starting
-point counts as a candidate on validation, so fine-tuning is kept only where it
-validates better than the features alone. Every budget is in epochs, steps or
+point counts as a candidate on validation, and its epochs are chosen by the audit's own
+figures (validation QWK + condensed nDCG@10), so fine-tuning is kept only where it grades
+and ranks the validation pairs better than the features alone. Every budget is in epochs, steps or
 iterations, seeded; ``max_seconds`` is a safety net whose cut the record names.
 """
 
@@ -284,14 +285,20 @@ def train_stage(
         return loss
 
     def validation_loss(logits: np.ndarray) -> float:
-        return nll(logits, val_y) if targets is None else kl_to_targets(logits, targets.validation_probs)
+        if targets is not None:
+            return kl_to_targets(logits, targets.validation_probs)
+        if stack_on is not None:
+            return -audit_figures(val_q, val_i, val_y, logits, num_grades)
+        return nll(logits, val_y)
 
     def validation_logits() -> np.ndarray:
         if val_f is None:
             return teacher.cumulative_logits(val_q, val_t)
         return _stacked_logits(teacher, val_q, val_t, val_f)
 
-    criterion = "validation_nll" if targets is None else "validation_kl"
+    criterion = "validation_kl" if targets is not None else "validation_nll"
+    if targets is None and stack_on is not None:
+        criterion = "validation_minus_qwk_plus_condensed_ndcg"
     rng = np.random.default_rng(cfg.seed)
     best = {"loss": math.inf, "state": None, "epoch": 0}
     history, step, bad_epochs, stop_reason = [], 0, 0, "epochs"
@@ -371,6 +378,17 @@ def train_stage(
     teacher.record = record
     teacher.save(out_dir)
     return record
+
+
+def audit_figures(queries, items, grades: np.ndarray, cumulative_logits: np.ndarray, num_grades: int) -> float:
+    """QWK + condensed nDCG@10 of the grades the logits give: the audit's two figures, which select
+    the epoch of a stacked stage on validation."""
+    from unisup.teachers.audit import agreement, condensed_ndcg
+
+    probs = grade_probabilities(torch.from_numpy(cumulative_logits)).numpy()
+    judged = pa.table({"query": list(queries), "product_id": list(items), "rating": grades.tolist()})
+    qwk = agreement(probs.argmax(axis=1), grades, num_grades)["qwk"] or 0.0
+    return float(qwk + (condensed_ndcg(judged, probs) or 0.0))
 
 
 def _stacked_logits(teacher: OrdinalCrossEncoder, queries, texts, features: np.ndarray, batch_size: int = 64):
