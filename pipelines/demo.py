@@ -111,8 +111,8 @@ def summarize(run: Path) -> None:
         reached = [int(label_meta.get(f"{name}_pairs", 0)) for name in stages]
         shares = ", ".join(f"{name} {n} ({n / max(1, reached[0]):.0%})" for name, n in zip(stages, reached))
         print(f"cascade, pairs reaching each stage (first shard): {shares}")
-    for tasks, arm in ((("train",), "unified"), (("train-baseline", "train-2"), "engagement-only")):
-        meta = next((m for m in map(lambda t: _metadata(run, t), tasks) if m), {})
+    for task, arm in (("train", "unified"), ("train-2", "engagement-only")):  # kfp.local task names
+        meta = _metadata(run, task)
         if meta.get("start_validation_ndcg") is not None:
             verdict = "BELOW its start" if meta.get("below_start") else "above its start"
             print(

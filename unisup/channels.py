@@ -34,6 +34,14 @@ class Channel(Protocol):
 # ---------------------------------------------------------------- lexical
 
 
+def bm25_tokenizer():
+    """The lexical tokenizer of BM25 here: lower case, English stopwords, Snowball English stemming."""
+    import Stemmer
+    from bm25s.tokenization import Tokenizer
+
+    return Tokenizer(stopwords="en", lower=True, stemmer=Stemmer.Stemmer("english"))
+
+
 class BM25Channel:
     """Lexical BM25 (bm25s, Lucene variant, English stopwords, Snowball English stemming)."""
 
@@ -41,11 +49,9 @@ class BM25Channel:
 
     def __init__(self, item_ids: Sequence[str], texts: Sequence[str], k1: float = 1.5, b: float = 0.75):
         import bm25s
-        import Stemmer
-        from bm25s.tokenization import Tokenizer
 
         self.item_ids = list(item_ids)
-        self.tokenizer = Tokenizer(stopwords="en", lower=True, stemmer=Stemmer.Stemmer("english"))
+        self.tokenizer = bm25_tokenizer()
         corpus = self.tokenizer.tokenize(list(texts), return_as="ids", show_progress=False)
         self.model = bm25s.BM25(k1=k1, b=b)
         self.model.index(corpus, show_progress=False)

@@ -96,14 +96,19 @@ def features_baseline(dataset, audited, featurizer, num_grades: int, seed: int =
     """Per-grade probabilities of the features-only baseline on the ``audited`` judgments, fitted on
     the training and validation judgments."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from unisup.data.catalog import item_records
 
-    records = dict(zip(dataset.catalog["product_id"].to_pylist(), item_records(dataset.catalog)))
     fit_on = pa.concat_tables([dataset.judgments_for("train"), dataset.judgments_for("validation")])
+    judged = pc.unique(
+        pa.concat_arrays([fit_on["product_id"].combine_chunks(), audited["product_id"].combine_chunks()])
+    )
+    catalog = dataset.catalog.filter(pc.is_in(dataset.catalog["product_id"], value_set=judged))
+    records = dict(zip(catalog["product_id"].to_pylist(), item_records(catalog)))
     grades = np.array(fit_on["rating"].to_pylist(), dtype=np.int64)
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     model.fit(_baseline_inputs(fit_on, featurizer, records), grades)
@@ -157,9 +162,10 @@ def rater_agreement(judgments, num_grades: int) -> dict:
     return out
 
 
-def held_out_scores(cfg: Config, backend: Backend, split: str | None = None):
-    """(judgments, stage names, per-stage probabilities) of every stage on a split's judged pairs."""
-    dataset = load_dataset(cfg.data)
+def held_out_scores(cfg: Config, backend: Backend, split: str | None = None, dataset=None):
+    """(judgments, stage names, per-stage probabilities) of every stage on a split's judged pairs
+    (of ``dataset``, loaded from ``cfg.data`` when not given)."""
+    dataset = dataset or load_dataset(cfg.data)
     judgments = dataset.judgments_for(split or cfg.teachers.audit_split)
     queries, items = judgments["query"].to_pylist(), judgments["product_id"].to_pylist()
     stages = cascade_stages(cfg)
@@ -219,9 +225,9 @@ def quality_audit(cfg: Config, backend: Backend, split: str | None = None, repos
     from unisup.teachers.features import featurizer_for
 
     split = split or cfg.teachers.audit_split
-    judgments, names, stage_probs = held_out_scores(cfg, backend, split)
-    rule = escalation_rule(cfg, repository)
     dataset = load_dataset(cfg.data)
+    judgments, names, stage_probs = held_out_scores(cfg, backend, split, dataset)
+    rule = escalation_rule(cfg, repository)
     baseline = features_baseline(
         dataset, judgments, featurizer_for(dataset.catalog, cfg.channels), cfg.data.num_grades, cfg.teachers.seed
     )

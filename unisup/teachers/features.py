@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unisup.channels import bm25_tokenizer
 from unisup.data.catalog import DEFAULT_FIELDS, parse_record, row_text
 
 FEATURE_NAMES = (
@@ -89,7 +90,7 @@ class PairFeaturizer:
         self.item_keys = list(item_keys)
         self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
         self.catalog_size = len(self.item_keys)  # the catalog snapshot; items encoded later are not part of it
-        self._tokenizer = self._make_tokenizer()
+        self._tokenizer = bm25_tokenizer()
         self._queries: dict[str, tuple[list[str], np.ndarray, float, np.ndarray]] = {}
 
     # ------------------------------------------------------------ building and storing
@@ -102,7 +103,7 @@ class PairFeaturizer:
         from unisup.data.catalog import item_texts
 
         texts = item_texts(catalog)
-        tokenizer = cls._make_tokenizer()
+        tokenizer = bm25_tokenizer()
         lengths, df = [], Counter()
         for tokens in _tokenize(tokenizer, texts):
             lengths.append(len(tokens))
@@ -115,13 +116,6 @@ class PairFeaturizer:
         keys = list(first)
         vectors = vectors[list(first.values())]
         return cls(df, len(texts), float(np.mean(lengths)) if lengths else 1.0, brands, encoder, keys, vectors, k1, b)
-
-    @staticmethod
-    def _make_tokenizer():
-        import Stemmer
-        from bm25s.tokenization import Tokenizer
-
-        return Tokenizer(stopwords="en", lower=True, stemmer=Stemmer.Stemmer("english"))
 
     def save(self, path: str | Path) -> Path:
         """Write the statistics, the item embeddings and the encoder into a folder."""
@@ -206,8 +200,9 @@ class PairFeaturizer:
         if len(queries) != len(items):
             raise ValueError(f"got {len(queries)} queries but {len(items)} items")
         records = [parse_record(item) for item in items]
-        rows = self.item_vector_rows([row_text(r, DEFAULT_FIELDS) for r in records])
-        full = _tokenize(self._tokenizer, [row_text(r, DEFAULT_FIELDS) for r in records])
+        texts = [row_text(r, DEFAULT_FIELDS) for r in records]
+        rows = self.item_vector_rows(texts)
+        full = _tokenize(self._tokenizer, texts)
         titles = _tokenize(self._tokenizer, [str(r.get("title") or "") for r in records])
         types = _tokenize(self._tokenizer, [str(r.get("product_type") or "") for r in records])
         out = np.zeros((len(queries), len(FEATURE_NAMES)), dtype=np.float32)

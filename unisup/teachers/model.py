@@ -173,15 +173,23 @@ class OrdinalCrossEncoder(nn.Module):
 
     @torch.inference_mode()
     def cumulative_logits(self, queries: Sequence[str], items: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Uncalibrated cumulative logits (n, K-1), batched by length to limit padding."""
+        """Uncalibrated cumulative logits (n, K-1) of items (texts, or records when stacked)."""
         if len(queries) != len(items):
             raise ValueError(f"got {len(queries)} queries but {len(items)} item texts")
+        return self.text_logits(
+            queries, [self.item_text(t) for t in items], self.pair_features(queries, items), batch_size
+        )
+
+    @torch.inference_mode()
+    def text_logits(
+        self, queries: Sequence[str], texts: Sequence[str], features: np.ndarray | None = None, batch_size: int = 64
+    ) -> np.ndarray:
+        """Uncalibrated cumulative logits (n, K-1) of item texts (with the pairs' features when stacked),
+        batched by length to limit padding."""
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         out = np.zeros((len(queries), self.num_grades - 1), dtype=np.float32)
-        features = self.pair_features(queries, items)
-        texts = [self.item_text(t) for t in items]
         order = np.argsort([-(len(q) + len(t)) for q, t in zip(queries, texts)], kind="stable")
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

@@ -292,9 +292,7 @@ def train_stage(
         return nll(logits, val_y)
 
     def validation_logits() -> np.ndarray:
-        if val_f is None:
-            return teacher.cumulative_logits(val_q, val_t)
-        return _stacked_logits(teacher, val_q, val_t, val_f)
+        return teacher.text_logits(val_q, val_t, val_f)
 
     criterion = "validation_kl" if targets is not None else "validation_nll"
     if targets is None and stack_on is not None:
@@ -389,20 +387,6 @@ def audit_figures(queries, items, grades: np.ndarray, cumulative_logits: np.ndar
     judged = pa.table({"query": list(queries), "product_id": list(items), "rating": grades.tolist()})
     qwk = agreement(probs.argmax(axis=1), grades, num_grades)["qwk"] or 0.0
     return float(qwk + (condensed_ndcg(judged, probs) or 0.0))
-
-
-def _stacked_logits(teacher: OrdinalCrossEncoder, queries, texts, features: np.ndarray, batch_size: int = 64):
-    """Cumulative logits of a stacked teacher on item texts with precomputed features."""
-    out = np.zeros((len(queries), teacher.num_grades - 1), dtype=np.float32)
-    was_training = teacher.training
-    teacher.eval()
-    with torch.inference_mode():
-        for start in range(0, len(queries), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(queries)))
-            batch = teacher.tokenize([queries[i] for i in idx], [texts[i] for i in idx])
-            out[idx] = teacher(**batch, features=torch.from_numpy(features[idx])).numpy()
-    teacher.train(was_training)
-    return out
 
 
 def train_feature_stage(
