@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -73,3 +74,27 @@ def run(name: str) -> dict:
     print(format_figures(figures))
     print(f"-> {RESULTS.name}/{name}.json")
     return payload
+
+
+def _spin(stop) -> None:
+    x = 0
+    while not stop.is_set():
+        x = (x * 31 + 7) % 1000003
+
+
+@contextlib.contextmanager
+def busy_core(busy: bool = True):
+    """Keep one core busy with a second process while the block runs (a loaded machine)."""
+    import multiprocessing
+
+    if not busy:
+        yield
+        return
+    stop = multiprocessing.Event()
+    spinner = multiprocessing.Process(target=_spin, args=(stop,))
+    spinner.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        spinner.join()

@@ -13,13 +13,13 @@ difference in per-grade probabilities between the idle and the busy run of seed 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.harness import busy_core
 from unisup.config import load_config
 from unisup.teachers.audit import held_out_scores, quality_audit
 from unisup.teachers.backends import InProcessBackend
@@ -29,26 +29,12 @@ WORK = Path(".cache") / "bench" / "teacher_seeds"
 METRICS = ("qwk", "condensed_ndcg@10")
 
 
-def _spin(stop) -> None:
-    x = 0
-    while not stop.is_set():
-        x = (x * 31 + 7) % 1000003
-
-
 def _train_and_audit(seed: int, folder: Path, busy: bool) -> tuple[dict, dict, list[np.ndarray]]:
     cfg = load_config("local", [f"teachers.seed={seed}"])
-    stop = multiprocessing.Event()
-    spinner = multiprocessing.Process(target=_spin, args=(stop,)) if busy else None
-    if spinner:
-        spinner.start()
-    try:
+    with busy_core(busy):
         started = time.perf_counter()
         report = train_teachers(cfg.teachers, cfg.data, folder, channels_cfg=cfg.channels)
         seconds = time.perf_counter() - started
-    finally:
-        if spinner:
-            stop.set()
-            spinner.join()
     backend = InProcessBackend(folder, cfg.labeling.batch_size)
     audit = quality_audit(cfg, backend, repository=str(folder))
     _, _, stage_probs = held_out_scores(cfg, backend)
