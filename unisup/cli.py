@@ -13,8 +13,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from unisup.config import ConfigError, describe, load_config, to_dict
-from unisup.schemas import ARTIFACTS, DataValidationError
+from unisup.config import describe, load_config, to_dict
+from unisup.errors import UnisupError
+from unisup.schemas import ARTIFACTS
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -261,21 +262,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from unisup.evaluation import run_evaluation
 
     cfg = _config(args)
-    try:
-        result = run_evaluation(
-            cfg,
-            args.model,
-            args.index,
-            args.out,
-            args.baseline,
-            args.judgments,
-            args.split,
-            args.engagement,
-            args.teacher_audit,
-        )
-    except ValueError as err:
-        print(f"unisup: error: {err}", file=sys.stderr)
-        return 2
+    result = run_evaluation(
+        cfg,
+        args.model,
+        args.index,
+        args.out,
+        args.baseline,
+        args.judgments,
+        args.split,
+        args.engagement,
+        args.teacher_audit,
+    )
     k = cfg.evaluation.cutoffs[0]
     for system in result.systems:
         row = result.value(f"ndcg@{k}", system)
@@ -291,13 +288,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from unisup.promotion import NotBlessedError, PushConflict, push
+    from unisup.promotion import push
 
-    try:
-        result = push(args.blessing, args.model, args.index, _config(args))
-    except (NotBlessedError, PushConflict, ValueError) as err:
-        print(f"unisup: error: {err}", file=sys.stderr)
-        return 2
+    result = push(args.blessing, args.model, args.index, _config(args))
     print(
         f"experiment {result.experiment_id} v{result.version:04d} -> {result.config_uri}; model version "
         f"{result.model_version} at {result.model_uri}; index at {result.index_uri}"
@@ -306,13 +299,9 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from unisup.promotion import PushConflict, rollback
+    from unisup.promotion import rollback
 
-    try:
-        result = rollback(_config(args), args.experiment)
-    except (PushConflict, ValueError) as err:
-        print(f"unisup: error: {err}", file=sys.stderr)
-        return 2
+    result = rollback(_config(args), args.experiment)
     print(
         f"experiment {result.experiment_id} v{result.version:04d} restores v{result.config['restored_version']:04d} "
         f"(rolled back v{result.config['rolled_back_version']:04d}) -> {result.config_uri}"
@@ -546,8 +535,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args) or 0)
-    except (DataValidationError, ConfigError, FileNotFoundError) as err:
+    except UnisupError as err:
         print(f"unisup: error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        print(f"unisup: error: {f'{err.strerror}: {err.filename}' if err.filename else err}", file=sys.stderr)
         return 2
 
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
+from unisup.errors import UnisupError
+
 PROFILES = ("local", "quality", "cluster")
 
 
-class ConfigError(ValueError):
+class ConfigError(UnisupError, ValueError):
     """A configuration key is unknown, missing or of the wrong type."""
 
 

@@ -44,6 +44,7 @@ import tenacity
 
 from unisup import storage
 from unisup.config import Config, to_dict
+from unisup.errors import UnisupError
 from unisup.schemas import AB_CONFIG, validate
 
 CLAIM_FILE = "promotion.json"
@@ -51,11 +52,11 @@ CURRENT_FILE = "current.json"
 log = logging.getLogger(__name__)
 
 
-class NotBlessedError(RuntimeError):
+class NotBlessedError(UnisupError, RuntimeError):
     """The candidate's blessing says it must not be pushed."""
 
 
-class PushConflict(RuntimeError):
+class PushConflict(UnisupError, RuntimeError):
     """Concurrent pushes kept winning the race for a version or the current pointer."""
 
 

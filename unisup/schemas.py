@@ -17,12 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from unisup.errors import UnisupError
+
 QUARANTINE_REASON = "quarantine_reason"
 SOURCE_ROW = "source_row"
 MAX_ROWS_IN_MESSAGE = 5
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UnisupError, ValueError):
     """Bad input: names the artifact, the file, the column, the rows and the rule."""
 
     def __init__(
