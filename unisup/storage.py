@@ -11,6 +11,7 @@ so both backends behave the same.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -233,3 +234,18 @@ def local_copy(uri: str) -> Iterator[Path]:
         else:
             download_file(uri, target)
         yield target
+
+
+def content_digest(uri: str) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and bytes, sorted), local or gs://."""
+    digest = hashlib.sha256()
+    prefix = str(uri).rstrip("/") + "/"
+    files = list_prefix(prefix) if is_gcs(uri) or _local(uri).is_dir() else [str(uri)]
+    if not files:
+        raise FileNotFoundError(2, "nothing to hash", str(uri))
+    for src in files:
+        name = src[len(prefix) :] if src.startswith(prefix) else ""
+        digest.update(f"{name}\0".encode())
+        digest.update(read_bytes(src))
+        digest.update(b"\0")
+    return digest.hexdigest()
