@@ -1,7 +1,10 @@
 import json
 
+import pytest
+
 from unisup.config import load_config
 from unisup.data.sample import load_dataset, make_split, read_split
+from unisup.errors import InputError
 
 
 def test_split_is_deterministic_disjoint_and_by_query():
@@ -31,3 +34,51 @@ def test_attribution_travels_with_the_sample():
 
     text = (SAMPLE / "ATTRIBUTION.md").read_text()
     assert "Open Icecat" in text and "Chorus" in text
+
+
+@pytest.fixture()
+def sample_split():
+    cfg = load_config("local")
+    return cfg, json.loads(open(cfg.data.split_uri).read())
+
+
+def _run_with_split(tmp_path, payload, capsys) -> str:
+    """Load the dataset through the CLI's channels stage with a split file; returns stderr."""
+    from unisup.cli import main
+
+    path = tmp_path / "split.json"
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    code = main(["channels", "-o", f"data.split_uri={path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("unisup: error: ") and str(path) in err and "Traceback" not in err
+    return err
+
+
+def test_a_split_that_leaks_test_queries_into_train_is_refused(tmp_path, sample_split, capsys):
+    _, split = sample_split
+    leaked = dict(split, train=split["train"] + split["test"][:2])
+    err = _run_with_split(tmp_path, leaked, capsys)
+    assert "2 queries are in both 'train' and 'test' (leakage)" in err and repr(split["test"][0]) in err
+    with pytest.raises(InputError, match="'validation' and 'test'"):
+        (tmp_path / "s.json").write_text(json.dumps(dict(split, validation=split["test"][:1])))
+        read_split(str(tmp_path / "s.json"))
+
+
+def test_a_split_with_unknown_queries_is_refused(tmp_path, sample_split, capsys):
+    _, split = sample_split
+    err = _run_with_split(tmp_path, dict(split, test=split["test"] + ["no such query"]), capsys)
+    assert "1 split queries have no judgments" in err and "'no such query'" in err
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ('{"train": [', "not valid JSON"),
+        ('["a", "b"]', "must be a JSON object"),
+        ({"train": [], "validation": []}, "lacks test"),
+        ({"train": [], "validation": [], "test": "a query"}, "'test' must be a list of query strings, got str"),
+        ({"train": [1], "validation": [], "test": []}, "'train' must be a list of query strings"),
+    ],
+)
+def test_malformed_split_files_are_one_line_errors(tmp_path, capsys, payload, message):
+    assert message in _run_with_split(tmp_path, payload, capsys)
