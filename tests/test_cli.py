@@ -64,3 +64,29 @@ def test_extract_logs_single_and_sharded(crossing_logs, crossing_catalog, tmp_pa
     assert "3 shards, stage outputs under" in sharded and (tmp_path / "sharded.shards" / "plan.json").exists()
     accounting = [line for line in single.splitlines() if line.startswith("rows in")][0]
     assert accounting.split(" -> ")[0] in sharded
+
+
+def test_only_the_projects_errors_become_one_line(monkeypatch, capsys):
+    """A UnisupError (bad input, a bad setting) is one line and exit 2; a bug keeps its traceback."""
+    import unisup.cli as cli
+    from unisup.errors import InputError
+
+    def refuse(_args):
+        raise InputError("judgments.csv: rows 3, 4: not a grade")
+
+    def bug(_args):
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(cli, "_config_keys", refuse)
+    assert main(["config", "keys"]) == 2
+    assert capsys.readouterr().err == "unisup: error: judgments.csv: rows 3, 4: not a grade\n"
+    monkeypatch.setattr(cli, "_config_keys", bug)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["config", "keys"])
+
+
+def test_a_missing_file_names_the_file(tmp_path, capsys):
+    missing = tmp_path / "nope.parquet"
+    assert main(["data", "validate", "catalog", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unisup: error: ") and str(missing) in err and len(err.splitlines()) == 1

@@ -23,11 +23,18 @@ def test_overrides_are_typed():
         ("channels.top_k=true", r"channels.top_k: expected an integer, got True"),
         ("data.split_fractions=0.5", r"data.split_fractions: expected a list"),
         ("nosection.x=1", r"nosection: unknown key; Config has"),
+        ("data.num_grades=", r"data.num_grades: expected an integer, got ''"),
+        ("data.split_fractions=[0.5, 0.5", r"override 'data.split_fractions=\[0.5, 0.5': the value is not valid YAML"),
     ],
 )
 def test_bad_keys_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("local", [override])
+
+
+def test_an_empty_override_sets_the_empty_string():
+    assert load_config("local").index.search_params != ""
+    assert load_config("local", ["index.search_params="]).index.search_params == ""
 
 
 def test_yaml_file_errors(tmp_path):

@@ -555,7 +555,12 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected section.key=value")
     key, _, raw = item.partition("=")
-    return key.strip().split("."), yaml.safe_load(raw)
+    if not raw.strip():
+        return key.strip().split("."), ""  # key= sets the empty string
+    try:
+        return key.strip().split("."), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({err.problem})") from None
 
 
 def _profile_text(name: str) -> str:
@@ -565,7 +570,8 @@ def _profile_text(name: str) -> str:
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a profile name (``local``/``cluster``) or a YAML file, then apply overrides.
 
-    ``overrides`` are ``section.key=value`` strings, the value parsed as YAML.
+    ``overrides`` are ``section.key=value`` strings, the value parsed as YAML; an empty value is
+    the empty string.
     """
     if source is None or str(source) in PROFILES:
         name = str(source or "local")

@@ -130,6 +130,16 @@ def test_runner_rbac_binds_the_runner_account_in_its_namespace(build):
     assert schedule["spec"]["serviceAccount"] == subject["name"]
 
 
+def test_the_runner_reads_only_the_secret_and_config_map_it_needs(build):
+    _, objects = build
+    rules = by_kind(objects, "Role")[0]["rules"]
+    for resource in ("secrets", "configmaps"):
+        grants = [r for r in rules if resource in r["resources"] or "*" in r["resources"]]
+        assert len(grants) == 1 and grants[0]["verbs"] == ["get"], grants
+        assert grants[0]["resourceNames"] in (["mlpipeline-minio-artifact"], ["kfp-launcher"])
+    assert all("*" not in r["verbs"] and "*" not in r["resources"] for r in rules)
+
+
 def test_overlays_differ_where_they_should():
     dev, prod = render(BUILDS["dev"]), render(BUILDS["prod"])
     assert by_kind(dev, "ScheduledWorkflow")[0]["spec"]["enabled"] is False
