@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from unisup.config import ConfigError
 from unisup.teachers.backends import InProcessBackend
 from unisup.teachers.cascade import EscalationRule, calibrate_escalation, calibrated_rule, decide, run_cascade
 
@@ -19,7 +20,7 @@ def test_rules():
     assert EscalationRule("max_prob", 0.7).uncertain(probs).tolist() == [False, True, True, False]
     assert EscalationRule("boundary", boundary_margin=0.2).uncertain(probs).tolist() == [False, False, True, False]
     assert EscalationRule("either", 0.45, 0.2).uncertain(probs).tolist() == [False, True, True, False]
-    with pytest.raises(ValueError, match="escalation rule"):
+    with pytest.raises(ConfigError, match="labeling.escalate_rule must be one of"):
         EscalationRule("coin_flip")
 
 

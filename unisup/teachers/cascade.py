@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unisup.config import ConfigError
 from unisup.teachers.backends import Backend
 
 RULES = ("max_prob", "boundary", "either")
@@ -29,7 +30,7 @@ class EscalationRule:
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
-            raise ValueError(f"escalation rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+            raise ConfigError(f"labeling.escalate_rule must be one of {', '.join(RULES)}, got {self.rule!r}")
 
     def uncertain(self, probs: np.ndarray) -> np.ndarray:
         """Boolean mask of the rows (pairs) of ``probs`` (n, K) to escalate."""

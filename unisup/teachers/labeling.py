@@ -29,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 
 from unisup import storage
-from unisup.config import Config, TeacherStageConfig
+from unisup.config import Config, ConfigError, TeacherStageConfig
 from unisup.data.sample import load_catalog
 from unisup.data.tables import parse_csv, read_table, write_table
+from unisup.errors import InputError
 from unisup.schemas import (
     LABELS,
     QUARANTINE_REASON,
@@ -59,7 +60,7 @@ def cascade_stages(cfg: Config) -> list[TeacherStageConfig]:
     names = cfg.labeling.stages or list(by_name)
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"labeling.stages names unknown stage(s) {', '.join(unknown)}; teachers.stages has {', '.join(by_name)}"
         )
     return [by_name[n] for n in names]
@@ -75,7 +76,7 @@ def escalation_rule(cfg: Config, repository: str | None = None) -> EscalationRul
         )
     uri = storage.join(str(repository or cfg.teachers.repository_uri), ESCALATION_FILE)
     if not storage.exists(uri):
-        raise ValueError(
+        raise ConfigError(
             f"labeling.escalate_rule=calibrated needs {uri}, which train-teacher writes when "
             "teachers.escalation_target_share > 0; or set labeling.escalate_rule to max_prob, boundary or either"
         )
@@ -97,7 +98,7 @@ def make_backend(cfg: Config, repository: str | None = None) -> Backend:
         )
     if lab.backend == "inprocess":
         return InProcessBackend(repository or cfg.teachers.repository_uri, lab.batch_size)
-    raise ValueError(f"labeling.backend must be inprocess, triton or triton_local, got {lab.backend!r}")
+    raise ConfigError(f"labeling.backend must be inprocess, triton or triton_local, got {lab.backend!r}")
 
 
 @contextmanager
@@ -264,7 +265,7 @@ def label_pairs(
     if generation:
         manifest = json.loads(storage.read_text(manifest_uri))
         if manifest["fingerprint"] != fingerprint:
-            raise ValueError(
+            raise InputError(
                 f"{manifest_uri}: holds shards of other pairs or settings (fingerprint "
                 f"{manifest['fingerprint'][:12]} != {fingerprint[:12]}); use another folder or remove it"
             )

@@ -37,9 +37,10 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from unisup import storage
-from unisup.config import ChannelsConfig, DataConfig, TeachersConfig, TeacherStageConfig
+from unisup.config import ChannelsConfig, ConfigError, DataConfig, TeachersConfig, TeacherStageConfig
 from unisup.data.catalog import item_records, item_texts
 from unisup.data.sample import Dataset, load_dataset
+from unisup.errors import InputError
 from unisup.teachers.backends import Backend, InProcessBackend
 from unisup.teachers.cascade import calibrate_escalation
 from unisup.teachers.export import export_repository
@@ -230,7 +231,7 @@ def train_stage(
     train_f = val_f = None
     labeled = train_y >= 0
     if not labeled.any() or len(val_y) == 0:
-        raise ValueError(
+        raise InputError(
             f"stage {stage.name}: the training and validation splits need judged pairs "
             f"(got {int(labeled.sum())} and {len(val_y)})"
         )
@@ -404,7 +405,7 @@ def train_feature_stage(
     train_q, train_i, train_y = judged_pairs(dataset, "train", cfg.max_train_pairs, cfg.seed)
     val_q, val_i, val_y = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
     if len(train_y) == 0 or len(val_y) == 0:
-        raise ValueError(
+        raise InputError(
             f"stage {stage.name}: the training and validation splits need judged pairs "
             f"(got {len(train_y)} and {len(val_y)})"
         )
@@ -447,14 +448,16 @@ def check_stages(stages: list[TeacherStageConfig]) -> None:
     by_name = {s.name: s for s in stages}
     for stage in stages:
         if stage.kind not in KINDS:
-            raise ValueError(f"stage {stage.name}: kind must be one of {', '.join(KINDS)}, got {stage.kind!r}")
+            raise ConfigError(
+                f"teachers.stages.{stage.name}: kind must be one of {', '.join(KINDS)}, got {stage.kind!r}"
+            )
         if not stage.stack_on:
             continue
         if stage.kind != "ordinal_cross_encoder":
-            raise ValueError(f"stage {stage.name}: only an ordinal_cross_encoder stage can be stacked")
+            raise ConfigError(f"teachers.stages.{stage.name}: only an ordinal_cross_encoder stage can be stacked")
         if by_name.get(stage.stack_on, TeacherStageConfig(kind="")).kind != FEATURES_KIND:
-            raise ValueError(
-                f"stage {stage.name}: stack_on must name an ordinal_features stage, got {stage.stack_on!r}"
+            raise ConfigError(
+                f"teachers.stages.{stage.name}: stack_on must name an ordinal_features stage, got {stage.stack_on!r}"
             )
     check_distillation(stages)
 
@@ -466,11 +469,15 @@ def check_distillation(stages: list[TeacherStageConfig]) -> None:
         if not stage.distill_from:
             continue
         if stage.kind == "served":
-            raise ValueError(f"stage {stage.name}: a served stage is not trained, so it cannot be distilled")
+            raise ConfigError(f"teachers.stages.{stage.name}: a served stage is not trained, so it cannot be distilled")
         if position.get(stage.distill_from, -1) <= i:
-            raise ValueError(f"stage {stage.name}: distill_from must name a later stage, got {stage.distill_from!r}")
+            raise ConfigError(
+                f"teachers.stages.{stage.name}: distill_from must name a later stage, got {stage.distill_from!r}"
+            )
         if not 0.0 <= stage.distill_weight <= 1.0:
-            raise ValueError(f"stage {stage.name}: distill_weight must be in [0, 1], got {stage.distill_weight}")
+            raise ConfigError(
+                f"teachers.stages.{stage.name}: distill_weight must be in [0, 1], got {stage.distill_weight}"
+            )
 
 
 def validation_escalation(
