@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from unisup import storage
 from unisup.data.tables import write_table
+from unisup.errors import InputError
 
 CANDIDATE = "candidate"
 
@@ -32,7 +33,7 @@ def side_by_side(runs: Sequence[tuple[str, dict]], slice_name: str = "all") -> p
     metrics: dict[str, None] = {}
     for name, results in runs:
         if name in rows:
-            raise ValueError(f"two runs are named {name!r}")
+            raise InputError(f"two runs are named {name!r}")
         for row in results["results"]:
             if row["slice"] != slice_name or row["baseline"] is not None:
                 continue
@@ -69,7 +70,7 @@ def render_html(table: pa.Table, title: str) -> str:
 def compare_runs(result_uris: Sequence[str], names: Sequence[str], table_uri: str, html_uri: str) -> pa.Table:
     """Read each run's results.json, write the side-by-side table (Parquet) and its HTML."""
     if len(result_uris) != len(names):
-        raise ValueError(f"{len(result_uris)} results but {len(names)} names")
+        raise InputError(f"{len(result_uris)} results but {len(names)} names")
     runs = [(name, json.loads(storage.read_text(uri))) for name, uri in zip(names, result_uris, strict=True)]
     table = side_by_side(runs)
     write_table(table, table_uri)

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from unisup.errors import InputError
+
 GCS_SCHEME = "gs://"
 GCP_KEY_ENV = "UNISUP_GCP_KEY_FILE"  # a service-account key file to use when it exists
 
@@ -44,7 +46,7 @@ def join(uri: str, *parts: str) -> str:
 def _split(uri: str) -> tuple[str, str]:
     bucket, _, name = uri[len(GCS_SCHEME) :].partition("/")
     if not bucket:
-        raise ValueError(f"not a gs:// URI with a bucket: {uri!r}")
+        raise InputError(f"not a gs:// URI with a bucket: {uri!r}")
     return bucket, name
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from unisup.errors import InputError
+
 SOURCES = {
     "wands": [
         f"https://raw.githubusercontent.com/wayfair/WANDS/main/dataset/{name}"
@@ -22,7 +24,7 @@ SOURCES = {
 def download(dataset: str, dest: str | Path) -> list[Path]:
     """Fetch the files of ``wands`` or ``esci`` into ``dest``; existing files are kept."""
     if dataset not in SOURCES:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(SOURCES)}")
+        raise InputError(f"unknown dataset {dataset!r}; choose from {', '.join(SOURCES)}")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     paths = []

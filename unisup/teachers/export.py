@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from unisup import storage
-from unisup.config import TeachersConfig
+from unisup.config import ConfigError, TeachersConfig
 
 MODEL_TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "teacher_model.py"
 VERSION = "1"
@@ -39,7 +39,7 @@ def model_config(
 ) -> str:
     """The config.pbtxt text of one teacher stage."""
     if instance_kind not in ("KIND_CPU", "KIND_GPU"):
-        raise ValueError(f"instance_kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}")
+        raise ConfigError(f"teachers.triton_instance_kind must be KIND_CPU or KIND_GPU, got {instance_kind!r}")
     delay = f"\n  max_queue_delay_microseconds: {max_queue_delay_us}\n" if max_queue_delay_us else " "
     return f'''name: "{name}"
 backend: "python"

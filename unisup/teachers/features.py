@@ -36,6 +36,7 @@ import torch
 
 from unisup.channels import bm25_tokenizer
 from unisup.data.catalog import DEFAULT_FIELDS, parse_record, row_text
+from unisup.errors import ArtifactMismatch
 
 FEATURE_NAMES = (
     "cosine",
@@ -367,7 +368,9 @@ class FeatureTeacher:
         path = Path(path)
         config = json.loads((path / FEATURE_TEACHER_CONFIG).read_text())
         if list(config["features"]) != list(FEATURE_NAMES):
-            raise ValueError(f"{path}: the teacher reads features {config['features']}, this version computes others")
+            raise ArtifactMismatch(
+                f"{path}: the teacher reads features {config['features']}, this version computes others"
+            )
         tensors = load_file(str(path / FEATURE_HEAD_FILE))
         n = len(FEATURE_NAMES)
         score = FeatureScore(np.zeros(n), np.ones(n))
