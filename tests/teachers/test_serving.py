@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from unisup.serving import TEACHER_TEMPLATE, template
 from unisup.teachers.backends import InProcessBackend, TritonBackend
 from unisup.teachers.serving import TeacherService, decode_texts, encode_texts
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "teacher_model.py"
+TEMPLATE = template(TEACHER_TEMPLATE)
 
 
 def test_bytes_round_trip():

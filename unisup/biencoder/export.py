@@ -5,7 +5,7 @@
         config.pbtxt              input "query" (BYTES, [1]), output "embedding" (FP32, [dim]),
                                   max_batch_size, dynamic_batching, instance_group
         <version>/
-          model.py                copy of triton_models/query_encoder_model.py
+          model.py                copy of unisup/serving/templates/query_encoder_model.py
           query_tower/            the query tower (HF save_pretrained + tower.json)
 
 The work of the served model is :class:`QueryEncoderService` (importable and testable
@@ -25,8 +25,9 @@ import numpy as np
 
 from unisup import storage
 from unisup.config import TrainingConfig
+from unisup.serving import QUERY_ENCODER_TEMPLATE, template
 
-MODEL_TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "query_encoder_model.py"
+MODEL_TEMPLATE = template(QUERY_ENCODER_TEMPLATE)
 QUERY_INPUT = "query"
 EMBEDDING_OUTPUT = "embedding"
 TOWER_FOLDER = "query_tower"
@@ -115,8 +116,6 @@ def export_query_encoder(
     Without ``version`` the next free version number is used (1 for a new model); earlier
     versions stay.
     """
-    if not MODEL_TEMPLATE.exists():
-        raise FileNotFoundError(f"python-backend template missing: {MODEL_TEMPLATE}")
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / "biencoder.json").read_text())
     tower_dir = model_dir / manifest["query_tower"]

@@ -6,7 +6,7 @@
                                max_batch_size, dynamic_batching, instance_group,
                                parameters python_paths and forward_batch_size
         1/
-          model.py             copy of triton_models/teacher_model.py
+          model.py             copy of unisup/serving/templates/teacher_model.py
           teacher/             the teacher folder: HF encoder, tokenizer, ordinal head, teacher.json;
                                for a feature teacher its featurizer (statistics, catalog embeddings)
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 from unisup import storage
 from unisup.config import ConfigError, TeachersConfig
+from unisup.serving import TEACHER_TEMPLATE, template
 
-MODEL_TEMPLATE = Path(__file__).resolve().parents[2] / "triton_models" / "teacher_model.py"
 VERSION = "1"
 
 
@@ -65,8 +65,7 @@ def export_repository(
 
     Returns the model names written. Other models already in the repository stay.
     """
-    if not MODEL_TEMPLATE.exists():
-        raise FileNotFoundError(f"python-backend template missing: {MODEL_TEMPLATE}")
+    model_template = template(TEACHER_TEMPLATE)
     with tempfile.TemporaryDirectory(prefix="unisup-repo-") as tmp:
         local = Path(tmp) if storage.is_gcs(str(repository)) else Path(repository)
         for name, folder in teachers.items():
@@ -75,7 +74,7 @@ def export_repository(
                 shutil.rmtree(model_dir)
             (model_dir / VERSION).mkdir(parents=True)
             shutil.copytree(folder, model_dir / VERSION / "teacher")
-            shutil.copyfile(MODEL_TEMPLATE, model_dir / VERSION / "model.py")
+            shutil.copyfile(model_template, model_dir / VERSION / "model.py")
             (model_dir / "config.pbtxt").write_text(
                 model_config(
                     name,

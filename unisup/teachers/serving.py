@@ -1,6 +1,6 @@
 """What a served teacher does with one dynamic batch, independent of Triton.
 
-The python-backend ``model.py`` (``triton_models/teacher_model.py``) only converts
+The python-backend ``model.py`` (``unisup/serving/templates/teacher_model.py``) only converts
 Triton tensors to numpy and back; the work is here so that it is importable and
 testable outside Triton: decode BYTES texts, score the whole dynamic batch (all
 requests together) the way :class:`~unisup.teachers.backends.InProcessBackend` scores

@@ -44,7 +44,8 @@ class TritonPythonModel:
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        self.service = QueryEncoderService(Path(args["model_repository"]) / args["model_version"] / TOWER_FOLDER, device)
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.service = QueryEncoderService(version_dir / TOWER_FOLDER, device)
 
     def execute(self, requests):
         query, embedding = self.names
