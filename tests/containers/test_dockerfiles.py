@@ -54,7 +54,7 @@ def test_the_three_images_have_dockerfiles():
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
-    ignore = (CONTAINERS / f"{dockerfile.name}.dockerignore").read_text().splitlines()
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
     allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
     copies = [args for word, args in instructions(dockerfile) if word in ("COPY", "ADD")]
     assert copies, f"{dockerfile.name} copies nothing"
@@ -63,7 +63,7 @@ def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
         for source in parts[:-1]:
             assert (REPO / source).exists(), f"{dockerfile.name}: COPY source {source} does not exist"
             assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), (
-                f"{dockerfile.name}: COPY source {source} is excluded by its .dockerignore"
+                f"{dockerfile.name}: COPY source {source} is excluded by .dockerignore"
             )
 
 

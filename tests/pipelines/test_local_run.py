@@ -55,7 +55,7 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
     return str(path)
 
 
-def check_run(run: Path, serving: Path) -> None:
+def check_run(run: Path) -> None:
     """Every record accounted for across the shards, a report, a blessing and the push."""
     shards = sorted(run.glob("*/pick-shard/shard"))
     assert len(shards) == 2
@@ -76,7 +76,6 @@ def check_run(run: Path, serving: Path) -> None:
     assert any(r.startswith("engagement recall@") for r in blessing["reasons"])
     experiment = json.loads(next(run.glob("push/experiment_config")).read_text())
     assert experiment["version"] == 1 and experiment["treatment_traffic"] == 0.1
-    assert list((serving / "models").rglob("model.py"))
 
 
 def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder_path):
@@ -104,4 +103,5 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
         control_model_uri=str(serving / "control" / "model"),
         control_index_uri=str(serving / "control" / "index"),
     )
-    check_run(next((tmp_path / "root").glob("unified-supervision-*")), serving)
+    check_run(next((tmp_path / "root").glob("unified-supervision-*")))
+    assert list((serving / "models").rglob("model.py"))

@@ -1,0 +1,96 @@
+"""The unified_supervision pipeline with every component in its image: the images are built
+(containers/build.sh; LOCAL_BASE=1 in the environment builds them on a base made from Debian
+packages, for hosts that reach no image registry) and kfp.local.DockerRunner runs each task in
+a container: extraction, teachers, labeling through a tritonserver started inside the
+labeling container, fusion, training, index, evaluation, and the push to a GCS emulator that
+the containers reach over the host's network."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from kfp import local
+
+from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE
+from pipelines.unified_supervision import unified_supervision
+from tests.pipelines.test_local_run import check_run, tiny_config
+from unisup import storage
+
+pytestmark = [pytest.mark.docker, pytest.mark.e2e]
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def component_images() -> list[str]:
+    """Build the components and trainer images (cached layers make a rebuild quick)."""
+    docker = pytest.importorskip("docker", reason="the docker package is in the dev extra")
+    try:
+        docker.from_env().ping()
+    except Exception as err:  # no engine: the docker marker's tests cannot run here
+        pytest.skip(f"no Docker engine reachable ({type(err).__name__}); .ci/run installs and starts one")
+    build = subprocess.run(
+        ["bash", str(REPO / "containers" / "build.sh")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": shutil.which("python") or "python3"},
+    )
+    assert build.returncode == 0, f"containers/build.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    return [COMPONENTS_IMAGE, TRAINER_IMAGE]
+
+
+def test_pipeline_runs_in_the_images(component_images, tmp_path, tiny_sample, tiny_encoder_path, gcs_emulator):
+    # Only the pipeline root is mounted into the containers (at the same path): inputs go there.
+    root = tmp_path / "root"
+    inputs = root / "inputs"
+    shutil.copytree(tiny_sample["dir"], inputs / "sample")
+    shutil.copytree(tiny_encoder_path, inputs / "encoder")
+    overrides = [
+        f"data.catalog_uri={inputs / 'sample' / 'products.parquet'}",
+        f"data.judgments_uri={inputs / 'sample' / 'judgments.csv'}",
+        f"data.split_uri={inputs / 'sample' / 'split.json'}",
+        f"channels.dense_model={inputs / 'encoder'}",
+        f"channels.cache_dir={inputs / 'embedding_cache'}",
+    ]
+    config = tiny_config(inputs / "tiny.yaml", overrides, str(inputs / "encoder"), inputs)
+    for path in [root, *root.rglob("*")]:  # the images run as an unprivileged user
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    serving = f"gs://{gcs_emulator}/serving"
+    local.init(
+        runner=local.DockerRunner(
+            network_mode="host", environment={"STORAGE_EMULATOR_HOST": os.environ["STORAGE_EMULATOR_HOST"]}
+        ),
+        pipeline_root=str(root),
+    )
+    unified_supervision(
+        config=config,
+        catalog_uri=str(inputs / "sample" / "products.parquet"),
+        judgments_uri=str(inputs / "sample" / "judgments.csv"),
+        split_uri=str(inputs / "sample" / "split.json"),
+        log_shard_count=2,
+        shard_count=2,
+        labeling_backend="triton_local",
+        max_epochs=1,
+        max_steps=2,
+        faiss_factory="Flat",
+        faiss_search_params="",
+        gate_min_delta_ci_low=-1e9,
+        gate_max_grade0_increase=1.0,
+        gate_max_engagement_drop=1.0,
+        serving_model_repository=f"{serving}/models",
+        serving_index_root=f"{serving}/indexes",
+        experiment_config_root=f"{serving}/experiments",
+        control_model_uri=str(root / "control" / "model"),
+        control_index_uri=str(root / "control" / "index"),
+    )
+    run = next(root.glob("unified-supervision-*"))
+    check_run(run)
+    labeling = json.loads((next(run.glob("merge-shards/merged")) / "report.json").read_text())
+    assert labeling["backend"] == "triton"  # the tritonserver the labeling task started
+    pushed = storage.list_prefix(serving + "/")
+    assert any(uri.endswith("/model.py") for uri in pushed), pushed
+    assert any("/experiments/" in uri for uri in pushed) and any("/indexes/" in uri for uri in pushed)
