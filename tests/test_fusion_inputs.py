@@ -228,3 +228,21 @@ def test_an_unknown_preset_is_a_config_error_before_any_input_is_read(tmp_path):
 def test_bad_fusion_settings_are_config_errors_naming_the_key(changes, message):
     with pytest.raises(ConfigError, match=message):
         resolve_preset(replace(FusionConfig(), **changes), K)
+
+
+def test_an_input_without_a_required_column_is_named_and_nothing_is_written(stage, tmp_path):
+    engagement, labels = stage.clean_rows()
+    write_table(pa.Table.from_pylist(engagement).drop_columns(["ctr_smoothed"]), str(tmp_path / "engagement.parquet"))
+    write_table(pa.Table.from_pylist(labels), str(tmp_path / "labels.parquet"))
+    with pytest.raises(DataValidationError) as raised:
+        fuse(
+            str(tmp_path / "labels.parquet"),
+            str(tmp_path / "engagement.parquet"),
+            str(tmp_path / "lists.parquet"),
+            str(tmp_path / "report.json"),
+            load_config("local", stage.overrides),
+        )
+    assert str(raised.value).startswith(
+        f"engagement ({tmp_path / 'engagement.parquet'}): column 'ctr_smoothed': required column is missing"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engagement.parquet", "labels.parquet"]
