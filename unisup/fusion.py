@@ -315,7 +315,8 @@ def build_training_lists(
     """Per-query training lists with fused targets, deterministic for ``cfg.seed``.
 
     ``labels`` and ``engagement`` must already be validated (``schemas.LABELS`` /
-    ``schemas.ENGAGEMENT``); ``queries`` restricts the lists to those queries.
+    ``schemas.engagement_schema``, against the catalog), as :func:`fuse` does; ``queries``
+    restricts the lists to those queries.
     """
     cfg, preset = resolve_preset(cfg, num_grades)
     pool = _candidate_pool(labels if preset.uses_labels else None, engagement, cfg, relevance_threshold, num_grades)
