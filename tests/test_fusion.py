@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from unisup.config import FusionConfig, load_config
+from unisup.config import ConfigError, FusionConfig, load_config
 from unisup.fusion import (
     PRESETS,
     build_training_lists,
@@ -186,7 +186,7 @@ def test_every_preset_is_selected_by_config_alone(inputs, preset):
     labels, engagement = inputs
     result = _lists(labels, engagement, preset=preset)
     rows = _by_item(result.lists, "q1")
-    effective, _ = resolve_preset(dataclasses.replace(FusionConfig(), num_random=3, min_list_size=2, preset=preset))
+    effective, _ = resolve_preset(dataclasses.replace(FusionConfig(), num_random=3, min_list_size=2, preset=preset), K)
     assert result.report["parameters"] == dataclasses.asdict(effective)
     if preset == "engagement_only":
         assert {r["source"] for r in rows.values()} == {"impression", "random"}
@@ -209,7 +209,7 @@ def test_every_preset_is_selected_by_config_alone(inputs, preset):
 
 
 def test_unknown_preset_is_a_clear_error(inputs):
-    with pytest.raises(ValueError, match="unknown preset 'clicks_only'"):
+    with pytest.raises(ConfigError, match="fusion.preset: unknown preset 'clicks_only'"):
         _lists(*inputs, preset="clicks_only")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,11 +30,22 @@ import pandas as pd
 import pyarrow as pa
 
 from unisup import storage
-from unisup.config import Config, FusionConfig
-from unisup.schemas import ENGAGEMENT, LABELS, TRAINING_LISTS, RuleContext, validate
+from unisup.config import Config, ConfigError, FusionConfig
+from unisup.schemas import (
+    ENGAGEMENT,
+    LABELS,
+    QUARANTINE_REASON,
+    SOURCE_ROW,
+    TRAINING_LISTS,
+    RuleContext,
+    Validated,
+    engagement_schema,
+    validate,
+)
 
 SOURCES = ("impression", "hard_negative", "under_impression", "teacher", "random")
 NORMALIZATIONS = ("max", "sum", "minmax", "none")
+SPLITS = ("logged", "all", "train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -65,22 +77,48 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_preset(cfg: FusionConfig) -> tuple[FusionConfig, Preset]:
-    """The effective fusion config (preset overrides applied) and the preset; checks values."""
+WEIGHTS = (
+    "prior_weight",
+    "engagement_weight",
+    "hard_negative_weight",
+    "prior_agreement_weight",
+    "engagement_conversion_weight",
+)
+
+
+def resolve_preset(cfg: FusionConfig, num_grades: int) -> tuple[FusionConfig, Preset]:
+    """The effective fusion config (preset overrides applied) and the preset; raises
+    :class:`ConfigError` naming the first bad ``fusion.*`` setting."""
     if cfg.preset not in PRESETS:
-        raise ValueError(f"fusion.preset: unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+        raise ConfigError(f"fusion.preset: unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
     preset = PRESETS[cfg.preset]
     effective = dataclasses.replace(cfg, **preset.overrides)
     if effective.prior_normalization not in NORMALIZATIONS:
-        raise ValueError(f"fusion.prior_normalization: {effective.prior_normalization!r} not in {NORMALIZATIONS}")
+        raise ConfigError(f"fusion.prior_normalization: {effective.prior_normalization!r} not in {NORMALIZATIONS}")
     if effective.engagement_normalization not in ("max", "minmax", "none"):
-        raise ValueError(
+        raise ConfigError(
             f"fusion.engagement_normalization: {effective.engagement_normalization!r} not in max, minmax, none"
         )
+    if effective.split not in SPLITS:
+        raise ConfigError(f"fusion.split: {effective.split!r} not in {', '.join(SPLITS)}")
     if effective.num_random >= effective.list_size:
-        raise ValueError(
+        raise ConfigError(
             f"fusion.num_random ({effective.num_random}) must be below fusion.list_size ({effective.list_size})"
         )
+    if effective.prior_rrf_k < 0:
+        raise ConfigError(f"fusion.prior_rrf_k must be >= 0, got {effective.prior_rrf_k}")
+    if len(effective.grade_gains) != num_grades:
+        raise ConfigError(
+            f"fusion.grade_gains has {len(effective.grade_gains)} entries, expected one per grade ({num_grades})"
+        )
+    if not 0 <= effective.unlabeled_grade < num_grades:
+        raise ConfigError(f"fusion.unlabeled_grade must be in 0..{num_grades - 1}, got {effective.unlabeled_grade}")
+    numbers = {name: getattr(effective, name) for name in WEIGHTS}
+    numbers |= {f"grade_gains[{i}]": gain for i, gain in enumerate(effective.grade_gains)}
+    numbers |= {f"prior_channel_weights.{c}": w for c, w in effective.prior_channel_weights.items()}
+    for name, value in numbers.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"fusion.{name} must be a finite number, got {value!r}")
     return effective, preset
 
 
@@ -277,13 +315,10 @@ def build_training_lists(
     """Per-query training lists with fused targets, deterministic for ``cfg.seed``.
 
     ``labels`` and ``engagement`` must already be validated (``schemas.LABELS`` /
-    ``schemas.ENGAGEMENT``); ``queries`` restricts the lists to those queries.
+    ``schemas.engagement_schema``, against the catalog), as :func:`fuse` does; ``queries``
+    restricts the lists to those queries.
     """
-    cfg, preset = resolve_preset(cfg)
-    if len(cfg.grade_gains) != num_grades:
-        raise ValueError(
-            f"fusion.grade_gains has {len(cfg.grade_gains)} entries, expected one per grade ({num_grades})"
-        )
+    cfg, preset = resolve_preset(cfg, num_grades)
     pool = _candidate_pool(labels if preset.uses_labels else None, engagement, cfg, relevance_threshold, num_grades)
     requested = None
     if queries is not None:
@@ -429,41 +464,72 @@ def training_queries(config: Config, engagement: pa.Table) -> list[str] | None:
     return split[config.fusion.split]
 
 
-def fuse(labels_uri: str, engagement_uri: str, out_uri: str, report_uri: str | None, config: Config) -> dict:
-    """The ``fuse`` stage: read and validate labels and engagement (bad rows quarantined and
-    counted), build the training lists of the configured split, write them as Parquet and the
+def fuse(
+    labels_uri: str,
+    engagement_uri: str,
+    out_uri: str,
+    report_uri: str | None,
+    config: Config,
+    quarantine_uri: str | None = None,
+) -> dict:
+    """The ``fuse`` stage: check the fusion settings, read and validate labels and engagement
+    (bad rows quarantined with a reason, rows in = accepted + quarantined per input), build the
+    training lists of the configured split and write them as Parquet, the quarantined rows of
+    both inputs as one Parquet table (``quarantine_uri``, default beside ``out_uri``) and the
     report as JSON; returns the report."""
     from unisup.data.sample import load_catalog
     from unisup.data.tables import read_raw, write_table
 
+    _, preset = resolve_preset(config.fusion, config.data.num_grades)
     catalog = load_catalog(config.data.catalog_uri).accepted
     known = frozenset(catalog["product_id"].to_pylist())
     context = RuleContext(num_grades=config.data.num_grades, known_items=known)
-    engagement = validate(read_raw(engagement_uri, "engagement"), "engagement", engagement_uri, context, strict=False)
-    effective, preset = resolve_preset(config.fusion)
-    labels = None
-    inputs = {"engagement": _accounting(engagement)}
+    raw_engagement = read_raw(engagement_uri, "engagement")
+    inputs = {
+        "engagement": validate(
+            raw_engagement, engagement_schema(raw_engagement.column_names), engagement_uri, context, strict=False
+        )
+    }
     if preset.uses_labels:
-        labels = validate(read_raw(labels_uri, "labels"), LABELS, labels_uri, context, strict=False)
-        inputs["labels"] = _accounting(labels)
-    queries = training_queries(config, engagement.accepted)
+        inputs["labels"] = validate(read_raw(labels_uri, "labels"), LABELS, labels_uri, context, strict=False)
+    engagement = inputs["engagement"].accepted
+    labels = inputs["labels"].accepted if "labels" in inputs else None
     result = build_training_lists(
-        labels.accepted if labels else None,
-        engagement.accepted,
+        labels,
+        engagement,
         catalog["product_id"].to_pylist(),
         config.fusion,
         config.data.relevance_threshold,
         config.data.num_grades,
-        queries,
+        training_queries(config, engagement),
     )
+    quarantine_uri = quarantine_uri or f"{str(out_uri).removesuffix('.parquet')}.quarantine.parquet"
     write_table(result.lists, out_uri)
-    report = {**result.report, "split": config.fusion.split, "inputs": inputs}
+    write_table(quarantine_table(inputs), quarantine_uri)
+    report = {
+        **result.report,
+        "split": config.fusion.split,
+        "inputs": {name: _accounting(validated) for name, validated in inputs.items()},
+        "quarantine_uri": quarantine_uri,
+    }
     if report_uri:
         storage.write_text(report_uri, json.dumps(report, indent=1))
     return report
 
 
-def _accounting(validated) -> dict:
+def quarantine_table(inputs: dict[str, Validated]) -> pa.Table:
+    """The quarantined rows of every input in one table: ``input`` (its name), the reason and
+    the row in that input first, then the inputs' columns (null where a column is another input's)."""
+    parts = [
+        validated.quarantined.add_column(0, "input", pa.array([name] * validated.quarantined.num_rows, pa.string()))
+        for name, validated in inputs.items()
+    ]
+    table = pa.concat_tables(parts, promote_options="default")
+    first = ["input", QUARANTINE_REASON, SOURCE_ROW]
+    return table.select(first + [c for c in table.column_names if c not in first])
+
+
+def _accounting(validated: Validated) -> dict:
     return {
         "rows_in": validated.rows_in,
         "accepted": validated.accepted.num_rows,

@@ -9,6 +9,7 @@ carrying a reason, so that rows in = rows accepted + rows quarantined.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -366,6 +367,28 @@ def _outside_window(ts: pa.ChunkedArray, ctx: RuleContext) -> np.ndarray:
     return bad
 
 
+def _amount_rule(column: str) -> RowRule:
+    """Quarantine a missing, NaN, infinite or negative count or rate."""
+
+    def bad(table: pa.Table, _: RuleContext) -> np.ndarray:
+        col = table[column]
+        return ~_mask(pc.and_(pc.is_finite(col), pc.greater_equal(col, 0)))
+
+    return RowRule(f"{column}_valid", column, f"{column} is missing, NaN, infinite or negative", bad)
+
+
+def _not_above(column: str, other: str) -> RowRule:
+    return RowRule(
+        f"{column}_le_{other}",
+        column,
+        f"more {column} than {other}",
+        lambda t, _: _mask(pc.greater(t[column], t[other])),
+    )
+
+
+ENGAGEMENT_COUNTS = ("impressions", "clicks", "conversions", "under_impressions", "n_channels")
+ENGAGEMENT_RATES = ("ctr_debiased", "ctr_smoothed", "cvr_smoothed")
+
 ENGAGEMENT = ArtifactSchema(
     "engagement",
     (
@@ -376,25 +399,61 @@ ENGAGEMENT = ArtifactSchema(
         Column("conversions", pa.int64()),
         Column("revenue", pa.float64()),
         Column("under_impressions", pa.int64(), help="retrieved but not shown"),
-        Column("ctr_debiased", pa.float64(), help="clicks / sum of examination propensities"),
-        Column("ctr_smoothed", pa.float64(), help="Beta-smoothed position-debiased CTR"),
-        Column("cvr_smoothed", pa.float64(), help="Beta-smoothed conversions per click"),
+        Column(
+            "ctr_debiased",
+            pa.float64(),
+            help="clicks / sum of examination propensities (may exceed 1: clicks per expected examination)",
+        ),
+        Column("ctr_smoothed", pa.float64(), help="Beta-smoothed position-debiased CTR (may exceed 1, as above)"),
+        Column("cvr_smoothed", pa.float64(), help="Beta-smoothed conversions per click, 0..1"),
         Column("n_channels", pa.int8(), help="number of channels that retrieved the item"),
     ),
     rules=(
         _rule_missing("query"),
         _rule_missing("item_id"),
+        RowRule("item_known", "item_id", "item_id not in the catalog", _unknown_item("item_id")),
         RowRule("pair_unique", "item_id", "duplicate (query, item_id)", _duplicated("query", "item_id")),
+        *(_amount_rule(c) for c in ENGAGEMENT_COUNTS + ENGAGEMENT_RATES),
+        _not_above("clicks", "impressions"),
+        _not_above("conversions", "clicks"),
         RowRule(
-            "clicks_le_impressions",
-            "clicks",
-            "more clicks than impressions",
-            lambda t, _: _mask(pc.greater(t["clicks"], t["impressions"])),
+            "cvr_smoothed_le_1",
+            "cvr_smoothed",
+            "cvr_smoothed above 1",
+            lambda t, _: _mask(pc.greater(t["cvr_smoothed"], 1)),
         ),
     ),
     dynamic_columns={"best_rank_": pa.int32()},
     help="Per (query, item) engagement statistics; best_rank_<channel> per channel.",
 )
+
+
+def engagement_schema(columns: Iterable[str]) -> ArtifactSchema:
+    """ENGAGEMENT with a rule per ``best_rank_<channel>`` column among ``columns``: ranks start at 1."""
+    ranks = ENGAGEMENT.dynamic_names(columns)
+    rules = tuple(RowRule(f"{c}_from_1", c, f"{c} below 1", lambda t, _, c=c: _mask(pc.less(t[c], 1))) for c in ranks)
+    return dataclasses.replace(ENGAGEMENT, rules=ENGAGEMENT.rules + rules)
+
+
+PROBS_SUM_TOLERANCE = 1e-3
+
+
+def _probs_outside_0_1(table: pa.Table, _: RuleContext) -> np.ndarray:
+    """Rows whose probs hold a null, NaN, infinite, negative or above-1 entry."""
+    probs = table["probs"].combine_chunks()
+    values = pc.list_flatten(probs)
+    good = pc.and_(pc.is_finite(values), pc.and_(pc.greater_equal(values, 0), pc.less_equal(values, 1)))
+    bad = np.zeros(len(probs), dtype=bool)
+    bad[np.asarray(pc.list_parent_indices(probs))[~_mask(good)]] = True
+    return bad
+
+
+def _probs_not_summing_to_1(table: pa.Table, _: RuleContext) -> np.ndarray:
+    probs = table["probs"].combine_chunks()
+    values = np.nan_to_num(pc.list_flatten(probs).to_numpy(zero_copy_only=False).astype(np.float64), nan=0.0)
+    sums = np.bincount(np.asarray(pc.list_parent_indices(probs)), weights=values, minlength=len(probs))
+    return np.abs(sums - 1.0) > PROBS_SUM_TOLERANCE
+
 
 LABELS = ArtifactSchema(
     "labels",
@@ -402,7 +461,7 @@ LABELS = ArtifactSchema(
         Column("query", STR),
         Column("item_id", STR),
         Column("grade", pa.int8(), help="argmax or expected grade of the deciding stage"),
-        Column("probs", pa.list_(pa.float32()), help="per-grade probabilities, K entries"),
+        Column("probs", pa.list_(pa.float32()), help="per-grade probabilities, K entries in 0..1 summing to 1"),
         Column("stage", STR, help="name of the cascade stage that decided"),
         Column(
             "stage_scores",
@@ -413,12 +472,22 @@ LABELS = ArtifactSchema(
     rules=(
         _rule_missing("query"),
         _rule_missing("item_id"),
+        RowRule("item_known", "item_id", "item_id not in the catalog", _unknown_item("item_id")),
+        RowRule("grade_present", "grade", "missing grade", _missing("grade")),
         _grade_rule("grade"),
+        RowRule("probs_present", "probs", "missing probs", _missing("probs")),
         RowRule(
             "probs_length",
             "probs",
             "probs does not have one entry per grade",
             lambda t, c: _mask(pc.not_equal(pc.list_value_length(t["probs"]), c.num_grades)),
+        ),
+        RowRule("probs_in_0_1", "probs", "probs not all finite and in 0..1", _probs_outside_0_1),
+        RowRule(
+            "probs_sum_to_1",
+            "probs",
+            f"probs do not sum to 1 (within {PROBS_SUM_TOLERANCE})",
+            _probs_not_summing_to_1,
         ),
         RowRule("pair_unique", "item_id", "duplicate (query, item_id)", _duplicated("query", "item_id")),
     ),
@@ -445,6 +514,7 @@ TRAINING_LISTS = ArtifactSchema(
     rules=(
         _rule_missing("query"),
         _rule_missing("item_id"),
+        RowRule("item_known", "item_id", "item_id not in the catalog", _unknown_item("item_id")),
         RowRule("pair_unique", "item_id", "item twice in one list", _duplicated("query", "item_id")),
         RowRule(
             "target_finite",

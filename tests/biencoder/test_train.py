@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -13,12 +14,14 @@ import torch
 from safetensors.torch import load_file
 
 from unisup.biencoder.tower import FROZEN_ITEM_TOWER, item_fields, load_biencoder, off_the_shelf_biencoder
-from unisup.biencoder.train import group_lists, latest_checkpoint, train, train_biencoder
-from unisup.config import load_config
+from unisup.biencoder.train import group_lists, latest_checkpoint, record_path, train, train_biencoder
+from unisup.config import ConfigError, load_config
 from unisup.data.catalog import DEFAULT_FIELDS
 from unisup.data.sample import load_dataset
-from unisup.data.tables import read_table
+from unisup.data.tables import read_table, write_table
+from unisup.errors import ArtifactMismatch, InputError
 from unisup.schemas import DataValidationError
+from unisup.storage import content_digest
 
 TINY_TRAINING = [
     "training.lists_per_batch=3",
@@ -45,17 +48,20 @@ class Killed(RuntimeError):
     pass
 
 
-def _run(setup, tmp, name, on_step=None, lists=None, **changes):
+def _run(setup, tmp, name, on_step=None, lists=None, qrels=None, catalog=None, work=None, resume=True, **changes):
+    """Train into ``tmp/name`` with checkpoints in ``tmp/<work or name-work>``; the setup's lists,
+    validation judgments and catalog unless given."""
     config, dataset, all_lists = setup
     cfg = dataclasses.replace(config.training, **changes)
     return train_biencoder(
         all_lists if lists is None else lists,
-        dataset.catalog,
-        dataset.qrels("validation"),
+        dataset.catalog if catalog is None else catalog,
+        dataset.qrels("validation") if qrels is None else qrels,
         cfg,
         tmp / name,
-        tmp / f"{name}-work",
+        tmp / (work or f"{name}-work"),
         config.data.relevance_threshold,
+        resume=resume,
         progress=False,
         on_step=on_step,
         embedding_cache_dir=tmp / "embedding-cache",
@@ -163,8 +169,138 @@ def test_resume_after_kill_gives_the_uninterrupted_result(setup, tmp_path, froze
 
 def test_a_checkpoint_of_another_config_is_refused(setup, tmp_path):
     _run(setup, tmp_path, "m", max_steps=2)
-    with pytest.raises(ValueError, match="different training config"):
+    with pytest.raises(ArtifactMismatch, match="different training config"):
         _run(setup, tmp_path, "m", max_steps=2, learning_rate=0.01)
+
+
+def _reversed_targets(lists: pa.Table) -> pa.Table:
+    """Other lists of the same queries (as many lists, as many rows): the targets in reverse order."""
+    column = lists.schema.get_field_index("target")
+    return lists.set_column(column, "target", pa.array(lists["target"].to_numpy()[::-1]))
+
+
+def _retitled(catalog: pa.Table) -> pa.Table:
+    column = catalog.schema.get_field_index("title")
+    return catalog.set_column(column, "title", pa.array([f"{t} (new)" for t in catalog["title"].to_pylist()]))
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"lists": "reversed targets"},
+        {"qrels": "one validation query fewer"},
+        {"catalog": "other item titles"},
+    ],
+    ids=lambda changed: next(iter(changed)),
+)
+def test_a_work_dir_of_another_job_is_never_resumed(setup, tmp_path, changed):
+    """Same config and number of lists, other inputs: the checkpoint is refused, and the job
+    started over (resume=False) exports exactly what it exports in a work dir of its own."""
+    _, dataset, lists = setup
+    qrels = dataset.qrels("validation")
+    other = {
+        "lists": {"lists": _reversed_targets(lists)},
+        "qrels": {"qrels": dict(sorted(qrels.items())[1:])},
+        "catalog": {"catalog": _retitled(dataset.catalog)},
+    }[next(iter(changed))]
+    first = _run(setup, tmp_path, "first", max_steps=2)
+    with pytest.raises(ArtifactMismatch, match=r"step-00000002\.pt: written by a run with a different training config"):
+        _run(setup, tmp_path, "second", work="first-work", max_steps=2, **other)
+    second = _run(setup, tmp_path, "second", work="first-work", resume=False, max_steps=2, **other)
+    alone = _run(setup, tmp_path, "alone", max_steps=2, **other)
+    assert second.resumed_from_step == 0 and second.history == alone.history
+    weights = {name: _weights(tmp_path / name) for name in ("first", "second", "alone")}
+    assert all(torch.equal(weights["second"][k], weights["alone"][k]) for k in weights["alone"])
+    # other judgments validate differently, other lists or item texts train differently
+    assert second.history != first.history or _changed(weights["first"], weights["second"])
+
+
+def test_stale_best_weights_of_another_job_are_never_exported(setup, tmp_path):
+    """A run without validation exports its own last weights, not the best.pt an earlier job
+    left in the work dir."""
+    other = _reversed_targets(setup[2])
+    _run(setup, tmp_path, "first", max_steps=2)
+    assert (tmp_path / "first-work" / "best.pt").exists()
+    _run(setup, tmp_path, "second", work="first-work", lists=other, qrels={}, resume=False, max_steps=2)
+    _run(setup, tmp_path, "alone", lists=other, qrels={}, max_steps=2)
+    second, alone = _weights(tmp_path / "second"), _weights(tmp_path / "alone")
+    assert all(torch.equal(second[k], alone[k]) for k in alone)
+    assert not (tmp_path / "first-work" / "best.pt").exists()
+
+
+class Payload:
+    """Unpickling it touches ``marker``: a stand-in for the code a planted checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def _plant(path: Path, marker: Path) -> None:
+    """A pickle checkpoint at ``path`` whose unpickling runs code (checked once, then undone)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": Payload(marker)}, path)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+
+
+def test_a_planted_checkpoint_without_a_record_is_never_opened(setup, tmp_path):
+    planted, marker = tmp_path / "p-work" / "checkpoints" / "step-00000099.pt", tmp_path / "marker"
+    _plant(planted, marker)
+    result = _run(setup, tmp_path, "p", max_steps=2)
+    assert not marker.exists()
+    assert result.resumed_from_step == 0 and result.steps == 2  # started fresh: no checkpoint of this run
+    assert not planted.exists()  # a run that does not resume clears the work dir
+
+
+def test_a_planted_checkpoint_with_a_forged_record_is_never_unpickled(setup, tmp_path):
+    _run(setup, tmp_path, "f", max_steps=2)
+    checkpoint, marker = latest_checkpoint(tmp_path / "f-work" / "checkpoints"), tmp_path / "marker"
+    _plant(checkpoint, marker)
+    with pytest.raises(ArtifactMismatch, match="step-00000002.pt: missing or changed since it was written"):
+        _run(setup, tmp_path, "f", max_steps=2)
+    record = json.loads(record_path(checkpoint).read_text())
+    record_path(checkpoint).write_text(json.dumps({**record, "sha256": content_digest(str(checkpoint))}))
+    with pytest.raises(ArtifactMismatch, match="step-00000002.pt: holds more than weights, refused to load it"):
+        _run(setup, tmp_path, "f", max_steps=2)
+    assert not marker.exists()
+
+
+def test_an_empty_lists_table_is_an_input_error(setup, tmp_path):
+    with pytest.raises(InputError, match="no training lists: the training-lists table is empty"):
+        _run(setup, tmp_path, "empty", lists=setup[2].slice(0, 0))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.device=tpu", "training.device must be auto, cpu or cuda, got 'tpu'"),
+        ("training.loss=hinge", "training.loss must be one of listwise_ce, listwise_kl, moppr, got 'hinge'"),
+        ("training.lists_per_batch=0", "training.lists_per_batch must be >= 1, got 0"),
+        ("training.validation_k=0", "training.validation_k must be >= 1, got 0"),
+        ("training.projection_dim=16", "training.projection_dim needs training.freeze_item_tower=false"),
+    ],
+)
+def test_bad_training_settings_are_config_errors_before_any_input_is_read(tmp_path, override, message):
+    config = load_config("local", [f"data.catalog_uri={tmp_path / 'absent.parquet'}", override])
+    with pytest.raises(ConfigError, match=message):
+        train(str(tmp_path / "absent-lists"), str(tmp_path / "model"), config, progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_train_stage_names_the_file_and_rows_of_items_not_in_the_catalog(setup, tmp_path):
+    lists = setup[2]
+    bad = lists.set_column(1, "item_id", pa.array(["nope"] + lists["item_id"].to_pylist()[1:]))
+    write_table(bad, str(tmp_path / "lists.parquet"))
+    with pytest.raises(DataValidationError) as raised:
+        train(str(tmp_path / "lists.parquet"), str(tmp_path / "model"), setup[0], progress=False)
+    assert str(raised.value).startswith(
+        f"training_lists ({tmp_path / 'lists.parquet'}): column 'item_id', row 1 [rule: item_known]: item_id not in"
+    )
+    assert not (tmp_path / "model").exists()
 
 
 def test_early_stopping_without_improvement(setup, tmp_path):
@@ -180,7 +316,7 @@ def test_below_start_is_reported(setup, tmp_path, caplog):
 
 
 def test_separate_towers_projection_and_moppr(setup, tmp_path):
-    with pytest.raises(ValueError, match="projection_dim needs training.freeze_item_tower=false"):
+    with pytest.raises(ConfigError, match="projection_dim needs training.freeze_item_tower=false"):
         _run(setup, tmp_path, "frozen-projection", projection_dim=16)
     result = _run(
         setup,

@@ -28,7 +28,13 @@ def test_fuse_function(tiny_fusion_inputs, tiny_overrides, tmp_path):
     table = validate(read_table(lists.path), "training_lists").accepted
     assert set(table["source"].to_pylist()) <= {"impression", "random"}
     assert lists.metadata["preset"] == "engagement_only" and lists.metadata["max_teacher"] == 0
-    assert json.loads((tmp_path / "report").read_text())["rows"] == table.num_rows == lists.metadata["rows"]
+    written = json.loads((tmp_path / "report").read_text())
+    assert written["rows"] == table.num_rows == lists.metadata["rows"]
+    # the quarantine lies beside the lists and the report counts every input row
+    assert written["quarantine_uri"] == str(tmp_path / "lists.quarantine.parquet")
+    counts = written["inputs"]["engagement"]
+    assert counts["rows_in"] == counts["accepted"] + counts["quarantined"]
+    assert read_table(written["quarantine_uri"]).num_rows == counts["quarantined"]
 
 
 def test_fuse_component_in_kfp_local(tiny_fusion_inputs, tiny_overrides, tmp_path):

@@ -23,7 +23,14 @@ available as the off-the-shelf baseline the evaluation compares with.
 Determinism and resumption: batch order and list samples come from generators seeded by
 (seed, epoch, list), and the dropout RNG is reseeded from (seed, step, rank) before every
 step, so a run resumed from a checkpoint (model, optimizer, scheduler, loop state) takes
-exactly the same steps as one that was never stopped.
+exactly the same steps as one that was never stopped. Only the same run resumes: beside
+every checkpoint (and the best weights) a small JSON record holds the run's fingerprint
+(:func:`config_fingerprint`: the training config and the content of the lists, the catalog,
+the validation judgments and the start encoder) and the file's SHA-256. A checkpoint is
+opened only when its record matches the run and the file, and then with
+``torch.load(weights_only=True)``; any mismatch refuses the run (use another work dir, or
+``resume=False``). A ``.pt`` file without a record is no checkpoint and is never opened; a
+run that does not resume removes the work dir's checkpoints, best weights and records first.
 
 On GPUs: bfloat16 autocast (``training.amp``) and ``torchrun`` DDP (each rank takes its
 share of every batch's lists; rank 0 validates, checkpoints and exports).
@@ -37,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +55,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from unisup import storage
 from unisup.biencoder.losses import (
     MopprObjective,
     in_batch_masks,
@@ -55,7 +64,8 @@ from unisup.biencoder.losses import (
     moppr_hierarchical_loss,
 )
 from unisup.biencoder.tower import FROZEN_ITEM_TOWER, FrozenItemEncoder, Tower, save_biencoder
-from unisup.config import Config, TrainingConfig
+from unisup.config import Config, ConfigError, TrainingConfig
+from unisup.errors import ArtifactMismatch, InputError
 from unisup.schemas import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -318,42 +328,103 @@ class LoopState:
     history: list[dict] = field(default_factory=list)
 
 
-def config_fingerprint(cfg: TrainingConfig, num_lists: int) -> str:
-    """Hash of what determines the trajectory; a checkpoint only resumes an identical run."""
-    payload = json.dumps({"training": dataclasses.asdict(cfg), "num_lists": num_lists}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def config_fingerprint(
+    cfg: TrainingConfig,
+    lists: pa.Table,
+    catalog_ids: list[str],
+    item_texts: list[str],
+    validation_qrels: dict[str, dict[str, int]],
+    relevance_threshold: int,
+    start_encoder: str,
+) -> str:
+    """SHA-256 of what determines the trajectory: the training config, the content of the lists,
+    the catalog's ids and item texts, the validation judgments, the relevance threshold and the
+    start encoder's fingerprint; a checkpoint only resumes an identical run."""
+    payload = {
+        "training": dataclasses.asdict(cfg),
+        "training_lists": lists.to_pydict(),
+        "catalog": [catalog_ids, item_texts],
+        "validation": validation_qrels,
+        "relevance_threshold": relevance_threshold,
+        "start_encoder": start_encoder,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def record_path(path: Path) -> Path:
+    """The JSON record beside a checkpoint file: the run's fingerprint and the file's SHA-256."""
+    return path.with_suffix(".json")
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    """The step checkpoints of ``folder`` that have a record, oldest first."""
+    return [record.with_suffix(".pt") for record in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.json"))]
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.pt"))
+    found = checkpoints_in(folder)
     return found[-1] if found else None
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
+def _save(obj: dict, path: Path, fingerprint: str) -> None:
+    """``torch.save`` to ``path`` atomically, then its record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
+    record = {"fingerprint": fingerprint, "sha256": storage.content_digest(str(tmp))}
     os.replace(tmp, path)
+    storage.write_text(str(record_path(path)), json.dumps(record))
+
+
+def _load(path: Path, fingerprint: str, device: torch.device) -> dict:
+    """The weights-only content of ``path``, read only once its record shows that this run wrote
+    it (same fingerprint) and that it has not changed since; raises :class:`ArtifactMismatch`."""
+    advice = "use another work_dir or resume=False"
+    try:
+        record = json.loads(record_path(path).read_text())
+        written_by, sha256 = record["fingerprint"], record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ArtifactMismatch(f"{path}: no readable checkpoint record {record_path(path).name}; {advice}") from None
+    if written_by != fingerprint:
+        raise ArtifactMismatch(
+            f"{path}: written by a run with a different training config or inputs (training lists, catalog, "
+            f"validation judgments or start encoder); {advice}"
+        )
+    if not path.exists() or storage.content_digest(str(path)) != sha256:
+        raise ArtifactMismatch(
+            f"{path}: missing or changed since it was written (SHA-256 differs from its record); {advice}"
+        )
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise ArtifactMismatch(f"{path}: holds more than weights, refused to load it; {advice}") from None
+
+
+def _clear(work: Path) -> None:
+    """Remove the checkpoints, best weights and records an earlier run left in ``work``."""
+    for path in [*work.glob(f"checkpoints/{CHECKPOINT_PREFIX}*"), *work.glob("best.*")]:
+        path.unlink()
 
 
 def save_checkpoint(
     folder: Path, trainable: nn.Module, optimizer, scheduler, state: LoopState, fingerprint: str, keep: int
 ) -> Path:
     """Write ``step-XXXXXXXX.pt`` (the trainable weights, optimizer, scheduler and loop state)
-    atomically and keep the ``keep`` most recent."""
+    atomically with its record, and keep the ``keep`` most recent."""
     path = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}.pt"
-    _atomic_save(
+    _save(
         {
             "model": trainable.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "state": dataclasses.asdict(state),
-            "fingerprint": fingerprint,
         },
         path,
+        fingerprint,
     )
-    for old in sorted(folder.glob(f"{CHECKPOINT_PREFIX}*.pt"))[:-keep] if keep > 0 else []:
-        old.unlink()
+    for old in checkpoints_in(folder)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+        record_path(old).unlink()
     return path
 
 
@@ -390,23 +461,26 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _device(cfg: TrainingConfig, local_rank: int) -> torch.device:
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"training.device must be auto, cpu or cuda, got {cfg.device!r}")
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
-def _check(cfg: TrainingConfig) -> None:
+def check_settings(cfg: TrainingConfig) -> None:
+    """Raise :class:`ConfigError` naming the first bad ``training.*`` setting."""
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"training.device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("training.device is cuda, but no CUDA device is available")
     if cfg.loss not in LOSSES:
-        raise ValueError(f"training.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+        raise ConfigError(f"training.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
     if cfg.freeze_item_tower and cfg.projection_dim:
-        raise ValueError(
+        raise ConfigError(
             "training.projection_dim needs training.freeze_item_tower=false (the frozen item tower has no projection)"
         )
-    for name in ("lists_per_batch", "items_per_list", "checkpoint_every", "max_epochs"):
+    for name in ("lists_per_batch", "items_per_list", "checkpoint_every", "max_epochs", "validation_k"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
+            raise ConfigError(f"training.{name} must be >= 1, got {getattr(cfg, name)}")
 
 
 def train_biencoder(
@@ -429,7 +503,8 @@ def train_biencoder(
     layout), the query tower also into ``triton_repository`` when given.
 
     Checkpoints go to ``work_dir/checkpoints`` (default ``out_dir/../<name>.work``); with
-    ``resume`` the latest one there is continued. ``on_step(step, loss)`` is called after
+    ``resume`` the latest one there is continued if this very run wrote it (see the module
+    docstring), else the run is refused. ``on_step(step, loss)`` is called after
     every optimizer step. A frozen item tower embeds the catalog in batches of
     ``embedding_batch_size`` through the cache in ``embedding_cache_dir`` (none: no cache).
     """
@@ -438,7 +513,7 @@ def train_biencoder(
     from unisup.channels import cached_encode, model_fingerprint
     from unisup.data.catalog import item_texts as catalog_texts
 
-    _check(cfg)
+    check_settings(cfg)
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
     if world > 1 and not torch.distributed.is_initialized():
@@ -452,8 +527,15 @@ def train_biencoder(
     texts = catalog_texts(catalog, tuple(cfg.item_fields))
     query_lists = group_lists(lists, catalog_ids, relevance_threshold)
     if not query_lists:
-        raise ValueError("no training lists: the training-lists table is empty")
-    fingerprint = config_fingerprint(cfg, len(query_lists))
+        raise InputError("no training lists: the training-lists table is empty")
+    start_encoder = model_fingerprint(str(start_encoder_path(cfg)))
+    fingerprint = config_fingerprint(
+        cfg, lists, catalog_ids, texts, validation_qrels, relevance_threshold, start_encoder
+    )
+    checkpoint = latest_checkpoint(checkpoints) if resume else None
+    saved = _load(checkpoint, fingerprint, device) if checkpoint is not None else None
+    if saved is None and rank == 0:
+        _clear(work)
     batches_per_epoch = -(-len(query_lists) // cfg.lists_per_batch)
     total_steps = cfg.max_epochs * batches_per_epoch
     if cfg.max_steps:
@@ -464,9 +546,7 @@ def train_biencoder(
     trainable = towers.trainable
     catalog_vectors, frozen_record = None, {}
     if towers.item_frozen:
-        frozen = FrozenItemEncoder(
-            towers.item_tower, model_fingerprint(str(start_encoder_path(cfg))), embedding_batch_size
-        )
+        frozen = FrozenItemEncoder(towers.item_tower, start_encoder, embedding_batch_size)
         if rank == 0:
             catalog_vectors = cached_encode(frozen, texts, embedding_cache_dir, progress)
         if world > 1:
@@ -486,14 +566,7 @@ def train_biencoder(
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
     )
     state = LoopState()
-    checkpoint = latest_checkpoint(checkpoints) if resume else None
-    if checkpoint is not None:
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        if saved["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"{checkpoint}: written by a run with a different training config or lists; "
-                f"use another work_dir or resume=False"
-            )
+    if saved is not None:
         trainable.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -548,7 +621,7 @@ def train_biencoder(
                 save_checkpoint(checkpoints, trainable, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
             if on_step is not None:
                 on_step(state.step, float(loss.item()))
-        _end_epoch(state, validate if validation_qrels else None, trainable, cfg, best_path, rank, world)
+        _end_epoch(state, validate if validation_qrels else None, trainable, cfg, best_path, fingerprint, rank, world)
     bar.close()
     if rank == 0:
         save_checkpoint(checkpoints, trainable, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
@@ -577,8 +650,8 @@ def train_biencoder(
         parameters=dataclasses.asdict(cfg),
     )
     if rank == 0:
-        if best_path.exists():
-            trainable.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        if state.best_step > 0:
+            trainable.load_state_dict(_load(best_path, fingerprint, device))
         _export(towers, out_dir, cfg, result, triton_repository, {**frozen_record, **(metadata or {})})
     if world > 1:
         torch.distributed.barrier()
@@ -591,6 +664,7 @@ def _end_epoch(
     trainable: nn.Module,
     cfg: TrainingConfig,
     best_path: Path,
+    fingerprint: str,
     rank: int,
     world: int,
 ) -> None:
@@ -604,7 +678,7 @@ def _end_epoch(
         log.info("epoch %d (step %d): validation nDCG@%d %.4f", state.epoch + 1, state.step, cfg.validation_k, metric)
         if metric > state.best_metric:
             state.best_metric, state.best_step, state.epochs_without_improvement = metric, state.step, 0
-            _atomic_save(trainable.state_dict(), best_path)
+            _save(trainable.state_dict(), best_path, fingerprint)
         else:
             state.epochs_without_improvement += 1
         decision = [state.epochs_without_improvement >= cfg.patience]
@@ -642,16 +716,18 @@ def train(
     """The ``train`` stage: lists (Parquet, local or gs://) + catalog + validation judgments
     of ``config.data`` -> a bi-encoder folder at ``out_uri`` (and the Triton query encoder).
     A frozen item tower's catalog embeddings go through the dense channel's cache
-    (``channels.cache_dir``, batches of ``channels.dense_batch_size``)."""
+    (``channels.cache_dir``, batches of ``channels.dense_batch_size``). The training settings
+    are checked first; lists with an item not in the catalog are refused, naming the file and rows."""
     import tempfile
 
-    from unisup import storage
     from unisup.data.sample import load_dataset
-    from unisup.data.tables import read_table
-    from unisup.schemas import validate
+    from unisup.data.tables import read_raw
+    from unisup.schemas import RuleContext, validate
 
+    check_settings(config.training)
     dataset = load_dataset(config.data)
-    lists = validate(read_table(lists_uri), "training_lists", lists_uri).accepted
+    known = RuleContext(known_items=frozenset(dataset.catalog["product_id"].to_pylist()))
+    lists = validate(read_raw(lists_uri, "training_lists"), "training_lists", lists_uri, known).accepted
     with tempfile.TemporaryDirectory(prefix="unisup-train-") as tmp:
         local_out = Path(tmp) / "model" if storage.is_gcs(out_uri) else Path(out_uri)
         result = train_biencoder(
