@@ -205,7 +205,7 @@ def test_a_blessing_accepts_gcs_copies_of_what_was_evaluated_and_refuses_an_alte
     altered = tmp_path / "index.json"
     altered.write_text(storage.read_text(f"{index}/index.json").replace('"factory"', '"factory" ', 1))
     storage.upload_file(altered, f"{index}/index.json")
-    with pytest.raises(ArtifactMismatch, match=f"the index {index} .* is not the index that was evaluated"):
+    with pytest.raises(ArtifactMismatch, match=f"{index} is not the index that was evaluated"):
         push(artifacts["blessed"], model, index, _cfg(artifacts, bucket, "copies-refused"))
     assert storage.list_prefix(f"gs://{bucket}/copies-refused/") == []
 
@@ -402,7 +402,7 @@ def test_edited_results_are_refused(tmp_path, artifacts):
     blessing["evaluated"]["results"]["uri"] = str(results)
     (tmp_path / "blessing.json").write_text(json.dumps(blessing))
     recorded = blessing["evaluated"]["results"]["digest"]
-    with pytest.raises(ArtifactMismatch, match=f"the results {results} .*is not the results that was evaluated") as err:
+    with pytest.raises(ArtifactMismatch, match=f"{results} is not the results that was evaluated") as err:
         push(
             str(tmp_path / "blessing.json"),
             artifacts["model"],
@@ -418,7 +418,7 @@ def test_another_model_than_the_evaluated_one_is_refused(tmp_path, artifacts, ti
 
     tower = Tower.from_pretrained(tiny_encoder_path, max_length=12)
     other = str(save_biencoder(tower, tower, tmp_path / "other-model"))
-    with pytest.raises(ArtifactMismatch, match=f"the model {other} .* is not the model that was evaluated") as err:
+    with pytest.raises(ArtifactMismatch, match=f"{other} is not the model that was evaluated") as err:
         push(artifacts["blessed"], other, artifacts["index"], _local_cfg(artifacts, tmp_path / "serving"))
     assert storage.content_digest(other) in str(err.value)
     assert storage.content_digest(artifacts["model"]) in str(err.value)

@@ -189,8 +189,8 @@ def verify_blessing(blessing_uri: str, model_uri: str, index_uri: str, cfg: Conf
         digests[artifact] = _digest(uri, artifact)
         if digests[artifact] != evaluated[artifact]["digest"]:
             raise ArtifactMismatch(
-                f"{blessing_uri}: the {artifact} {uri} (digest {digests[artifact]}) is not the {artifact} that "
-                f"was evaluated ({evaluated[artifact]['uri']}, digest {evaluated[artifact]['digest']})"
+                f"{blessing_uri}: {uri} is not the {artifact} that was evaluated: its digest is {digests[artifact]}, "
+                f"that of the evaluated {artifact} ({evaluated[artifact]['uri']}) {evaluated[artifact]['digest']}"
             )
     rederived = blessing_of(read_results(given["results"]), cfg.evaluation)
     if not rederived["blessed"]:
@@ -362,8 +362,6 @@ def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> Push
     root = experiment_root(cfg)
     if not 0.0 <= p.treatment_traffic <= 1.0:
         raise ConfigError(f"promotion.treatment_traffic must be within 0..1, got {p.treatment_traffic}")
-    blessing, digests = verify_blessing(blessing_uri, model_uri, index_uri, cfg)
-    check_index_matches(index_uri, model_uri, digests["model"], catalog_record(cfg.data.catalog_uri))
     store = _Store(p.transient_attempts)
     current = _current_config(store, root)
     control_model = p.control_model_uri or (current or {}).get("control_model_uri", "")
@@ -373,6 +371,8 @@ def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> Push
             f"experiment {p.experiment_id}: no control to compare with; set promotion.control_model_uri and "
             "promotion.control_index_uri for its first push"
         )
+    blessing, digests = verify_blessing(blessing_uri, model_uri, index_uri, cfg)
+    check_index_matches(index_uri, model_uri, digests["model"], catalog_record(cfg.data.catalog_uri))
     push_id = uuid.uuid4().hex
     model_root = storage.join(p.model_repository, p.model_name)
 
@@ -400,8 +400,13 @@ def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> Push
     with storage.local_copy(model_uri) as local_model:
         manifest = _biencoder_manifest(Path(local_model), model_uri)
         _validated(build(current, (current or {}).get("version", 0) + 1, 0), f"the next config of {root}")
-        claim = {"push_id": push_id, "source_model_uri": model_uri, "model_digest": digests["model"]}
-        model_version = claim_version(store, model_root, {**claim, "claimed_at": _now()}, p.max_attempts)
+        claim = {
+            "push_id": push_id,
+            "source_model_uri": model_uri,
+            "model_digest": digests["model"],
+            "claimed_at": _now(),
+        }
+        model_version = claim_version(store, model_root, claim, p.max_attempts)
         with storage.local_copy(index_uri) as local_index:
             _upload_tree(store, Path(local_index), served_index_uri(cfg, model_version))
         tower = Path(local_model) / manifest["query_tower"]
