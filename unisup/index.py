@@ -16,12 +16,14 @@ tower's dimension before anything is embedded. The catalog is embedded in shards
 hash of the item texts, each with its row count, size and SHA-256: a build that crashes
 resumes from the shards already written, and recomputes a shard that no longer matches
 its record (truncated or corrupt). Evaluation and promotion check an index against the
-model and catalog they are given (:func:`check_index_matches`). A model whose item tower is the frozen
-start encoder (``training.freeze_item_tower``, its weights checked against the digest in
-the manifest) is not re-embedded: its catalog embeddings come from the content-keyed
-embedding cache that training and the dense channel fill (computed the same way when the
-cache is cold, so the vectors are identical either way). Trainable indexes (IVF, PQ, SQ)
-are trained on a seeded sample of at most ``train_size`` vectors.
+model and catalog they are given (:func:`check_index_matches`).
+
+A model whose item tower is the frozen start encoder (``training.freeze_item_tower``, its
+weights checked against the digest in the manifest) is not re-embedded: its catalog
+embeddings come from the content-keyed embedding cache that training and the dense
+channel fill (computed the same way when the cache is cold, so the vectors are identical
+either way). Trainable indexes (IVF, PQ, SQ) are trained on a seeded sample of at most
+``train_size`` vectors.
 """
 
 from __future__ import annotations
@@ -377,10 +379,10 @@ def check_index_matches(index_uri: str, model_uri: str, model_digest: str, catal
         )
     built_on = metadata.get("catalog") or {}
     if built_on.get("digest") != catalog["digest"] or catalog["items"] not in (None, built_on.get("items")):
+        given = f"digest {catalog['digest']}" + (f", {catalog['items']} items" if catalog["items"] is not None else "")
         raise ArtifactMismatch(
             f"{index_uri}: the index was built on the catalog {built_on.get('uri', '(none recorded)')} "
-            f"(digest {built_on.get('digest')}, {built_on.get('items')} items), not on {catalog['uri']} "
-            f"(digest {catalog['digest']}, {catalog['items'] if catalog['items'] is not None else 'uncounted'} items)"
+            f"(digest {built_on.get('digest')}, {built_on.get('items')} items), not on {catalog['uri']} ({given})"
         )
     return metadata
 
