@@ -11,8 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from unisup.config import load_config
+from unisup import storage
+from unisup.config import ConfigError, load_config
+from unisup.errors import ArtifactMismatch, InputError
 from unisup.evaluation import (
+    RankingSystem,
+    blessing_of,
     engagement_targets,
     evaluate,
     kfp_metrics,
@@ -20,6 +24,8 @@ from unisup.evaluation import (
     output_uris,
     paired_bootstrap,
     precomputed_system,
+    read_results,
+    run_evaluation,
     split_slices,
     write_outputs,
 )
@@ -176,19 +182,28 @@ def test_engagement_drop_beyond_the_allowance_fails_its_gate(judged):
     assert result.blessing["blessed"] is False
 
 
-def test_gate_settings_that_name_nothing_are_refused(judged):
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({"gate_metric": "ndcg@5"}, "evaluation.gate_metric 'ndcg@5'"),
+        ({"gate_baselines": ["bm25"]}, "evaluation.gate_baselines"),
+        ({"gate_metric": "engagement_recall@10"}, "evaluation.gate_metric 'engagement_recall@10'"),
+    ],
+)
+def test_gate_settings_that_name_nothing_are_refused_before_any_ranking(judged, settings, key):
     qrels, ideal = judged
-    with pytest.raises(ValueError, match="evaluation.gate_metric 'ndcg@5'"):
-        evaluate(
-            precomputed_system("candidate", ideal), [precomputed_system("b", ideal)], qrels, _cfg(gate_metric="ndcg@5")
-        )
-    with pytest.raises(ValueError, match="evaluation.gate_baselines"):
-        evaluate(
-            precomputed_system("candidate", ideal),
-            [precomputed_system("b", ideal)],
-            qrels,
-            _cfg(gate_baselines=["bm25"]),
-        )
+
+    def rank(queries, depth):
+        raise AssertionError("ranked before the gate settings were checked")
+
+    candidate = RankingSystem("candidate", rank)
+    with pytest.raises(ConfigError, match=key):
+        evaluate(candidate, [precomputed_system("b", ideal)], qrels, _cfg(**settings))
+
+
+def test_no_judged_queries_is_an_input_error():
+    with pytest.raises(InputError, match="no judged queries"):
+        evaluate(precomputed_system("candidate", {}), [], {}, _cfg())
 
 
 def test_outputs_are_written_and_the_report_is_self_contained(judged, tmp_path):
@@ -268,7 +283,21 @@ def test_cli_build_index_then_evaluate_on_the_tiny_sample_with_bm25(
     same = rows[("candidate", "same-model", "ndcg@10", "all")]
     assert same["delta"] == 0.0 and same["p_value"] == 1.0
     assert 0.0 < rows[("bm25", None, "ndcg@10", "all")]["value"] <= 1.0  # BM25 finds judged products
-    assert (out / "report.html").exists() and json.loads((out / "blessing.json").read_text())["blessed"] is False
+    blessing = json.loads((out / "blessing.json").read_text())
+    assert (out / "report.html").exists() and blessing["blessed"] is False
+    # the blessing is bound to what was evaluated, and the results alone give it again
+    results_uri = str(out / "results.json")
+    assert blessing["evaluated"] == {
+        "model": {"uri": model, "digest": storage.content_digest(model)},
+        "index": {"uri": index, "digest": storage.content_digest(index)},
+        "results": {"uri": results_uri, "digest": storage.content_digest(results_uri)},
+    }
+    cfg = load_config("local", [o[len("-o=") :] for o in common])
+    rederived = blessing_of(read_results(results_uri), cfg.evaluation)
+    assert (rederived["blessed"], rederived["reasons"]) == (blessing["blessed"], blessing["reasons"])
+    assert {name: g["passed"] for name, g in rederived["gates"].items()} == {
+        name: g["passed"] for name, g in blessing["gates"].items()
+    }
     assert (
         main(
             [
@@ -309,3 +338,41 @@ def test_a_teacher_audit_below_the_features_baseline_refuses_the_blessing():
     )
     assert passing["blessed"] is True and len(passing["reasons"]) == 2
     assert not teacher_audit_gate({k: v for k, v in audit.items() if k != "gate"})["passed"]
+
+
+def test_an_index_of_another_model_or_catalog_is_refused_before_ranking(
+    tiny_encoder_path, tiny_overrides, tiny_sample, tmp_path, monkeypatch
+):
+    import pyarrow.parquet as pq
+
+    from unisup.biencoder.tower import Tower, save_biencoder
+    from unisup.index import build_catalog_index
+
+    settings = [f"index.work_dir={tmp_path / 'shards'}", "index.factory=Flat", "index.search_params=''"]
+    cfg = load_config("local", tiny_overrides + settings + ["evaluation.baseline_channels=[]"])
+    models = {}
+    for length in (16, 24):
+        tower = Tower.from_pretrained(tiny_encoder_path, max_length=length)
+        models[length] = str(save_biencoder(tower, tower, tmp_path / f"model-{length}"))
+    index = str(tmp_path / "index")
+    build_catalog_index(models[16], index, cfg, progress=False)
+    monkeypatch.setattr(
+        "unisup.evaluation.biencoder_system", lambda *a, **k: pytest.fail("a system was loaded before the check")
+    )
+
+    with pytest.raises(ArtifactMismatch) as err:
+        run_evaluation(cfg, models[24], index, str(tmp_path / "eval"))
+    assert storage.content_digest(models[16]) in str(err.value) and storage.content_digest(models[24]) in str(err.value)
+    with pytest.raises(ArtifactMismatch, match="built by the model"):  # a baseline's index too
+        run_evaluation(cfg, models[16], index, str(tmp_path / "eval"), [("other", models[24], index)])
+
+    other = tmp_path / "other-products.parquet"
+    pq.write_table(pq.read_table(tiny_sample["catalog"]).slice(1), other)
+    other_cfg = load_config("local", tiny_overrides + settings + [f"data.catalog_uri={other}"])
+    with pytest.raises(ArtifactMismatch) as err:
+        run_evaluation(other_cfg, models[16], index, str(tmp_path / "eval"))
+    message = str(err.value)
+    assert str(tiny_sample["catalog"]) in message and str(other) in message
+    for catalog in (tiny_sample["catalog"], other):
+        assert storage.content_digest(str(catalog)) in message
+    assert not (tmp_path / "eval").exists()

@@ -1,23 +1,30 @@
-"""FAISS index build: layout, metadata, recall, resume from shards, bad settings."""
+"""FAISS index build: layout, metadata, recall, resume from shards, bad settings, and the
+check that an index belongs to a model and a catalog."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 
 import numpy as np
 import pytest
 
-from unisup.config import load_config
+from unisup import storage
+from unisup.config import ConfigError, load_config
 from unisup.data.sample import load_catalog
+from unisup.errors import ArtifactMismatch
 from unisup.index import (
     IDS_FILE,
     INDEX_FILE,
     METADATA_FILE,
     ItemIndex,
+    build_catalog_index,
     build_faiss_index,
     build_index,
+    catalog_record,
+    check_index_matches,
     embed_in_shards,
     exact_search,
     recall_against_exact,
@@ -54,7 +61,7 @@ def test_build_index_writes_folder_and_finds_items_by_their_own_text(tiny_model,
     assert meta["factory"] == "Flat" and meta["dimension"] == 32 and meta["metric"] == "inner_product"
     assert meta["num_items"] == catalog.num_rows
     assert meta["recall@10"] == 1.0 and meta["recall@100"] == 1.0  # Flat is exact
-    assert meta["build_seconds"] >= 0 and len(meta["model_fingerprint"]) == 16
+    assert meta["build_seconds"] >= 0 and meta["model_fingerprint"] == storage.content_digest(str(tiny_model))
     assert meta["recall_queries"].startswith("2 queries")
     assert built.metadata == meta
 
@@ -102,24 +109,129 @@ def test_embedding_resumes_from_shards_written_before_a_crash(tmp_path):
 
     with pytest.raises(RuntimeError, match="crash"):
         embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.npy", "shard-00001.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "shard-00000.json",
+        "shard-00000.npy",
+        "shard-00001.json",
+        "shard-00001.npy",
+    ]
     vectors = embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
     assert calls[3:] == [texts[8:]]  # only the missing shard is embedded again
     assert vectors.shape == (10, 2)
     assert vectors[:, 0].tolist() == [1.0] * 4 + [2.0] * 4 + [4.0] * 2
 
 
+def _shard_texts_and_encoder():
+    texts = [f"text {i}" for i in range(10)]
+    calls = []
+
+    def encode(chunk):
+        calls.append(list(chunk))
+        return np.array([[float(text.split()[1]), 1.0] for text in chunk], dtype=np.float32)
+
+    return texts, encode, calls
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: data[: len(data) // 2], id="truncated"),
+        pytest.param(lambda data: data[:-1] + bytes([data[-1] ^ 0xFF]), id="corrupt-same-size"),
+    ],
+)
+def test_a_damaged_cached_shard_is_detected_and_recomputed(tmp_path, caplog, damage):
+    texts, encode, calls = _shard_texts_and_encoder()
+    first = embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
+    shard = tmp_path / "shard-00001.npy"
+    shard.write_bytes(damage(shard.read_bytes()))
+
+    with caplog.at_level(logging.WARNING, logger="unisup.index"):
+        again = embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
+    assert calls[3:] == [texts[4:8]]  # the damaged shard only
+    assert np.array_equal(again, first)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "shard-00001.npy is truncated or corrupt" in warning and "recomputing it" in warning
+    caplog.clear()
+    embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)  # the rewritten shard is reused
+    assert len(calls) == 4 and not caplog.records
+
+
+def test_a_cached_shard_without_a_record_is_recomputed(tmp_path, caplog):
+    texts, encode, calls = _shard_texts_and_encoder()
+    embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
+    (tmp_path / "shard-00000.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="unisup.index"):
+        embed_in_shards(encode, texts, tmp_path, shard_size=4, progress=False)
+    assert calls[3:] == [texts[:4]]
+    assert "no size and digest recorded" in caplog.text
+
+
 def test_bad_factory_metric_and_search_params_are_named():
     vectors = np.eye(4, dtype=np.float32)
-    with pytest.raises(ValueError, match="index.factory 'Nonsense12'"):
+    with pytest.raises(ConfigError, match="index.factory 'Nonsense12'.*could not parse index string Nonsense12"):
         build_faiss_index(vectors, "Nonsense12", "inner_product", train_size=10, use_gpu=False)
-    with pytest.raises(ValueError, match="index.metric"):
+    with pytest.raises(ConfigError, match="index.metric"):
         build_faiss_index(vectors, "Flat", "cosine", train_size=10, use_gpu=False)
     from unisup.index import apply_search_params
 
     index, _ = build_faiss_index(vectors, "Flat", "inner_product", train_size=10, use_gpu=False)
-    with pytest.raises(ValueError, match="index.search_params 'nprobe=4'"):
+    with pytest.raises(ConfigError, match="index.search_params 'nprobe=4'") as err:
         apply_search_params(index, "nprobe=4")
+    assert "\n" not in str(err.value) and "Error in" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "settings, key",
+    [
+        ({"factory": "Flat", "search_params": "efSearch=128"}, "index.search_params 'efSearch=128'"),
+        ({"factory": "IVF16,PQ48np", "search_params": "nprobe=4"}, "index.factory 'IVF16,PQ48np'.*dimension 32"),
+        ({"factory": "Flat", "search_params": "", "metric": "cosine"}, "index.metric"),
+    ],
+)
+def test_index_settings_are_checked_before_anything_is_embedded(
+    tiny_model, tiny_sample, tmp_path, monkeypatch, settings, key
+):
+    from unisup.biencoder.tower import Tower
+
+    def no_embedding(self, *args, **kwargs):
+        raise AssertionError("the catalog was embedded before the index settings were checked")
+
+    monkeypatch.setattr(Tower, "encode", no_embedding)
+    catalog = load_catalog(str(tiny_sample["catalog"])).accepted
+    with pytest.raises(ConfigError, match=key):
+        build_index(str(tiny_model), catalog, str(tmp_path / "index"), _index_cfg(tmp_path, **settings), progress=False)
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "index").exists()
+
+
+def test_the_index_records_its_model_and_catalog_and_is_checked_against_them(
+    tiny_model, tiny_encoder_path, tiny_overrides, tiny_sample, tmp_path
+):
+    from unisup.biencoder.tower import Tower, save_biencoder
+
+    settings = [f"index.work_dir={tmp_path / 'shards'}", "index.factory=Flat", "index.search_params=''"]
+    cfg = load_config("local", tiny_overrides + settings)
+    index = str(tmp_path / "index")
+    meta = build_catalog_index(str(tiny_model), index, cfg, progress=False).metadata
+    catalog = catalog_record(str(tiny_sample["catalog"]), meta["num_items"])
+    assert meta["catalog"] == catalog and catalog["digest"] == storage.content_digest(str(tiny_sample["catalog"]))
+    model_digest = storage.content_digest(str(tiny_model))
+    assert check_index_matches(index, str(tiny_model), model_digest, catalog) == meta
+
+    tower = Tower.from_pretrained(tiny_encoder_path, max_length=12)
+    other_model = save_biencoder(tower, tower, tmp_path / "other-model")
+    other_digest = storage.content_digest(str(other_model))
+    with pytest.raises(ArtifactMismatch, match=f"built by the model with digest {model_digest}.*digest {other_digest}"):
+        check_index_matches(index, str(other_model), other_digest, catalog)
+
+    other_catalog = tmp_path / "other-products.parquet"
+    load_catalog(str(tiny_sample["catalog"])).accepted.slice(1).to_pandas().to_parquet(other_catalog)
+    other = catalog_record(str(other_catalog), catalog["items"] - 1)
+    with pytest.raises(ArtifactMismatch) as err:
+        check_index_matches(index, str(tiny_model), model_digest, other)
+    for value in (catalog["uri"], catalog["digest"], catalog["items"], other["uri"], other["digest"], other["items"]):
+        assert str(value) in str(err.value)
+    with pytest.raises(ArtifactMismatch, match="items"):  # same file, another count of accepted items
+        check_index_matches(index, str(tiny_model), model_digest, {**catalog, "items": catalog["items"] + 1})
 
 
 @pytest.mark.gcs

@@ -22,7 +22,13 @@ when engagement is given (0 for a judged query absent from it), otherwise its nu
 of judged items.
 
 The blessing is the conjunction of the gates in ``EvaluationConfig`` (each with the
-observed figure, the threshold and a sentence saying why it passed or failed).
+observed figure, the threshold and a sentence saying why it passed or failed), and of the
+teacher audit's gate when an audit is given. :func:`blessing_of` derives it from the results
+alone, so the push re-derives it from the results JSON with its own gate settings. The
+blessing file is bound to what was evaluated: it records the content digests of the
+candidate's model and index and of the results JSON. Before ranking anything,
+:func:`run_evaluation` checks that every index was built by its model on the configured
+catalog.
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ import numpy as np
 import pyarrow as pa
 
 from unisup import storage
-from unisup.config import Config, EvaluationConfig, to_dict
-from unisup.metrics import engagement_metrics, grade_distribution, per_query_metrics_at
+from unisup.config import Config, ConfigError, EvaluationConfig, to_dict
+from unisup.errors import InputError
+from unisup.metrics import engagement_metrics, grade_distribution, metric_names, per_query_metrics_at
 from unisup.schemas import EVAL_RESULTS, validate
 
 CANDIDATE = "candidate"
@@ -49,6 +56,7 @@ RESULTS_FILE = "results.parquet"
 JSON_FILE = "results.json"
 REPORT_FILE = "report.html"
 BLESSING_FILE = "blessing.json"
+AUDIT_KEYS = ("pairs", "split", "cascade", "features_baseline", "gate")  # what teacher_audit_gate reads
 
 
 # ---------------------------------------------------------------- systems
@@ -227,6 +235,14 @@ class EvaluationResult:
         raise KeyError(f"no result for {system} vs {baseline}: {metric} ({slice})")
 
 
+def metrics_to_measure(cfg: EvaluationConfig, with_engagement: bool) -> set[str]:
+    """The metrics :func:`evaluate` measures: the human ones at every cutoff, and the engagement ones."""
+    names = {m for k in cfg.cutoffs for m in metric_names(k)}
+    if with_engagement:
+        names |= {f"{m}@{k}" for m in ("engagement_recall", "conversion_recall") for k in cfg.cutoffs}
+    return names
+
+
 def _judged_by(metric: str) -> str:
     return ENGAGEMENT if metric.startswith(("engagement_recall", "conversion_recall")) else HUMAN
 
@@ -243,10 +259,11 @@ def evaluate(
     """Rank every query with every system, score, compare the candidate with each baseline
     (paired bootstrap per metric and slice) and apply the blessing gates."""
     if not qrels:
-        raise ValueError("no judged queries to evaluate on")
+        raise InputError("no judged queries to evaluate on")
     names = [candidate.name] + [b.name for b in baselines]
     if len(set(names)) != len(names):
-        raise ValueError(f"system names must be unique, got {names}")
+        raise InputError(f"system names must be unique, got {names}")
+    check_gate_settings(cfg, metrics_to_measure(cfg, engagement is not None), names[1:])
     depth = max(cfg.depth, max(cfg.cutoffs))
     human_queries = sorted(qrels)
     engagement_queries = sorted(engagement.clicked) if engagement else []
@@ -308,7 +325,7 @@ def evaluate(
             "engagement_queries": len(engagement_queries),
         },
     )
-    result.blessing = bless(result, candidate.name, [b.name for b in baselines], cfg, engagement is not None)
+    result.blessing = blessing_of(result, cfg)
     return result
 
 
@@ -391,19 +408,24 @@ def _baseline_gates(
     return gates
 
 
+def check_gate_settings(cfg: EvaluationConfig, measured: set[str], baselines: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` unless the gates' metrics are among ``measured`` and the gated
+    baselines among ``baselines``."""
+    k = cfg.cutoffs[0]
+    for key, metric in (("evaluation.gate_metric", cfg.gate_metric), ("evaluation.cutoffs", f"grade0_share@{k}")):
+        if metric not in measured:
+            raise ConfigError(f"{key} {metric!r} is not measured; measured: {', '.join(sorted(measured))}")
+    unknown = [b for b in cfg.gate_baselines if b not in baselines]
+    if unknown:
+        raise ConfigError(f"evaluation.gate_baselines names unknown systems {unknown}; systems: {', '.join(baselines)}")
+
+
 def bless(
     result: EvaluationResult, candidate: str, baselines: Sequence[str], cfg: EvaluationConfig, has_engagement: bool
 ) -> dict:
     """``{"blessed", "reasons", "gates", "evidence"}`` from the gates of ``cfg``: the reasons
     are the failed gates' when any failed, otherwise every gate's."""
-    measured = set(result.per_query[candidate])
-    if cfg.gate_metric not in measured:
-        raise ValueError(
-            f"evaluation.gate_metric {cfg.gate_metric!r} is not measured; measured: {', '.join(sorted(measured))}"
-        )
-    unknown = [b for b in cfg.gate_baselines if b not in baselines]
-    if unknown:
-        raise ValueError(f"evaluation.gate_baselines names unknown systems {unknown}; systems: {', '.join(baselines)}")
+    check_gate_settings(cfg, set(result.per_query[candidate]), baselines)
     gated = list(cfg.gate_baselines) or list(baselines)
     n_queries = result.settings["human_queries"]
     enough = n_queries >= cfg.gate_min_queries
@@ -469,6 +491,15 @@ def teacher_audit_gate(audit: Mapping) -> dict:
     )
 
 
+def blessing_of(result: EvaluationResult, cfg: EvaluationConfig) -> dict:
+    """The blessing the gates of ``cfg`` give ``result``: :func:`bless` over its systems (the
+    first is the candidate), with the teacher audit's gate when the results hold an audit."""
+    candidate, *baselines = result.systems
+    blessing = bless(result, candidate, baselines, cfg, result.settings["engagement_queries"] > 0)
+    audit = result.settings.get("teacher_audit")
+    return blessing if audit is None else with_gate(blessing, "teacher_audit", teacher_audit_gate(audit))
+
+
 def with_gate(blessing: dict, name: str, gate: dict) -> dict:
     """The blessing with one more gate: blessed only if it passes too; reasons as :func:`bless` gives them."""
     gates = {**blessing["gates"], name: gate}
@@ -527,16 +558,47 @@ def output_uris(out_uri: str) -> dict[str, str]:
     return {kind: storage.join(out_uri, name) for kind, name in files.items()}
 
 
+def read_results(uri: str) -> EvaluationResult:
+    """The :class:`EvaluationResult` in a results JSON that :func:`write_outputs` wrote."""
+    try:
+        payload = json.loads(storage.read_text(uri))
+        rows = [{**row, "value": math.nan if row["value"] is None else row["value"]} for row in payload["results"]]
+        return EvaluationResult(
+            table=pa.Table.from_pylist(rows, schema=EVAL_RESULTS.arrow_schema()),
+            per_query=payload["per_query"],
+            grade_distributions=payload["grade_distributions"],
+            slices=payload["slices"],
+            blessing=payload["blessing"],
+            systems=payload["systems"],
+            settings=payload["settings"],
+        )
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"{uri}: not the results JSON of unisup evaluate ({type(err).__name__}: {err})") from None
+
+
+def bound_blessing(result: EvaluationResult, results_uri: str) -> dict:
+    """The blessing with the content digests of what was evaluated: the results JSON at
+    ``results_uri`` and, when :func:`run_evaluation` recorded them, the candidate's model and index."""
+    evaluated = {"results": {"uri": results_uri, "digest": storage.content_digest(results_uri)}}
+    for artifact in ("model", "index"):
+        if f"candidate_{artifact}_digest" in result.settings:
+            evaluated[artifact] = {
+                "uri": result.settings[f"candidate_{artifact}"],
+                "digest": result.settings[f"candidate_{artifact}_digest"],
+            }
+    return {**result.blessing, "evaluated": evaluated}
+
+
 def write_outputs(result: EvaluationResult, uris: Mapping[str, str]) -> None:
-    """Write the EVAL_RESULTS table (Parquet), the results JSON, the HTML report and the
-    blessing JSON to ``uris["results"|"json"|"report"|"blessing"]``."""
+    """Write the EVAL_RESULTS table (Parquet), the results JSON, the HTML report and, last,
+    the blessing JSON bound to them (:func:`bound_blessing`) to ``uris["results"|"json"|"report"|"blessing"]``."""
     from unisup.data.tables import write_table
     from unisup.report import render_report
 
     write_table(result.table, uris["results"])
     storage.write_text(uris["json"], json.dumps(_nan_to_none(results_json(result)), indent=1))
     storage.write_text(uris["report"], render_report(result))
-    storage.write_text(uris["blessing"], json.dumps(_nan_to_none(result.blessing), indent=1))
+    storage.write_text(uris["blessing"], json.dumps(_nan_to_none(bound_blessing(result, uris["json"])), indent=1))
 
 
 def run_evaluation(
@@ -554,27 +616,38 @@ def run_evaluation(
     ``judgments_uri`` (``data.judgments_uri``) and on held-out engagement, against the
     ``(name, model, index)`` baselines and the channels of ``evaluation.baseline_channels``;
     with ``teacher_audit_uri`` the teachers' audit gates the blessing too (teachers below the
-    features-only baseline are named). Writes every output under ``out_uri`` when given."""
+    features-only baseline are named). Every index must have been built by its model on the
+    configured catalog (:class:`ArtifactMismatch` otherwise, before any ranking). Writes every
+    output under ``out_uri`` when given."""
     from dataclasses import replace
 
     from unisup.data.sample import load_dataset
     from unisup.data.tables import read_artifact
+    from unisup.index import catalog_record, check_index_matches
 
     data_cfg = replace(cfg.data, judgments_uri=judgments_uri) if judgments_uri else cfg.data
     dataset = load_dataset(data_cfg)
     split = split or cfg.evaluation.split
     qrels = dataset.qrels(split)
     if not qrels:
-        raise ValueError(f"{data_cfg.judgments_uri}: no judged queries in the {split!r} split of {data_cfg.split_uri}")
-    baselines = [biencoder_system(name, model, index) for name, model, index in model_baselines]
-    if cfg.evaluation.baseline_channels:
-        channels = _channels(dataset, cfg, cfg.evaluation.baseline_channels)
-        baselines += [channel_system(name, channels[name]) for name in cfg.evaluation.baseline_channels]
+        raise InputError(f"{data_cfg.judgments_uri}: no judged queries in the {split!r} split of {data_cfg.split_uri}")
+    catalog = catalog_record(data_cfg.catalog_uri, dataset.catalog.num_rows)
+    model_digests = {}
+    for model, index in [(candidate_model, candidate_index), *((m, i) for _, m, i in model_baselines)]:
+        model_digests.setdefault(model, storage.content_digest(model))
+        check_index_matches(index, model, model_digests[model], catalog)
+    audit = json.loads(storage.read_text(teacher_audit_uri)) if teacher_audit_uri else None
     engagement = None
     if engagement_uri:
         table = read_artifact(engagement_uri, "engagement").accepted
         targets = engagement_targets(table, cfg.evaluation.max_engagement_queries)
         engagement = targets if targets.clicked else None  # an empty hold-out judges nothing
+    names = [name for name, _, _ in model_baselines] + list(cfg.evaluation.baseline_channels)
+    check_gate_settings(cfg.evaluation, metrics_to_measure(cfg.evaluation, engagement is not None), names)
+    baselines = [biencoder_system(name, model, index) for name, model, index in model_baselines]
+    if cfg.evaluation.baseline_channels:
+        channels = _channels(dataset, cfg, cfg.evaluation.baseline_channels)
+        baselines += [channel_system(name, channels[name]) for name in cfg.evaluation.baseline_channels]
     result = evaluate(
         biencoder_system(CANDIDATE, candidate_model, candidate_index),
         baselines,
@@ -589,15 +662,18 @@ def run_evaluation(
             "judgments_uri": data_cfg.judgments_uri,
             "split": split,
             "engagement_uri": engagement_uri,
+            "catalog": catalog,
             "candidate_model": candidate_model,
+            "candidate_model_digest": model_digests[candidate_model],
             "candidate_index": candidate_index,
+            "candidate_index_digest": storage.content_digest(candidate_index),
             "model_baselines": [list(b) for b in model_baselines],
             "teacher_audit_uri": teacher_audit_uri,
         }
     )
-    if teacher_audit_uri:
-        audit = json.loads(storage.read_text(teacher_audit_uri))
-        result.blessing = with_gate(result.blessing, "teacher_audit", teacher_audit_gate(audit))
+    if audit is not None:
+        result.settings["teacher_audit"] = {key: audit.get(key) for key in AUDIT_KEYS}
+        result.blessing = blessing_of(result, cfg.evaluation)
     if out_uri:
         write_outputs(result, output_uris(out_uri))
     return result
@@ -610,7 +686,7 @@ def _channels(dataset, cfg: Config, names: Sequence[str]) -> dict:
     known = ("bm25", "minilm", "rrf")
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"evaluation.baseline_channels: unknown {unknown}; known: {', '.join(known)}")
+        raise ConfigError(f"evaluation.baseline_channels: unknown {unknown}; known: {', '.join(known)}")
     ids = dataset.catalog["product_id"].to_pylist()
     texts = item_texts(dataset.catalog)
     ch = cfg.channels

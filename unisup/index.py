@@ -6,16 +6,24 @@ An index folder holds:
       index.faiss     the FAISS index (CPU form; moved to the GPU at load when asked)
       ids.parquet     row i of the index -> product_id (column ``item_id``)
       index.json      factory, dimension, metric, size, build seconds, recall@10/@100
-                      against exact search on a query sample, model fingerprint, config
+                      against exact search on a query sample, the model's fingerprint (the
+                      content digest of its folder), the catalog (URI, content digest,
+                      items), config
 
-The catalog is embedded in shards of ``shard_size`` items written to a local work
-folder keyed by the model fingerprint and a hash of the item texts: a build that
-crashes resumes from the shards already written. A model whose item tower is the frozen
-start encoder (``training.freeze_item_tower``, its weights checked against the digest in
-the manifest) is not re-embedded: its catalog embeddings come from the content-keyed
-embedding cache that training and the dense channel fill (computed the same way when the
-cache is cold, so the vectors are identical either way). Trainable indexes (IVF, PQ, SQ)
-are trained on a seeded sample of at most ``train_size`` vectors.
+The factory, metric and search parameters are checked on an empty index of the item
+tower's dimension before anything is embedded. The catalog is embedded in shards of
+``shard_size`` items written to a local work folder keyed by the model fingerprint and a
+hash of the item texts, each with its row count, size and SHA-256: a build that crashes
+resumes from the shards already written, and recomputes a shard that no longer matches
+its record (truncated or corrupt). Evaluation and promotion check an index against the
+model and catalog they are given (:func:`check_index_matches`).
+
+A model whose item tower is the frozen start encoder (``training.freeze_item_tower``, its
+weights checked against the digest in the manifest) is not re-embedded: its catalog
+embeddings come from the content-keyed embedding cache that training and the dense
+channel fill (computed the same way when the cache is cold, so the vectors are identical
+either way). Trainable indexes (IVF, PQ, SQ) are trained on a seeded sample of at most
+``train_size`` vectors.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,7 +42,8 @@ import numpy as np
 import pyarrow as pa
 
 from unisup import storage
-from unisup.config import Config, IndexConfig, to_dict
+from unisup.config import Config, ConfigError, IndexConfig, to_dict
+from unisup.errors import ArtifactMismatch, InputError
 
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.parquet"
@@ -47,8 +57,31 @@ def _faiss_metric(metric: str) -> int:
     import faiss
 
     if metric not in METRICS:
-        raise ValueError(f"index.metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        raise ConfigError(f"index.metric must be one of {', '.join(METRICS)}, got {metric!r}")
     return faiss.METRIC_INNER_PRODUCT if metric == "inner_product" else faiss.METRIC_L2
+
+
+def _faiss_reason(err: RuntimeError) -> str:
+    """The reason of a FAISS error without the C++ function and source location before it."""
+    return re.sub(r"^Error in .* at \S+:\d+: ", "", str(err).strip())
+
+
+def _empty_index(dimension: int, factory: str, metric: str):
+    import faiss
+
+    try:
+        return faiss.index_factory(dimension, factory, _faiss_metric(metric))
+    except RuntimeError as err:
+        raise ConfigError(
+            f"index.factory {factory!r} is not a valid FAISS factory string for dimension {dimension}: "
+            f"{_faiss_reason(err)}"
+        ) from None
+
+
+def check_index_settings(cfg: IndexConfig, dimension: int) -> None:
+    """Raise :class:`ConfigError` naming ``index.factory``, ``index.metric`` or ``index.search_params``
+    unless they make an index of ``dimension``: tried on an empty throw-away index, before any work."""
+    apply_search_params(_empty_index(dimension, cfg.factory, cfg.metric), cfg.search_params)
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
@@ -59,11 +92,45 @@ def _texts_digest(texts: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def _shard_record(path: Path, rows: int) -> dict:
+    return {"rows": rows, "bytes": path.stat().st_size, "sha256": storage.content_digest(str(path))}
+
+
+def _shard_problem(path: Path, record_path: Path, rows: int) -> str | None:
+    """Why the cached shard at ``path`` cannot be reused for ``rows`` texts; None when it can."""
+    if not record_path.exists():
+        return "no size and digest recorded for it"
+    try:
+        recorded = json.loads(record_path.read_text())
+    except json.JSONDecodeError:
+        return "its record is not valid JSON"
+    if recorded.get("rows") != rows:
+        return f"{recorded.get('rows')} rows recorded, {rows} expected"
+    size = path.stat().st_size
+    if size != recorded.get("bytes"):
+        return f"{size} bytes, {recorded.get('bytes')} recorded"
+    if storage.content_digest(str(path)) != recorded.get("sha256"):
+        return "its SHA-256 is not the recorded one"
+    return None
+
+
+def _write_shard(path: Path, record_path: Path, vectors: np.ndarray) -> None:
+    """Write the shard, then its record (rows, size, SHA-256), each atomically."""
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, vectors)
+    record = _shard_record(tmp, len(vectors))
+    tmp.replace(path)
+    tmp_record = record_path.with_name(f".{record_path.name}.tmp")
+    tmp_record.write_text(json.dumps(record))
+    tmp_record.replace(record_path)
+
+
 def embed_in_shards(
     encode, texts: Sequence[str], shard_dir: str | Path, shard_size: int, progress: bool = True
 ) -> np.ndarray:
     """Embed ``texts`` shard by shard with ``encode(texts) -> array``; shards already in
-    ``shard_dir`` are loaded, not recomputed (resume after a crash). Returns all rows."""
+    ``shard_dir`` whose size and digest match their record are loaded, not recomputed
+    (resume after a crash); any other is recomputed, with a warning. Returns all rows."""
     from tqdm.auto import tqdm
 
     shard_dir = Path(shard_dir)
@@ -72,19 +139,19 @@ def embed_in_shards(
     parts = []
     for number, start in enumerate(tqdm(starts, desc="embedding catalog shards", unit="shard", disable=not progress)):
         path = shard_dir / f"shard-{number:05d}.npy"
+        record_path = path.with_suffix(".json")
         chunk = texts[start : start + shard_size]
         if path.exists():
-            vectors = np.load(path)
-            if vectors.shape[0] == len(chunk):
-                parts.append(vectors)
+            problem = _shard_problem(path, record_path, len(chunk))
+            if problem is None:
+                parts.append(np.load(path))
                 continue
+            log.warning("cached embedding shard %s is truncated or corrupt (%s): recomputing it", path, problem)
         vectors = np.ascontiguousarray(encode(chunk), dtype=np.float32)
-        tmp = path.with_name(f".{path.stem}.tmp.npy")
-        np.save(tmp, vectors)
-        tmp.replace(path)
+        _write_shard(path, record_path, vectors)
         parts.append(vectors)
     if not parts:
-        raise ValueError("nothing to embed: the catalog is empty")
+        raise InputError("nothing to embed: the catalog is empty")
     return np.concatenate(parts)
 
 
@@ -110,11 +177,7 @@ def build_faiss_index(
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    try:
-        index = faiss.index_factory(vectors.shape[1], factory, _faiss_metric(metric))
-    except RuntimeError as err:
-        raise ValueError(f"index.factory {factory!r} is not a valid FAISS factory string: {err}") from None
-    index, on_gpu = _to_gpu(index, use_gpu)
+    index, on_gpu = _to_gpu(_empty_index(vectors.shape[1], factory, metric), use_gpu)
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         sample = (
@@ -136,7 +199,9 @@ def apply_search_params(index, search_params: str) -> None:
     try:
         faiss.ParameterSpace().set_index_parameters(index, search_params)
     except RuntimeError as err:
-        raise ValueError(f"index.search_params {search_params!r} do not fit this index: {err}") from None
+        raise ConfigError(
+            f"index.search_params {search_params!r} do not fit this index: {_faiss_reason(err)}"
+        ) from None
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str) -> np.ndarray:
@@ -191,14 +256,16 @@ def build_index(
     start-encoder item tower through the cache in ``embedding_cache_dir``), build the
     configured FAISS index, measure its recall@10/@100 against exact search (on
     ``query_texts`` encoded by the query tower, or else on a sample of catalog vectors),
-    and write the index folder to ``out_uri`` (local or gs://)."""
+    and write the index folder to ``out_uri`` (local or gs://). The index settings are
+    checked before anything is embedded."""
     from unisup.biencoder.tower import frozen_item_encoder, item_fields, load_biencoder
-    from unisup.channels import cached_encode, embedding_cache_path, model_fingerprint
+    from unisup.channels import cached_encode, embedding_cache_path
     from unisup.data.catalog import item_texts
 
+    fingerprint = storage.content_digest(model_path)
     with storage.local_copy(model_path) as local_model:
         query_tower, item_tower = load_biencoder(local_model)
-        fingerprint = model_fingerprint(str(local_model))
+        check_index_settings(cfg, item_tower.dim)
         item_ids = catalog["product_id"].to_pylist()
         texts = item_texts(catalog, item_fields(local_model))  # the text the item tower was trained on
         frozen = frozen_item_encoder(local_model, item_tower)
@@ -212,7 +279,7 @@ def build_index(
             vectors = cached_encode(frozen, texts, embedding_cache_dir, progress)
         else:
             item_embeddings = "embedded by the item tower"
-            shard_dir = Path(cfg.work_dir) / f"{fingerprint}-{_texts_digest(texts)}-{cfg.shard_size}"
+            shard_dir = Path(cfg.work_dir) / f"{fingerprint[:16]}-{_texts_digest(texts)}-{cfg.shard_size}"
             vectors = embed_in_shards(
                 lambda chunk: item_tower.encode(
                     chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"
@@ -261,10 +328,15 @@ def build_index(
     return IndexBuild(str(out_uri), metadata)
 
 
+def catalog_record(catalog_uri: str, items: int | None = None) -> dict:
+    """What an index records of its catalog: the URI, the content digest and the number of items."""
+    return {"uri": catalog_uri, "digest": storage.content_digest(catalog_uri), "items": items}
+
+
 def build_catalog_index(model_path: str, out_uri: str, cfg: Config, progress: bool = True) -> IndexBuild:
-    """:func:`build_index` over the configured catalog (``data.catalog_uri``), recall
-    measured on the configured judgments' queries (``data.judgments_uri``), a frozen item
-    tower's embeddings from ``channels.cache_dir``."""
+    """:func:`build_index` over the configured catalog (``data.catalog_uri``, recorded in the
+    metadata), recall measured on the configured judgments' queries (``data.judgments_uri``),
+    a frozen item tower's embeddings from ``channels.cache_dir``."""
     from unisup.data.sample import load_catalog, load_judgments
 
     catalog = load_catalog(cfg.data.catalog_uri).accepted
@@ -278,9 +350,41 @@ def build_catalog_index(model_path: str, out_uri: str, cfg: Config, progress: bo
         cfg.index,
         queries,
         progress,
-        {"catalog_uri": cfg.data.catalog_uri},
+        {"catalog": catalog_record(cfg.data.catalog_uri, catalog.num_rows)},
         cfg.channels.cache_dir or None,
     )
+
+
+def read_metadata(uri: str) -> dict:
+    """The ``index.json`` of the index folder at ``uri``."""
+    metadata_uri = storage.join(uri, METADATA_FILE)
+    if not storage.exists(metadata_uri):
+        raise InputError(f"{uri}: not an index folder ({METADATA_FILE} missing)")
+    try:
+        return json.loads(storage.read_text(metadata_uri))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{metadata_uri}: not valid JSON: {err}") from None
+
+
+def check_index_matches(index_uri: str, model_uri: str, model_digest: str, catalog: dict) -> dict:
+    """The metadata of the index at ``index_uri`` once it is checked to be built by the model at
+    ``model_uri`` (content digest ``model_digest``) on ``catalog`` (a :func:`catalog_record`, its
+    items not compared when None); raises :class:`ArtifactMismatch` with both values otherwise."""
+    metadata = read_metadata(index_uri)
+    built_by = metadata.get("model_fingerprint")
+    if built_by != model_digest:
+        raise ArtifactMismatch(
+            f"{index_uri}: the index was built by the model with digest {built_by or '(none recorded)'} "
+            f"({metadata.get('model_uri', 'no URI recorded')}), not by {model_uri} (digest {model_digest})"
+        )
+    built_on = metadata.get("catalog") or {}
+    if built_on.get("digest") != catalog["digest"] or catalog["items"] not in (None, built_on.get("items")):
+        given = f"digest {catalog['digest']}" + (f", {catalog['items']} items" if catalog["items"] is not None else "")
+        raise ArtifactMismatch(
+            f"{index_uri}: the index was built on the catalog {built_on.get('uri', '(none recorded)')} "
+            f"(digest {built_on.get('digest')}, {built_on.get('items')} items), not on {catalog['uri']} ({given})"
+        )
+    return metadata
 
 
 def write_index(index, item_ids: Sequence[str], metadata: dict, out_uri: str) -> None:
@@ -312,13 +416,13 @@ class ItemIndex:
 
         from unisup.data.tables import read_table
 
-        metadata_uri = storage.join(uri, METADATA_FILE)
-        if not storage.exists(metadata_uri):
-            raise FileNotFoundError(f"{uri}: not an index folder ({METADATA_FILE} missing)")
-        metadata = json.loads(storage.read_text(metadata_uri))
+        metadata = read_metadata(uri)
         with storage.local_copy(storage.join(uri, INDEX_FILE)) as local:
             index = faiss.read_index(str(local))
-        apply_search_params(index, metadata.get("search_params", ""))
+        try:
+            apply_search_params(index, metadata.get("search_params", ""))
+        except ConfigError as err:
+            raise InputError(f"{storage.join(uri, METADATA_FILE)}: {err}") from None
         index, _ = _to_gpu(index, use_gpu)
         item_ids = read_table(storage.join(uri, IDS_FILE))["item_id"].to_pylist()
         return cls(index, item_ids, metadata)

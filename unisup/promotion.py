@@ -1,15 +1,35 @@
 """Gated promotion of a blessed candidate and the versioned A/B experiment config.
 
-``push`` refuses a candidate whose blessing is not ``blessed``. Otherwise it
+``push`` checks everything before its first write:
 
-1. claims the next version ``N`` of the query-encoder model in the serving Triton
-   model repository by creating ``<repo>/<model>/<N>/promotion.json`` only if absent
-   (generation precondition 0; a lost race moves on to ``N+1``), then copies the
-   query tower to ``<N>/query_tower/`` with the python-backend ``model.py`` of
-   ``unisup.biencoder.export`` and (re)writes ``<repo>/<model>/config.pbtxt`` with a
-   version policy that serves the latest ``serve_versions`` versions;
+- ``promotion.experiment_id`` and ``promotion.model_name`` are plain names (letters, digits,
+  ``.``, ``_``, ``-``, not starting with ``.``), so that no path leaves the configured roots,
+  and ``promotion.treatment_traffic`` is a share;
+- the blessing, which ``unisup evaluate`` binds to what it evaluated: it records the content
+  digests (``storage.content_digest``) of the model, the index and the results JSON. The
+  push recomputes the three and re-derives the gates from those results with its own
+  ``evaluation`` settings (:func:`unisup.evaluation.blessing_of`), so a hand-written or
+  edited blessing, another model or index, or edited results are refused
+  (:class:`NotBlessedError`, :class:`~unisup.errors.ArtifactMismatch` naming what differs);
+- the index was built by this model on the configured catalog (``data.catalog_uri``);
+- the experiment has a control, and the A/B config to write passes the ``AB_CONFIG`` schema.
+
+Then it
+
+1. claims the next version ``N`` of the query-encoder model in the serving Triton model
+   repository by creating ``<repo>/<model>/claims/<N>.json`` only if absent (generation
+   precondition 0; a lost race moves on to ``N+1``);
 2. copies the index folder to ``<index_root>/<model>/<N>/``;
-3. writes the experiment config (the ``AB_CONFIG`` fields, JSON) as the next version
+3. publishes model version ``N``, the query tower (``query_tower/``) and the python-backend
+   ``model.py`` of ``unisup.biencoder.export``, then (re)writes ``<repo>/<model>/config.pbtxt``
+   with a version policy that serves the latest ``serve_versions`` versions. Triton takes
+   every numeric sub-folder of the model folder for a version and ignores the others
+   (``claims/``, ``staging-*/``), so the version is made visible last: in a local repository
+   it is staged in ``staging-<push id>/`` and renamed to ``<N>/`` in one step, complete. GCS
+   has no atomic rename of a prefix, and a prefix exists from its first object on, so there
+   the files go to ``<N>/`` one by one with ``model.py`` last: until it lands Triton sees the
+   version but cannot load it;
+4. writes the experiment config (the ``AB_CONFIG`` fields, JSON) as the next version
    ``<config_root>/experiments/<id>/v000V.json``, created only if absent, and moves
    ``<id>/current.json`` to it with ``if_generation_match`` on the pointer's
    generation. The pointer only moves forward: a push that finds a newer version
@@ -23,15 +43,13 @@ rewritten), so rolling back twice walks two steps back. A unique ``push_id`` in 
 claimed object tells a write of ours whose reply was lost from a concurrent one.
 Transient storage errors (5xx, 429, dropped connections) are retried with tenacity
 (``transient_attempts``), on top of the client's own retries.
-
-Serving should load models explicitly (``--model-control-mode=explicit``) once the
-config points at them: a version folder is claimed before its files are complete.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import uuid
@@ -43,17 +61,21 @@ import pyarrow as pa
 import tenacity
 
 from unisup import storage
-from unisup.config import Config, to_dict
-from unisup.errors import UnisupError
+from unisup.config import Config, ConfigError, to_dict
+from unisup.errors import ArtifactMismatch, InputError, UnisupError
 from unisup.schemas import AB_CONFIG, validate
 
-CLAIM_FILE = "promotion.json"
+CLAIMS_FOLDER = "claims"
+STAGING_PREFIX = "staging-"
+MODEL_FILE = "model.py"
 CURRENT_FILE = "current.json"
+BOUND_ARTIFACTS = ("model", "index", "results")
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 log = logging.getLogger(__name__)
 
 
 class NotBlessedError(UnisupError, RuntimeError):
-    """The candidate's blessing says it must not be pushed."""
+    """The candidate's blessing says it must not be pushed, or cannot be trusted to say it may."""
 
 
 class PushConflict(UnisupError, RuntimeError):
@@ -107,22 +129,76 @@ class _Store:
         return lambda *args, **kwargs: self.retry(call, *args, **kwargs)
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- checks
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def check_name(key: str, value: str) -> str:
+    """``value`` if it is a plain name, which cannot lead out of the folder it names a child of;
+    :class:`ConfigError` naming ``key`` otherwise."""
+    if not PLAIN_NAME.fullmatch(value):
+        raise ConfigError(
+            f"{key} {value!r} is not a plain name: letters, digits, '.', '_' and '-', not starting with '.'"
+        )
+    return value
+
+
 def read_blessing(uri: str) -> dict:
     """The blessing JSON at ``uri``, checked for its ``blessed`` flag."""
+    if not storage.exists(uri):
+        raise InputError(f"{uri}: no blessing file there")
     try:
         blessing = json.loads(storage.read_text(uri))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{uri}: the blessing is not valid JSON: {err}") from None
+        raise InputError(f"{uri}: the blessing is not valid JSON: {err}") from None
     if not isinstance(blessing, dict) or not isinstance(blessing.get("blessed"), bool):
-        raise ValueError(f"{uri}: the blessing lacks a boolean 'blessed'")
+        raise InputError(f"{uri}: the blessing lacks a boolean 'blessed'")
     return blessing
+
+
+def _digest(uri: str, artifact: str) -> str:
+    try:
+        return storage.content_digest(uri)
+    except FileNotFoundError:
+        raise InputError(f"{uri}: the {artifact} is not there") from None
+
+
+def verify_blessing(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> tuple[dict, dict[str, str]]:
+    """The blessing at ``blessing_uri`` and the content digests of the model, the index and the
+    results, once the blessing is checked to say blessed, to be bound to this model and index,
+    and to be what the gates of ``cfg.evaluation`` give the results it was derived from."""
+    from unisup.evaluation import blessing_of, read_results
+
+    blessing = read_blessing(blessing_uri)
+    if not blessing["blessed"]:
+        reasons = "; ".join(blessing.get("reasons", [])) or "no reason given"
+        raise NotBlessedError(f"{blessing_uri}: the candidate is not blessed, refusing to push it ({reasons})")
+    evaluated = blessing.get("evaluated") or {}
+    unbound = [a for a in BOUND_ARTIFACTS if not all((evaluated.get(a) or {}).get(key) for key in ("uri", "digest"))]
+    if unbound:
+        raise NotBlessedError(
+            f"{blessing_uri}: the blessing records no content digest of the {', '.join(unbound)} it was "
+            "derived from, refusing to push it; push the blessing that unisup evaluate wrote"
+        )
+    given = {"model": model_uri, "index": index_uri, "results": evaluated["results"]["uri"]}
+    digests = {}
+    for artifact, uri in given.items():
+        digests[artifact] = _digest(uri, artifact)
+        if digests[artifact] != evaluated[artifact]["digest"]:
+            raise ArtifactMismatch(
+                f"{blessing_uri}: {uri} is not the {artifact} that was evaluated: its digest is {digests[artifact]}, "
+                f"that of the evaluated {artifact} ({evaluated[artifact]['uri']}) {evaluated[artifact]['digest']}"
+            )
+    rederived = blessing_of(read_results(given["results"]), cfg.evaluation)
+    if not rederived["blessed"]:
+        raise NotBlessedError(
+            f"{blessing_uri}: the gates re-derived from {given['results']} with the configured evaluation "
+            f"settings refuse the candidate ({'; '.join(rederived['reasons'])})"
+        )
+    return blessing, digests
 
 
 def _create_once(store: _Store, uri: str, payload: dict) -> bool:
@@ -136,12 +212,6 @@ def _create_once(store: _Store, uri: str, payload: dict) -> bool:
         return existing.get("push_id") == payload["push_id"]
 
 
-def _numbered_children(store: _Store, prefix: str) -> list[int]:
-    prefix = prefix.rstrip("/") + "/"
-    heads = {uri[len(prefix) :].split("/", 1)[0] for uri in store.list_prefix(prefix)}
-    return sorted(int(h) for h in heads if h.isdigit())
-
-
 def _config_versions(store: _Store, experiment_root: str) -> list[int]:
     prefix = experiment_root.rstrip("/") + "/"
     names = [uri[len(prefix) :] for uri in store.list_prefix(prefix)]
@@ -149,7 +219,8 @@ def _config_versions(store: _Store, experiment_root: str) -> list[int]:
 
 
 def experiment_root(cfg: Config, experiment_id: str | None = None) -> str:
-    return storage.join(cfg.promotion.config_root, "experiments", experiment_id or cfg.promotion.experiment_id)
+    experiment = check_name("promotion.experiment_id", experiment_id or cfg.promotion.experiment_id)
+    return storage.join(cfg.promotion.config_root, "experiments", experiment)
 
 
 def version_uri(root: str, version: int) -> str:
@@ -159,10 +230,33 @@ def version_uri(root: str, version: int) -> str:
 # ---------------------------------------------------------------- model and index
 
 
-def _upload_tree(store: _Store, local_dir: Path, target: str) -> None:
-    """Copy the files of a local folder under ``target``, leaving out the lock and
-    generation files that local conditional writes keep beside their files."""
-    for path in storage.list_prefix(str(local_dir)):
+def _taken_versions(store: _Store, model_root: str) -> list[int]:
+    """The versions of the serving model that are claimed or present (numeric sub-folders), sorted."""
+    prefix = model_root.rstrip("/") + "/"
+    taken = set()
+    for uri in store.list_prefix(prefix):
+        head, _, rest = uri[len(prefix) :].partition("/")
+        if head.isdigit():
+            taken.add(int(head))
+        elif head == CLAIMS_FOLDER and rest.endswith(".json") and rest[:-5].isdigit():
+            taken.add(int(rest[:-5]))
+    return sorted(taken)
+
+
+def claim_version(store: _Store, model_root: str, claim: dict, attempts: int) -> int:
+    """Claim the next free version of the serving model (``claims/<N>.json``, created only if absent)."""
+    version = (_taken_versions(store, model_root) or [0])[-1] + 1
+    for _ in range(attempts):
+        if _create_once(store, storage.join(model_root, CLAIMS_FOLDER, f"{version}.json"), claim):
+            return version
+        version += 1
+    raise PushConflict(f"{model_root}: lost {attempts} races for a model version")
+
+
+def _upload_tree(store: _Store, local_dir: Path, target: str, last: str | None = None) -> None:
+    """Copy the files of a local folder under ``target`` (the file named ``last`` last), leaving
+    out the lock and generation files that local conditional writes keep beside their files."""
+    for path in sorted(storage.list_prefix(str(local_dir)), key=lambda p: Path(p).name == last):
         store.upload_file(path, storage.join(target, str(Path(path).relative_to(local_dir))))
 
 
@@ -179,42 +273,41 @@ def _triton_config(cfg: Config, dim: int) -> str:
     return text + f"version_policy: {{ latest: {{ num_versions: {cfg.promotion.serve_versions} }} }}\n"
 
 
-def promote_model(store: _Store, model_uri: str, cfg: Config, push_id: str) -> tuple[int, str]:
-    """Copy the query tower into the next free version of the serving model; (version, its URI)."""
+def _biencoder_manifest(local_model: Path, model_uri: str) -> dict:
+    from unisup.biencoder.tower import MANIFEST
+
+    if not (local_model / MANIFEST).exists():
+        raise InputError(f"{model_uri}: not a bi-encoder folder ({MANIFEST} missing)")
+    return json.loads((local_model / MANIFEST).read_text())
+
+
+def publish_model_version(store: _Store, query_tower: Path, model_root: str, version: int, push_id: str) -> str:
+    """Write the local ``query_tower`` folder and ``model.py`` as version ``version`` of the serving
+    model, the version folder appearing last (see the module docstring); returns its URI."""
     from unisup.biencoder.export import MODEL_TEMPLATE, TOWER_FOLDER
 
-    model_root = storage.join(cfg.promotion.model_repository, cfg.promotion.model_name)
-    with storage.local_copy(model_uri) as local:
-        manifest_path = Path(local) / "biencoder.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{model_uri}: not a bi-encoder folder (biencoder.json missing)")
-        manifest = json.loads(manifest_path.read_text())
-        version = (_numbered_children(store, model_root) or [0])[-1] + 1
-        claim = {"push_id": push_id, "source_model_uri": model_uri, "claimed_at": _now()}
-        for _ in range(cfg.promotion.max_attempts):
-            if _create_once(store, storage.join(model_root, str(version), CLAIM_FILE), claim):
-                break
-            version += 1
-        else:
-            raise PushConflict(f"{model_root}: lost {cfg.promotion.max_attempts} races for a model version")
-        target = storage.join(model_root, str(version))
+    target = storage.join(model_root, str(version))
+
+    def stage(folder: Path) -> None:
+        shutil.copytree(query_tower, folder / TOWER_FOLDER)
+        shutil.copyfile(MODEL_TEMPLATE, folder / MODEL_FILE)
+
+    if storage.is_gcs(target):
         with tempfile.TemporaryDirectory(prefix="unisup-promote-") as tmp:
-            staged = Path(tmp) / "version"
-            shutil.copytree(Path(local) / manifest["query_tower"], staged / TOWER_FOLDER)
-            shutil.copyfile(MODEL_TEMPLATE, staged / "model.py")
-            _upload_tree(store, staged, target)
-        store.write_text(storage.join(model_root, "config.pbtxt"), _triton_config(cfg, int(manifest["dim"])))
-    return version, target
-
-
-def promote_index(store: _Store, index_uri: str, cfg: Config, version: int) -> str:
-    """Copy the index folder to ``<index_root>/<model>/<version>``; returns that URI."""
-    target = storage.join(cfg.promotion.index_root, cfg.promotion.model_name, str(version))
-    with storage.local_copy(index_uri) as local:
-        if not (Path(local) / "index.json").exists():
-            raise FileNotFoundError(f"{index_uri}: not an index folder (index.json missing)")
-        _upload_tree(store, Path(local), target)
+            stage(Path(tmp))
+            _upload_tree(store, Path(tmp), target, last=MODEL_FILE)
+        return target
+    staging = Path(model_root) / f"{STAGING_PREFIX}{push_id}"
+    try:
+        stage(staging)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def served_index_uri(cfg: Config, version: int) -> str:
+    return storage.join(cfg.promotion.index_root, cfg.promotion.model_name, str(version))
 
 
 # ---------------------------------------------------------------- experiment config
@@ -260,29 +353,30 @@ def publish_config(store: _Store, root: str, build, attempts: int, push_id: str)
 
 
 def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> PushResult:
-    """Promote a blessed candidate (model and index) and publish the next experiment config."""
+    """Promote a blessed candidate (model and index) and publish the next experiment config;
+    everything is checked before anything is written."""
+    from unisup.index import catalog_record, check_index_matches
+
     p = cfg.promotion
-    blessing = read_blessing(blessing_uri)
-    if not blessing["blessed"]:
-        reasons = "; ".join(blessing.get("reasons", [])) or "no reason given"
-        raise NotBlessedError(f"{blessing_uri}: the candidate is not blessed, refusing to push it ({reasons})")
-    if not 0.0 <= p.treatment_traffic <= 1.0:
-        raise ValueError(f"promotion.treatment_traffic must be within 0..1, got {p.treatment_traffic}")
-    store = _Store(p.transient_attempts)
-    push_id = uuid.uuid4().hex
+    check_name("promotion.model_name", p.model_name)
     root = experiment_root(cfg)
+    if not 0.0 <= p.treatment_traffic <= 1.0:
+        raise ConfigError(f"promotion.treatment_traffic must be within 0..1, got {p.treatment_traffic}")
+    store = _Store(p.transient_attempts)
     current = _current_config(store, root)
     control_model = p.control_model_uri or (current or {}).get("control_model_uri", "")
     control_index = p.control_index_uri or (current or {}).get("control_index_uri", "")
     if not control_model or not control_index:
-        raise ValueError(
+        raise ConfigError(
             f"experiment {p.experiment_id}: no control to compare with; set promotion.control_model_uri and "
             "promotion.control_index_uri for its first push"
         )
-    model_version, served_model = promote_model(store, model_uri, cfg, push_id)
-    served_index = promote_index(store, index_uri, cfg, model_version)
+    blessing, digests = verify_blessing(blessing_uri, model_uri, index_uri, cfg)
+    check_index_matches(index_uri, model_uri, digests["model"], catalog_record(cfg.data.catalog_uri))
+    push_id = uuid.uuid4().hex
+    model_root = storage.join(p.model_repository, p.model_name)
 
-    def build(latest: dict | None, version: int) -> dict:
+    def build(latest: dict | None, version: int, model_version: int) -> dict:
         now = _now()
         return {
             "experiment_id": p.experiment_id,
@@ -290,8 +384,8 @@ def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> Push
             "created_at": now,
             "control_model_uri": p.control_model_uri or (latest or {}).get("control_model_uri", control_model),
             "control_index_uri": p.control_index_uri or (latest or {}).get("control_index_uri", control_index),
-            "treatment_model_uri": served_model,
-            "treatment_index_uri": served_index,
+            "treatment_model_uri": storage.join(model_root, str(model_version)),
+            "treatment_index_uri": served_index_uri(cfg, model_version),
             "treatment_traffic": p.treatment_traffic,
             "start_time": now,
             "blessing": json.dumps(blessing, sort_keys=True),
@@ -303,9 +397,32 @@ def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> Push
             "promotion": to_dict(p),
         }
 
-    version, config = publish_config(store, root, build, p.max_attempts, push_id)
+    with storage.local_copy(model_uri) as local_model:
+        manifest = _biencoder_manifest(Path(local_model), model_uri)
+        _validated(build(current, (current or {}).get("version", 0) + 1, 0), f"the next config of {root}")
+        claim = {
+            "push_id": push_id,
+            "source_model_uri": model_uri,
+            "model_digest": digests["model"],
+            "claimed_at": _now(),
+        }
+        model_version = claim_version(store, model_root, claim, p.max_attempts)
+        with storage.local_copy(index_uri) as local_index:
+            _upload_tree(store, Path(local_index), served_index_uri(cfg, model_version))
+        tower = Path(local_model) / manifest["query_tower"]
+        served_model = publish_model_version(store, tower, model_root, model_version, push_id)
+    store.write_text(storage.join(model_root, "config.pbtxt"), _triton_config(cfg, int(manifest["dim"])))
+    version, config = publish_config(
+        store, root, lambda latest, v: build(latest, v, model_version), p.max_attempts, push_id
+    )
     return PushResult(
-        p.experiment_id, version, version_uri(root, version), config, model_version, served_model, served_index
+        p.experiment_id,
+        version,
+        version_uri(root, version),
+        config,
+        model_version,
+        served_model,
+        served_index_uri(cfg, model_version),
     )
 
 
@@ -333,9 +450,9 @@ def rollback(cfg: Config, experiment_id: str | None = None) -> PushResult:
 
     def build(latest: dict | None, version: int) -> dict:
         if latest is None:
-            raise ValueError(f"experiment {experiment}: no config to roll back")
+            raise InputError(f"experiment {experiment}: no config to roll back")
         if latest.get("previous_version") is None:
-            raise ValueError(f"experiment {experiment}: v{latest['version']:04d} has no previous config to restore")
+            raise InputError(f"experiment {experiment}: v{latest['version']:04d} has no previous config to restore")
         restored = json.loads(store.read_text(version_uri(root, latest["previous_version"])))
         now = _now()
         return {

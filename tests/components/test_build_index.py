@@ -7,6 +7,7 @@ import pytest
 from kfp import dsl
 
 from components.build_index import build_index
+from unisup import storage
 from unisup.index import ItemIndex
 
 
@@ -44,6 +45,14 @@ def test_build_index_function(tiny_model, tiny_overrides, tmp_path):
         index.metadata["recall_queries"] == "12 queries encoded by the query tower"
     )  # the tiny sample's judged queries
     assert 0 < metrics.metadata["recall_at_10"] <= 1.0
+    recorded = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert recorded["model_fingerprint"] == storage.content_digest(str(tiny_model))
+    catalog = next(o.split("=", 1)[1] for o in tiny_overrides if o.startswith("data.catalog_uri="))
+    assert recorded["catalog"] == {
+        "uri": catalog,
+        "digest": storage.content_digest(catalog),
+        "items": len(loaded.item_ids),
+    }
 
 
 def test_build_index_component_in_kfp_local(tiny_model, tiny_overrides, tmp_path):

@@ -8,6 +8,7 @@ from kfp import dsl
 
 from components.evaluate import evaluate
 from components.push import push
+from unisup import storage
 from unisup.data.tables import read_table
 from unisup.schemas import validate
 
@@ -62,6 +63,12 @@ def test_evaluate_function_refuses_a_random_model_against_bm25(
     assert not blessing["gates"]["ndcg@10_delta_ci_low_vs_bm25"]["passed"]
     assert blessing["gates"]["ndcg@10_delta_ci_low_vs_same"]["passed"]
     assert any("vs bm25" in r for r in blessing["reasons"])
+    assert blessing["evaluated"]["results"] == {
+        "uri": str(tmp_path / "json"),
+        "digest": storage.content_digest(str(tmp_path / "json")),
+    }
+    assert blessing["evaluated"]["model"]["digest"] == storage.content_digest(model)
+    assert blessing["evaluated"]["index"]["digest"] == storage.content_digest(index)
     assert "<img" in (tmp_path / "report").read_text()
     assert out["metrics"].metadata["ndcg_at_10_delta_vs_same"] == 0.0 and out["metrics"].metadata["blessed"] == 0.0
     assert out["blessing"].metadata["blessed"] is False and out["results"].metadata["split"] == "test"
@@ -73,7 +80,7 @@ def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_ov
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     serving = tmp_path / "serving"
     common = tiny_overrides + ["evaluation.n_bootstrap=200", "evaluation.baseline_channels=[]"]
-    push_overrides = [
+    push_overrides = tiny_overrides + [  # the push is given the catalog the index was built on
         f"promotion.model_repository={serving / 'triton'}",
         f"promotion.index_root={serving / 'indexes'}",
         f"promotion.config_root={serving / 'config'}",
