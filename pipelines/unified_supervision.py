@@ -136,6 +136,9 @@ def unified_supervision(
     control_index = _k8s.on_gpu(
         build_index(model=control_trained.outputs["model"], config=config, overrides=control_overrides)
     ).set_display_name("build-index-baseline")
+    # the gates compare with the A/B control, the baseline_preset model of this run; the push
+    # re-derives them from the evaluation results with the same settings
+    gate_overrides = overrides + [f"evaluation.gate_baselines=[{baseline_preset}]"]
     evaluated = _k8s.on_cpu(
         evaluate(
             candidate_model=trained.outputs["model"],
@@ -146,12 +149,11 @@ def unified_supervision(
             engagement=holdout_engagement,
             teacher_audit=teacher_audit,
             config=config,
-            # the gates compare with the A/B control, the baseline_preset model of this run
-            overrides=overrides + [f"evaluation.gate_baselines=[{baseline_preset}]"],
+            overrides=gate_overrides,
         ),
         _k8s.LARGE,
     )
-    push_overrides = overrides + [
+    push_overrides = gate_overrides + [
         f"promotion.model_repository={serving_model_repository}",
         f"promotion.index_root={serving_index_root}",
         f"promotion.config_root={experiment_config_root}",

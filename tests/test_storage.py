@@ -100,3 +100,28 @@ def test_gcs_client_uses_a_mounted_key_file_only_when_it_exists(tmp_path, monkey
         assert storage.gcs_client().source == str(key)
     finally:
         storage.gcs_client.cache_clear()
+
+
+def test_content_digest_of_a_file_and_a_folder_is_the_same_local_and_on_gcs(root):
+    storage.write_text(storage.join(root, "d/x.txt"), "x")
+    storage.write_text(storage.join(root, "d/sub/y.txt"), "y")
+    file_digest, folder_digest = (
+        storage.content_digest(storage.join(root, "d/x.txt")),
+        storage.content_digest(storage.join(root, "d")),
+    )
+    assert len(file_digest) == 64 and file_digest != folder_digest
+    storage.write_text(storage.join(root, "d/sub/y.txt"), "changed")
+    assert storage.content_digest(storage.join(root, "d")) != folder_digest
+    assert storage.content_digest(storage.join(root, "d/x.txt")) == file_digest
+    with pytest.raises(FileNotFoundError):
+        storage.content_digest(storage.join(root, "nothing-here"))
+
+
+def test_content_digest_does_not_depend_on_the_backend(gcs_emulator, tmp_path):
+    local = tmp_path / "store"
+    remote = f"gs://{gcs_emulator}/{tmp_path.name}-digest"
+    for base in (str(local), remote):
+        storage.write_text(storage.join(base, "f/a.txt"), "a")
+        storage.write_text(storage.join(base, "f/b/c.txt"), "c")
+    assert storage.content_digest(str(local / "f")) == storage.content_digest(f"{remote}/f")
+    assert storage.content_digest(str(local / "f" / "a.txt")) == storage.content_digest(f"{remote}/f/a.txt")

@@ -243,6 +243,8 @@ def content_digest(uri: str) -> str:
     digest = hashlib.sha256()
     prefix = str(uri).rstrip("/") + "/"
     files = list_prefix(prefix) if is_gcs(uri) or _local(uri).is_dir() else [str(uri)]
+    if not files and is_gcs(uri) and exists(uri):
+        files = [str(uri)]  # a single object, not a prefix
     if not files:
         raise FileNotFoundError(2, "nothing to hash", str(uri))
     for src in files:

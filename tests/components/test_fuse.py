@@ -11,8 +11,9 @@ from unisup.schemas import validate
 
 
 def test_fuse_function(tiny_fusion_inputs, tiny_overrides, tmp_path):
-    lists, report, metrics = (
+    lists, quarantine, report, metrics = (
         dsl.Dataset(uri=str(tmp_path / "lists")),
+        dsl.Dataset(uri=str(tmp_path / "quarantine")),
         dsl.Artifact(uri=str(tmp_path / "report")),
         dsl.Metrics(uri=str(tmp_path / "m")),
     )
@@ -20,6 +21,7 @@ def test_fuse_function(tiny_fusion_inputs, tiny_overrides, tmp_path):
         labels=dsl.Dataset(uri=str(tiny_fusion_inputs["labels"])),
         engagement=dsl.Dataset(uri=str(tiny_fusion_inputs["engagement"])),
         training_lists=lists,
+        quarantine=quarantine,
         report=report,
         metrics=metrics,
         config="local",
@@ -30,11 +32,12 @@ def test_fuse_function(tiny_fusion_inputs, tiny_overrides, tmp_path):
     assert lists.metadata["preset"] == "engagement_only" and lists.metadata["max_teacher"] == 0
     written = json.loads((tmp_path / "report").read_text())
     assert written["rows"] == table.num_rows == lists.metadata["rows"]
-    # the quarantine lies beside the lists and the report counts every input row
-    assert written["quarantine_uri"] == str(tmp_path / "lists.quarantine.parquet")
+    # the quarantine is an output of its own and the report counts every input row
+    assert written["quarantine_uri"] == quarantine.path
     counts = written["inputs"]["engagement"]
     assert counts["rows_in"] == counts["accepted"] + counts["quarantined"]
-    assert read_table(written["quarantine_uri"]).num_rows == counts["quarantined"]
+    assert read_table(quarantine.path).num_rows == counts["quarantined"]
+    assert quarantine.metadata["quarantined_engagement"] == counts["quarantined"]
 
 
 def test_fuse_component_in_kfp_local(tiny_fusion_inputs, tiny_overrides, tmp_path):
