@@ -45,8 +45,8 @@ submit: $(STAMP) ## upload a compiled pipeline and start a run on Kubeflow (KFP_
 	@test -n "$(KFP_HOST)" || { echo "usage: make submit KFP_HOST=https://... [SUBMIT_ARGS='--param shard_count=8']"; exit 2; }
 	$(PY) -m pipelines.submit --host $(KFP_HOST) $(SUBMIT_ARGS)
 
-images: ## build the container images (needs a Docker engine)
-	bash containers/build.sh
+images: $(STAMP) ## build the container images (needs a Docker engine; LOCAL_BASE=1 when no image registry is reachable)
+	PYTHON=$(PY) bash containers/build.sh
 
 clean: ## remove caches, run outputs and the environment
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache

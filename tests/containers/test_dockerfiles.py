@@ -68,10 +68,14 @@ def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_base_images_are_pinned(dockerfile):
-    bases = [args.split()[0] for word, args in instructions(dockerfile) if word == "FROM"]
+def test_base_images_are_build_arguments_whose_defaults_are_pinned_public_images(dockerfile):
+    rows = instructions(dockerfile)
+    defaults = dict(args.split("=", 1) for word, args in rows if word == "ARG" and "=" in args)
+    bases = [args.split()[0] for word, args in rows if word == "FROM"]
     assert bases
     for base in bases:
+        assert re.fullmatch(r"\$\{\w+\}", base), f"{dockerfile.name}: FROM {base} is not a build argument"
+        base = defaults[base[2:-1]]
         name, _, tag = base.rpartition(":")
         assert name and "/" not in tag, f"{dockerfile.name}: base image {base} has no tag"
         assert tag != "latest" and re.search(r"\d", tag), f"{dockerfile.name}: base {base} is not pinned"

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def component_images() -> list[str]:
         ["bash", str(REPO / "containers" / "build.sh")],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHON": shutil.which("python") or "python3"},
+        env={**os.environ, "PYTHON": sys.executable},
     )
     assert build.returncode == 0, f"containers/build.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
     return [COMPONENTS_IMAGE, TRAINER_IMAGE]
