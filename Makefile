@@ -29,8 +29,11 @@ demo: $(STAMP) ## run the main job on the bundled sample (the compiled pipeline 
 reproduce: $(STAMP) ## the same pipeline with the quality profile's bigger budget (at most an hour on 2 cores)
 	$(PY) -m pipelines.demo --config quality --root runs/reproduce
 
-test: $(STAMP) ## run the whole test suite
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: $(STAMP) ## run the test suite (all but the docker-marked tests)
+	$(PY) -m pytest -q -m "not docker" $(PYTEST_ARGS)
+
+test-docker: $(STAMP) ## build the images and run the pipeline in them (needs a Docker engine; LOCAL_BASE=1 offline)
+	$(PY) -m pytest -q -m docker $(PYTEST_ARGS)
 
 compile: $(STAMP) ## compile the pipelines to pipelines/compiled/
 	$(PY) -m pipelines.compile
@@ -52,4 +55,4 @@ clean: ## remove caches, run outputs and the environment
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help venv demo reproduce test compile bench lint submit images clean
+.PHONY: help venv demo reproduce test test-docker compile bench lint submit images clean
