@@ -90,6 +90,12 @@ def test_sql_rules_agree_with_the_schema_rules(tmp_path, catalog_uri):
         _row(119, position=None, impression=False, click=None),
         _row(120, event_id=None, item_id="p99"),
         _row(121, event_id="e5", position=0),
+        _row(122, query="usb\ncable"),
+        _row(123, query="usb\x00cable"),
+        _row(124, query="\u00a0\u3000"),
+        _row(125, price=float("nan")),
+        _row(126, price=-1.0),
+        _row(127, price=float("inf"), conversion=True, click=True),
     ]
     # random mixes of defects on top
     for i in range(200, 400):
@@ -102,6 +108,8 @@ def test_sql_rules_agree_with_the_schema_rules(tmp_path, catalog_uri):
             ("click", True),
             ("conversion", True),
             ("query", " "),
+            ("query", "usb\tcable"),
+            ("price", -2.5),
         ]:
             if rng.random() < 0.12:
                 row[key] = bad
