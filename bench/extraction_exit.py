@@ -6,6 +6,10 @@ are synthetic (``BENCH_EXIT_ROWS`` rows, 300,000 by default, over two days and f
 files), with enough (query, item) pairs that the engagement table takes Arrow some
 threads to read. Each mode (the single pass, and ``--shards 2``) runs ``BENCH_EXIT_RUNS``
 times (100 by default); the figures count the runs by exit status.
+
+Measured with 200 runs per mode on the project machine (2 cores, shared): before the extraction
+stopped reading the engagement table back from Python bytes (``read_table`` to get the empty
+held-out table's columns), 9 of 400 runs aborted (5 single pass, 4 sharded); after, none.
 """
 
 from __future__ import annotations
