@@ -164,8 +164,8 @@ def merge_log_shards(
     in file and row order, and the report."""
     import json
 
-    from unisup.data.tables import read_table, write_table
     from unisup.log_shards import HOLDOUT, TRAINING, merge_extraction, read_plan
+    from unisup.logs import write_empty_like
 
     made = read_plan(plan.path)
     outputs = {
@@ -183,7 +183,7 @@ def merge_log_shards(
     )
     result, held_out = reports[TRAINING], reports.get(HOLDOUT)
     if held_out is None:
-        write_table(read_table(engagement.path).schema.empty_table(), holdout_engagement.path)
+        write_empty_like(engagement.path, holdout_engagement.path)
         held_out = {"window": None, "pairs": 0, "rows_in": 0, "rows_quarantined": 0}
     holdout_engagement.metadata.update(
         {"window": json.dumps(held_out["window"]), **{k: held_out[k] for k in ("pairs", "rows_in", "rows_quarantined")}}

@@ -24,9 +24,11 @@ def simulate_logs(
 
     from unisup.config import load_config, to_dict
     from unisup.data.sample import load_dataset
+    from unisup.simulator import check_settings
     from unisup.simulator import simulate_logs as run_simulate_logs
 
     cfg = load_config(config, overrides)
+    check_settings(cfg.simulator)
     summary = run_simulate_logs(
         load_dataset(cfg.data),
         cfg.simulator,

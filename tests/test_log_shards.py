@@ -4,11 +4,12 @@ any shard count, with duplicates, bots, requests and channels that cross shards.
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from unisup import storage
-from unisup.config import load_config
+from unisup.config import ConfigError, load_config
 from unisup.data.tables import read_table
 from unisup.log_shards import TRAINING, extract_logs_sharded, plan_extraction
 from unisup.logs import extract_logs, extract_logs_with_holdout, partitions
@@ -56,7 +57,7 @@ def test_hard_cases_cross_files(crossing_logs, crossing_catalog, tmp_path):
     assert report["channels"] == ["bm25", "dense"]
 
 
-@pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 6])
 def test_any_shard_count_gives_the_single_process_tables(crossing_logs, crossing_catalog, tmp_path, num_shards):
     cfg = _cfg()
     single = extract_logs(crossing_logs, str(tmp_path / "single.parquet"), cfg, crossing_catalog)
@@ -110,7 +111,7 @@ def test_plan_cuts_each_window_into_contiguous_shards(crossing_logs, crossing_ca
     assert [(f["file_index"], f["shard"]) for f in training["files"]] == [(0, 0), (1, 0), (2, 1)]
     assert [(f["file_index"], f["shard"]) for f in held_out["files"]] == [(3, 0), (4, 0), (5, 1)]
     assert [f["uri"] for f in training["files"] + held_out["files"]] == [u for _, u in partitions(crossing_logs)]
-    with pytest.raises(ValueError, match="num_shards must be >= 1"):
+    with pytest.raises(ConfigError, match="num_shards=0: expected at least 1"):
         plan_extraction(crossing_logs, _cfg(), crossing_catalog, 0)
 
 
@@ -199,3 +200,51 @@ def test_scans_are_read_from_local_or_gcs_locations_only(crossing_logs, crossing
     plan = plan_extraction(crossing_logs, _cfg(), crossing_catalog, 2)
     with pytest.raises(ValueError, match="s3://bucket/scan: shard outputs are read by URI"):
         find_duplicates(plan, ["s3://bucket/scan"], 0, str(tmp_path / "dups"))
+
+
+@pytest.mark.parametrize(("shards", "message"), [("100000", "use at most 6 shards"), ("-2", "expected at least 1")])
+def test_a_shard_count_the_files_cannot_fill_is_a_one_line_error(
+    crossing_logs, crossing_catalog, tmp_path, capsys, shards, message
+):
+    from unisup.cli import main
+
+    out = tmp_path / "out" / "engagement.parquet"
+    args = ["extract-logs", "--logs", crossing_logs, "--out", str(out), "-o", f"data.catalog_uri={crossing_catalog}"]
+    assert main(args + ["--shards", shards]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"unisup: error: num_shards={shards}: ") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_values_that_do_not_convert_give_the_same_tables_over_shards(crossing_logs, crossing_catalog, tmp_path):
+    """Files of other types in some shards only: each shard converts its own files' values."""
+    files = [uri for _, uri in partitions(crossing_logs)]
+    table = pq.read_table(files[1])
+    texts = pa.array(
+        [p if p is None else f"{p}" if i % 5 else "abc" for i, p in enumerate(table["position"].to_pylist())]
+    )
+    pq.write_table(table.set_column(table.schema.get_field_index("position"), "position", texts), files[1])
+    table = pq.read_table(files[4])
+    wide = pa.array([70000 if i % 7 == 0 else p for i, p in enumerate(table["position"].to_pylist())], pa.int64())
+    pq.write_table(table.set_column(table.schema.get_field_index("position"), "position", wide), files[4])
+    cfg = _cfg()
+    single = extract_logs(crossing_logs, str(tmp_path / "single.parquet"), cfg, crossing_catalog)
+    assert single["quarantined_by_reason"]["position is not a whole number from -32768 to 32767"] > 2
+    sharded, _ = extract_logs_sharded(
+        crossing_logs, str(tmp_path / "sharded.parquet"), str(tmp_path / "held.parquet"), cfg, crossing_catalog, 3,
+        str(tmp_path / "work"),
+    )  # fmt: skip
+    _assert_same_report(single, sharded)
+    _assert_same_tables(str(tmp_path / "single.parquet"), str(tmp_path / "sharded.parquet"))
+    _assert_same_tables(str(tmp_path / "single.quarantine.parquet"), str(tmp_path / "sharded.quarantine.parquet"))
+
+
+def test_sharded_extraction_under_paths_with_quotes(crossing_logs, crossing_catalog, tmp_path):
+    work = tmp_path / "it's work"
+    sharded, _ = extract_logs_sharded(
+        crossing_logs, str(work / "o'ut.parquet"), str(work / "h'eld.parquet"), _cfg(), crossing_catalog, 2,
+        str(work / "stages'"),
+    )  # fmt: skip
+    single = extract_logs(crossing_logs, str(tmp_path / "single.parquet"), _cfg(), crossing_catalog)
+    _assert_same_report(single, sharded)
+    _assert_same_tables(str(tmp_path / "single.parquet"), str(work / "o'ut.parquet"))

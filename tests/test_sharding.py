@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from unisup import storage
+from unisup.config import ConfigError
 from unisup.data.tables import read_table, write_table
+from unisup.errors import InputError
 from unisup.sharding import (
     copy_shard,
     merge_outputs,
@@ -101,3 +103,21 @@ def test_merge_outputs_concatenates_tables_and_sums_reports(tmp_path):
     assert json.loads((tmp_path / "merged" / "report.json").read_text()) == report
     assert merge_reports([{"stages": ["a"]}, {"stages": ["b"]}]) == {"stages": [["a"], ["b"]]}
     assert merge_reports([{"grades": [1, 2]}, {"grades": [3, 0]}]) == {"grades": [4, 2]}
+
+
+@pytest.mark.parametrize(("num_shards", "message"), [(0, "expected at least 1"), (501, "more than the 500 rows")])
+def test_a_shard_count_the_rows_cannot_fill_is_refused_before_writing(tmp_path, num_shards, message):
+    source = tmp_path / "pairs.parquet"
+    pq.write_table(pairs_table(), source)
+    with pytest.raises(ConfigError, match=f"num_shards={num_shards}: {message}"):
+        split_table(str(source), "query", num_shards, str(tmp_path / "split"))
+    assert not (tmp_path / "split").exists()
+
+
+def test_nothing_to_merge_and_no_key_column_are_input_errors(tmp_path):
+    source = tmp_path / "pairs.parquet"
+    pq.write_table(pairs_table(), source)
+    with pytest.raises(InputError, match="no column 'user' to shard by"):
+        split_table(str(source), "user", 2, str(tmp_path / "split"))
+    with pytest.raises(InputError, match="no shard output to merge"):
+        merge_outputs([], str(tmp_path / "merged"), tables=["labels.parquet"])

@@ -130,3 +130,33 @@ def test_budgets_run_out_with_small_budgets(tiny_overrides, tmp_path):
     assert tight["campaigns_exhausted"] > loose["campaigns_exhausted"]
     assert tight["impressions"] < loose["impressions"]
     assert set(MALFORMED) == set(tight["malformed"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("simulator.num_requests=-5", "simulator.num_requests=-5"),
+        ("simulator.num_days=-2", "simulator.num_days=-2"),
+        ("simulator.num_slots=0", "simulator.num_slots=0"),
+        ("simulator.items_per_campaign=0", "simulator.items_per_campaign=0"),
+        ("simulator.bot_share=1.5", "simulator.bot_share=1.5"),
+        ("simulator.seed=-1", "simulator.seed=-1"),
+        ("simulator.click_weights={relevance: .nan}", "simulator.click_weights.relevance=nan"),
+        ("simulator.start_date='2024-02-30'", "simulator.start_date='2024-02-30'"),
+    ],
+)
+def test_bad_sizes_are_one_line_errors_and_nothing_is_written(tiny_overrides, tmp_path, capsys, override, key):
+    from unisup.cli import main
+
+    args = ["data", "simulate-logs", "--out", str(tmp_path / "logs")]
+    for item in tiny_overrides + SMALL + [override]:
+        args += ["-o", item]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"unisup: error: {key}: expected") and "\n" not in err
+    assert not (tmp_path / "logs").exists()  # no _simulation.json, no partition
+
+
+def test_a_day_without_bot_requests(tiny_overrides, tmp_path):
+    _, summary = _run(tiny_overrides, tmp_path, ["simulator.bot_share=0"])
+    assert summary["bot_requests"] == 0 and summary["requests"] == 600

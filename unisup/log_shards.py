@@ -43,8 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unisup import logs, storage
-from unisup.config import ExtractionConfig, from_dict, to_dict
-from unisup.data.tables import read_table, write_table
+from unisup.config import ConfigError, ExtractionConfig, from_dict, to_dict
+from unisup.errors import ArtifactMismatch, InputError
 from unisup.schemas import RAW_LOGS, DataValidationError
 
 TRAINING, HOLDOUT = "training", "holdout"
@@ -61,9 +61,11 @@ def plan_extraction(
 ) -> dict:
     """The files of the training window and (with ``cfg.holdout_days``) of the held-out window,
     each with its global ``file_index`` (the order of the rows) and its shard: a window's files
-    are cut into ``num_shards`` contiguous runs (a window with fewer files leaves shards idle)."""
+    are cut into ``num_shards`` contiguous runs (a window with fewer files leaves shards idle).
+    A shard reads whole files, so ``num_shards`` is from 1 to the files of the largest window."""
+    logs.check_settings(cfg)
     if num_shards < 1:
-        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        raise ConfigError(f"num_shards={num_shards}: expected at least 1")
     found = logs.partitions(logs_uri)
     training, held_out = logs.holdout_windows(logs_uri, cfg, start_date, end_date, found)
     windows = []
@@ -79,6 +81,12 @@ def plan_extraction(
             for position, (index, uri) in enumerate(chosen)
         ]
         windows.append({"name": name, "window": [first, last], "files": files})
+    most = max(len(w["files"]) for w in windows)
+    if num_shards > most:
+        raise ConfigError(
+            f"num_shards={num_shards}: a shard reads whole files and the largest window has {most} log file(s); "
+            f"use at most {most} shards"
+        )
     return {
         "logs_uri": logs_uri,
         "catalog_uri": catalog_uri,
@@ -97,7 +105,9 @@ def read_plan(uri: str) -> dict:
 
 
 def _config(plan: dict) -> ExtractionConfig:
-    return from_dict(ExtractionConfig, plan["config"])
+    cfg = from_dict(ExtractionConfig, plan["config"])
+    logs.check_settings(cfg)
+    return cfg
 
 
 def _shard_windows(plan: dict, shard: int):
@@ -117,7 +127,7 @@ def _by_shard(plan: dict, folders: list[str]) -> dict[int, tuple[str, dict]]:
     for folder in folders:
         record = _read_stage(folder)
         if record["plan"] != plan_digest(plan):
-            raise ValueError(f"{folder}: stage output of another extraction plan")
+            raise ArtifactMismatch(f"{folder}: stage output of another extraction plan")
         found[record["shard"]] = (folder, record)
     return found
 
@@ -174,12 +184,12 @@ class _OpenShard:
     def load(self, name: str, uri: str) -> None:
         """A temporary table ``name`` from a Parquet file (local or gs://)."""
         with local_parts([uri], self.tmp) as (path,):
-            self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM read_parquet('{path}')")
+            self.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM read_parquet($path)", {"path": path})
 
     def copy(self, sql: str, uri: str) -> None:
         """Write the rows of ``sql`` as Parquet to ``uri``."""
-        path = Path(self.tmp) / "out.parquet"
-        self.con.execute(f"COPY ({sql}) TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+        path = str(Path(self.tmp) / "out.parquet")
+        self.con.execute(f"COPY ({sql}) TO $path (FORMAT PARQUET, COMPRESSION ZSTD)", {"path": path})
         storage.upload_file(path, uri)
 
 
@@ -189,13 +199,10 @@ def _open_shard(files: list[dict], cfg: ExtractionConfig, channels: list[str] | 
     ``rank_<channel>`` column for each of the window's ``channels`` (NULL where its files lack it)."""
     uris = [f["uri"] for f in files]
     with tempfile.TemporaryDirectory(prefix="unisup-shard-") as tmp, logs.staged(uris) as local:
-        own, _ = logs.file_columns(local, uris)
-        con = logs.connect(cfg, tmp)
-        try:
-            rows_in = logs.open_source(con, local, uris, [f["file_index"] for f in files], own, channels or [])
-            yield _OpenShard(con, tmp, rows_in, own)
-        finally:
-            con.close()
+        found = logs.read_log_files(local, uris, [f["file_index"] for f in files])
+        with logs.connection(cfg, tmp, found) as con:
+            rows_in = logs.open_source(con, found, channels or [])
+            yield _OpenShard(con, tmp, rows_in, {name for file in found for name in file.schema.names})
 
 
 def _write_buckets(part: _OpenShard, sql: str, key: str, prefix: str, out_uri: str, buckets: int) -> dict:
@@ -205,8 +212,9 @@ def _write_buckets(part: _OpenShard, sql: str, key: str, prefix: str, out_uri: s
     run one image."""
     folder = Path(part.tmp) / prefix
     part.con.execute(
-        f"COPY (SELECT *, hash({key}) % {buckets} AS bucket FROM ({sql})) "
-        f"TO '{folder}' (FORMAT PARQUET, COMPRESSION SNAPPY, PARTITION_BY (bucket))"
+        f"COPY (SELECT *, hash({key}) % $buckets::UBIGINT AS bucket FROM ({sql})) "
+        "TO $folder (FORMAT PARQUET, COMPRESSION SNAPPY, PARTITION_BY (bucket))",
+        {"buckets": buckets, "folder": str(folder)},
     )
     written: dict[int, list[str]] = {}
     for path in sorted(folder.glob("bucket=*/*.parquet")):
@@ -223,7 +231,7 @@ def _bucket_records(plan: dict, folders: list[str], bucket: int) -> dict[int, tu
         raise IndexError(f"bucket {bucket} out of range 0..{plan['num_shards'] - 1}")
     for uri in folders:
         if "://" in uri and not storage.is_gcs(uri):
-            raise ValueError(f"{uri}: shard outputs are read by URI, local or gs:// (put the pipeline root on GCS)")
+            raise InputError(f"{uri}: shard outputs are read by URI, local or gs:// (put the pipeline root on GCS)")
     return _by_shard(plan, folders)
 
 
@@ -280,8 +288,7 @@ def find_duplicates(plan: dict, scans: list[str], bucket: int, out_uri: str) -> 
     the columns and channels of all the window's files."""
     started, cfg, windows = time.perf_counter(), _config(plan), {}
     records = _bucket_records(plan, scans, bucket)
-    with tempfile.TemporaryDirectory(prefix="unisup-dups-") as tmp:
-        con = logs.connect(cfg, tmp)
+    with tempfile.TemporaryDirectory(prefix="unisup-dups-") as tmp, logs.connection(cfg, tmp) as con:
         for window in plan["windows"]:
             name = window["name"]
             parts = _bucket_parts(plan, records, name, bucket)
@@ -289,12 +296,13 @@ def find_duplicates(plan: dict, scans: list[str], bucket: int, out_uri: str) -> 
             channels = sorted(c[len("rank_") :] for c in RAW_LOGS.dynamic_names(present))
             path = f"{tmp}/{name}-duplicates.parquet"
             with local_parts(parts, tmp) as local:
-                keys = f"read_parquet({logs.parquet_list(local)})" if local else _NO_EVENTS
-                con.execute(f"COPY ({logs.duplicates_sql(keys)}) TO '{path}' (FORMAT PARQUET, COMPRESSION ZSTD)")
+                keys = _parts_view(con, f"{name}_events", local, _NO_EVENTS)
+                con.execute(
+                    f"COPY ({logs.duplicates_sql(keys)}) TO $path (FORMAT PARQUET, COMPRESSION ZSTD)", {"path": path}
+                )
             storage.upload_file(path, storage.join(out_uri, name, "duplicates.parquet"))
-            duplicated = con.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchall()[0][0]
+            duplicated = con.execute("SELECT count(*) FROM read_parquet($path)", {"path": path}).fetchall()[0][0]
             windows[name] = {"columns": present, "channels": channels, "duplicated_event_ids": int(duplicated)}
-        con.close()
     return _write_stage(out_uri, plan, "duplicates", bucket, time.perf_counter() - started, windows)
 
 
@@ -319,7 +327,7 @@ def validate_shard(plan: dict, shard: int, duplicates_uri: str, out_uri: str) ->
     for window, files in _shard_windows(plan, shard):
         name = window["name"]
         with _open_shard(files, cfg, found[name]["channels"]) as part:
-            logs.load_known(part.con, known)
+            logs.load_known(part.con, known, part.tmp)
             part.load("dups", storage.join(duplicates_uri, name, "duplicates.parquet"))
             local_quarantine = f"{part.tmp}/quarantine.parquet"
             by_reason = logs.quarantine(
@@ -350,13 +358,14 @@ def find_bots(plan: dict, validations: list[str], bucket: int, out_uri: str) -> 
     with tempfile.TemporaryDirectory(prefix="unisup-bots-") as tmp:
         for window in plan["windows"]:
             name = window["name"]
-            con = logs.connect(cfg, tmp)
-            with local_parts(_bucket_parts(plan, records, name, bucket), tmp) as local:
-                requests = f"read_parquet({logs.parquet_list(local)})" if local else _NO_REQUESTS
-                windows[name] = logs.find_bots(con, cfg, logs.per_request_sql(f"SELECT * FROM {requests}"))
             path = f"{tmp}/{name}-bots.parquet"
-            con.execute(f"COPY bots TO '{path}' (FORMAT PARQUET)")
-            con.close()
+            with (
+                logs.connection(cfg, tmp) as con,
+                local_parts(_bucket_parts(plan, records, name, bucket), tmp) as local,
+            ):
+                requests = _parts_view(con, "requests", local, _NO_REQUESTS)
+                windows[name] = logs.find_bots(con, cfg, logs.per_request_sql(f"SELECT * FROM {requests}"))
+                con.execute("COPY bots TO $path (FORMAT PARQUET)", {"path": path})
             storage.upload_file(path, storage.join(out_uri, name, "bots.parquet"))
     return _write_stage(out_uri, plan, "bots", bucket, time.perf_counter() - started, windows)
 
@@ -382,7 +391,7 @@ def aggregate_shard(plan: dict, shard: int, duplicates_uri: str, bots_uri: str, 
         name = window["name"]
         channels = found[name]["channels"]
         with _open_shard(files, cfg, channels) as part:
-            logs.load_known(part.con, known)
+            logs.load_known(part.con, known, part.tmp)
             part.load("dups", storage.join(duplicates_uri, name, "duplicates.parquet"))
             part.load("bots", storage.join(bots_uri, name, "bots.parquet"))
             logs.quarantine(part.con, tuple(window["window"]), cfg, channels, None)
@@ -425,13 +434,12 @@ def merge_extraction(
                 for reason, count in v["quarantined_by_reason"].items():
                     by_reason[reason] = by_reason.get(reason, 0) + count
             by_reason = dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
-            con = logs.connect(cfg, tmp)
-            with local_parts(_parts(plan, aggregations, name, "slots.parquet"), tmp) as parts:
-                relation = f"read_parquet({logs.parquet_list(parts)})"
-                con.execute(f"CREATE TEMP TABLE qip AS {logs.merged_slot_stats_sql(relation, channels)}")
             local_engagement = f"{tmp}/{name}-engagement.parquet"
-            totals = logs.write_engagement(con, cfg, channels, local_engagement)
-            con.close()
+            with logs.connection(cfg, tmp) as con:
+                with local_parts(_parts(plan, aggregations, name, "slots.parquet"), tmp) as parts:
+                    con.read_parquet(parts, hive_partitioning=False).to_view("slot_parts")
+                    con.execute(f"CREATE TEMP TABLE qip AS {logs.merged_slot_stats_sql('slot_parts', channels)}")
+                totals = logs.write_engagement(con, cfg, channels, local_engagement)
             window_bots = bots["windows"][name]
             logs.check_accounting(plan["logs_uri"], rows_in, by_reason, window_bots, totals)
             logs.check_engagement_schema(local_engagement, channels, out_uri)
@@ -461,9 +469,18 @@ def merge_extraction(
                 "duplicated_event_ids": found["windows"][name]["duplicated_event_ids"],
                 "stage_seconds": timings,
             }
-            storage.write_text(report_uri, json.dumps(report, indent=1))
+            logs.write_report(report, report_uri)
             reports[name] = report
     return reports
+
+
+def _parts_view(con, name: str, paths: list[str], empty: str) -> str:
+    """The view ``name`` over the Parquet files at ``paths`` (handed to DuckDB as values), or
+    the ``empty`` relation when there are none."""
+    if not paths:
+        return empty
+    con.read_parquet(paths, hive_partitioning=False).to_view(name)
+    return name
 
 
 @contextmanager
@@ -539,5 +556,5 @@ def extract_logs_sharded(
     outputs = {TRAINING: (out_uri, quarantine_uri, report_uri), HOLDOUT: (holdout_uri, None, None)}
     reports = merge_extraction(plan, duplicates, bots, validations, aggregations, outputs, scans)
     if HOLDOUT not in reports:
-        write_table(read_table(out_uri).schema.empty_table(), holdout_uri)
+        logs.write_empty_like(out_uri, holdout_uri)
     return reports[TRAINING], reports.get(HOLDOUT)

@@ -19,83 +19,167 @@ Python), and:
    and conversion rate, the best rank in each channel and the number of channels.
 
 Rows in = rows accepted + rows quarantined is checked (and accepted = used + bot
-filtered); the report says so with counts by reason.
+filtered); the report (strict JSON: never NaN or Infinity) says so with counts by reason.
+
+No input becomes SQL text: paths, the window and the settings reach DuckDB as bound
+parameters or connection options, and the settings are checked before any work
+(:func:`check_settings`: a :class:`~unisup.config.ConfigError` naming the key). The files:
+
+* one that is not readable Parquet (empty, truncated, a text column that is not UTF-8),
+  lacks a required column, or holds a column of a type the schema's cannot be read from
+  (integer epochs as ``timestamp``: seconds or milliseconds?) is a
+  :class:`~unisup.schemas.DataValidationError` naming the file and the column;
+* each file's values are converted from its own types; a value that does not convert
+  (position 70000 or "abc" for an int16, an unparsable timestamp text, bytes that are not
+  UTF-8 in a binary column) quarantines its row, e.g. "position is not a whole number
+  from -32768 to 32767"; the quarantine holds that value as null, and ``source_file`` and
+  ``source_row`` locate it;
+* queries are not normalised: a query holding a control character (NUL, escape, newline,
+  tab, ...) or a line break is quarantined, as is a row whose price is negative, NaN or
+  infinite.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import io
 import json
+import math
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unisup import storage
-from unisup.config import ExtractionConfig, to_dict
-from unisup.schemas import CATALOG, ENGAGEMENT, QUARANTINE_REASON, RAW_LOGS, SOURCE_ROW, DataValidationError, validate
+from unisup.config import ConfigError, ExtractionConfig, to_dict
+from unisup.schemas import (
+    CATALOG,
+    ENGAGEMENT,
+    QUARANTINE_REASON,
+    QUERY_UNPRINTABLE,
+    RAW_LOGS,
+    SOURCE_ROW,
+    DataValidationError,
+    validate,
+)
 
 SOURCE_FILE = "source_file"
-_DATE_PART = re.compile(r"(?:^|/)date=(\d{4}-\d{2}-\d{2})/")
-_WHITESPACE = "' \t\n\r\x0b\x0c'"
+TYPE_ERROR = "type_error"  # in ``src``: why a value of the row does not convert to the schema's type, else NULL
+_DATE_PART = re.compile(r"(?:^|/)date=([^/]*)/")
+_CHANNEL = re.compile(r"[a-z][a-z0-9_]*")
+_READER_COLUMNS = ("filename", "file_row_number")  # DuckDB's reader adds them: a file may not hold them
+_WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())  # pyarrow's utf8_trim_whitespace set
+_MEMORY = re.compile(r"\s*(\d+(\.\d+)?)\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*", re.IGNORECASE)
 
 
-def _missing_sql(column: str) -> str:
-    # only a value that starts with whitespace can be all whitespace: trim just those
-    return f"({column} IS NULL OR {column} = '' OR (ascii({column}) IN (9, 10, 11, 12, 13, 32) AND trim({column}, {_WHITESPACE}) = ''))"
+# ---------------------------------------------------------------- settings
 
 
-def quarantine_reason_sql(max_position: int, window_start: str, window_end: str) -> str:
-    """A SQL CASE giving, for a row of the ``src`` relation joined to ``known`` (catalog
-    ids) and ``dups`` (the ``row_key`` of the first occurrence of each duplicated event id),
-    the reason of the first ``raw_logs`` row rule it breaks, or NULL. Window bounds are UTC
-    timestamps (start inclusive, end exclusive)."""
-    rules = {rule.name: rule.reason for rule in RAW_LOGS.rules}
-    cases = [
-        ("event_id_present", _missing_sql("src.event_id")),
-        ("request_id_present", _missing_sql("src.request_id")),
-        ("query_present", _missing_sql("src.query")),
-        ("item_id_present", _missing_sql("src.item_id")),
-        ("timestamp_present", "src.timestamp IS NULL"),
-        (
-            "position_possible",
-            f"coalesce(src.position < 1 OR src.position > {int(max_position)}, false)"
-            " OR ((src.position IS NULL) <> (NOT coalesce(src.impression, false)))",
-        ),
-        ("click_needs_impression", "coalesce(src.click AND NOT coalesce(src.impression, false), false)"),
-        ("conversion_needs_click", "coalesce(src.conversion AND NOT coalesce(src.click, false), false)"),
-        ("item_known", "known.product_id IS NULL"),
-        ("event_id_unique", "dups.first_key IS NOT NULL AND src.row_key <> dups.first_key"),
-        (
-            "timestamp_in_window",
-            f"src.timestamp < TIMESTAMPTZ '{window_start}+00' OR src.timestamp >= TIMESTAMPTZ '{window_end}+00'",
-        ),
-    ]
-    if [name for name, _ in cases] != [rule.name for rule in RAW_LOGS.rules]:
-        raise AssertionError("the SQL row rules are out of step with unisup.schemas.RAW_LOGS")
-    whens = "\n".join(f"  WHEN {condition} THEN '{rules[name]}'" for name, condition in cases)
-    return f"CASE\n{whens}\n  ELSE NULL END"
+def _at_least(low: float):
+    return lambda v: math.isfinite(v) and v >= low, f"a number of at least {low}"
+
+
+def _between(low: float, high: float):
+    return lambda v: math.isfinite(v) and low <= v <= high, f"a number from {low} to {high}"
+
+
+_SETTINGS = {
+    "duckdb_threads": _at_least(1),
+    "max_position": _between(1, 32767),
+    "holdout_days": _at_least(0),
+    "bot_max_requests_per_day": _at_least(0),
+    "bot_max_ctr": _at_least(0),
+    "bot_min_impressions": _at_least(0),
+    "min_propensity": (lambda v: math.isfinite(v) and 0 < v <= 1, "a number above 0 and at most 1"),
+    "min_harvest_pairs": _at_least(0),
+    "ctr_prior_mean": _between(0, 1),
+    "cvr_prior_mean": _between(0, 1),
+    "ctr_prior_strength": (lambda v: math.isfinite(v) and v > 0, "a number above 0"),
+    "cvr_prior_strength": (lambda v: math.isfinite(v) and v > 0, "a number above 0"),
+}
+
+
+def check_settings(cfg: ExtractionConfig) -> None:
+    """Every extraction setting usable, or a ConfigError naming the first bad key."""
+    for key, (valid, expected) in _SETTINGS.items():
+        value = getattr(cfg, key)
+        if not valid(value):
+            raise ConfigError(f"extraction.{key}={value!r}: expected {expected}")
+    for index, value in enumerate(cfg.propensities):
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise ConfigError(f"extraction.propensities[{index}]={value!r}: expected a number above 0 and at most 1")
+    size = _MEMORY.fullmatch(cfg.duckdb_memory_limit)
+    if not size or float(size.group(1)) <= 0:
+        raise ConfigError(
+            f"extraction.duckdb_memory_limit={cfg.duckdb_memory_limit!r}: expected a size such as 256MB or 2GiB "
+            "(a number above 0 and one of KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        )
+    try:
+        re.compile(cfg.bot_user_agent_pattern)
+    except re.error as err:
+        raise ConfigError(
+            f"extraction.bot_user_agent_pattern={cfg.bot_user_agent_pattern!r}: not a regular expression ({err})"
+        ) from None
+    _given_window(cfg, None, None)
+
+
+def _day(value: str, key: str) -> str:
+    """``value`` as YYYY-MM-DD, or a ConfigError naming ``key``."""
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ConfigError(f"{key}={value!r}: not a date YYYY-MM-DD") from None
+
+
+def _given_window(cfg: ExtractionConfig, start_date: str | None, end_date: str | None) -> tuple[str | None, str | None]:
+    """The window's first and last days where given (``start_date``/``end_date``, else the config's), checked."""
+    days = []
+    for argument, name in ((start_date, "start_date"), (end_date, "end_date")):
+        value, key = (argument, name) if argument else (getattr(cfg, name), f"extraction.{name}")
+        days.append(_day(value, key) if value else None)
+    first, last = days
+    if first and last and last < first:
+        raise ConfigError(f"the window ends ({last}) before it starts ({first}): check its start_date and end_date")
+    return first, last
+
+
+def _window(dates: list[str], given: tuple[str | None, str | None]) -> tuple[str, str]:
+    """The window: the given days, else the first and last partitions."""
+    first, last = given[0] or dates[0], given[1] or dates[-1]
+    if last < first:
+        raise ConfigError(
+            f"the window ends ({last}) before it starts ({first}): the logs have partitions {dates[0]} .. {dates[-1]}"
+        )
+    return first, last
+
+
+# ---------------------------------------------------------------- the files
 
 
 def partitions(logs_uri: str) -> list[tuple[str, str]]:
     """(date, uri) of every Parquet file under ``logs_uri``, sorted; each must sit in a
     ``date=YYYY-MM-DD`` folder."""
-    files = [u for u in storage.list_prefix(logs_uri) if u.endswith(".parquet")]
+    root = str(logs_uri).rstrip("/")
     out = []
-    for uri in files:
-        match = _DATE_PART.search(
-            uri[len(str(logs_uri).rstrip("/")) :] if uri.startswith(str(logs_uri).rstrip("/")) else uri
-        )
+    for uri in storage.list_prefix(logs_uri):
+        if not uri.endswith(".parquet"):
+            continue
+        match = _DATE_PART.search(uri[len(root) :] if uri.startswith(root) else uri)
         if not match:
             raise DataValidationError("raw_logs", uri, "log file is not inside a date=YYYY-MM-DD partition folder")
-        out.append((match.group(1), uri))
+        try:
+            date = dt.date.fromisoformat(match.group(1))
+        except ValueError:
+            raise DataValidationError(
+                "raw_logs", uri, f"partition folder date={match.group(1)} is not a date"
+            ) from None
+        out.append((date.isoformat(), uri))
     return sorted(out)
 
 
@@ -106,11 +190,7 @@ def staged(uris: list[str]) -> Iterator[list[str]]:
         yield uris
         return
     with tempfile.TemporaryDirectory(prefix="unisup-logs-") as tmp:
-        local = []
-        for index, uri in enumerate(uris):
-            name = "/".join(uri.rstrip("/").split("/")[-2:])
-            local.append(str(storage.download_file(uri, Path(tmp) / f"{index:06d}" / name)))
-        yield local
+        yield [str(storage.download_file(uri, Path(tmp) / f"{index:06d}.parquet")) for index, uri in enumerate(uris)]
 
 
 def known_items(catalog_uri: str) -> pa.Table:
@@ -119,60 +199,214 @@ def known_items(catalog_uri: str) -> pa.Table:
     from unisup.data.sample import load_catalog
 
     if str(catalog_uri).endswith(".parquet"):
-        with contextlib.suppress(pa.ArrowInvalid):  # not readable: load_catalog says why
-            file = pq.ParquetFile(io.BytesIO(storage.read_bytes(catalog_uri)))
-            needed = {c.name for c in CATALOG.columns if c.required} | {r.column for r in CATALOG.rules}
-            table = file.read(columns=[name for name in file.schema_arrow.names if name in needed])
+        with storage.local_copy(catalog_uri) as path, contextlib.suppress(pa.ArrowInvalid):  # load_catalog says why
+            with pq.ParquetFile(path) as file:
+                needed = {c.name for c in CATALOG.columns if c.required} | {r.column for r in CATALOG.rules}
+                table = file.read(columns=[name for name in file.schema_arrow.names if name in needed])
             return validate(table, "catalog", catalog_uri).accepted.select(["product_id"])
     return load_catalog(catalog_uri).accepted.select(["product_id"])
 
 
-def file_columns(files: list[str], sources: list[str]) -> tuple[set[str], list[str]]:
-    """Columns present in any file and the channel names; a missing required column is an error."""
-    present: set[str] = set()
-    required = [c.name for c in RAW_LOGS.columns if c.required]
-    for path, source in zip(files, sources, strict=False):
-        names = pq.read_schema(path).names
-        for column in required:
-            if column not in names:
-                raise DataValidationError(
-                    "raw_logs", source, f"required column is missing (found: {', '.join(names)})", column=column
-                )
-        present.update(names)
-    channels = sorted(name[len("rank_") :] for name in RAW_LOGS.dynamic_names(present))
-    return present, channels
+@dataclass(frozen=True)
+class LogFile:
+    """One raw-log file: its local path, the uri it came from, its place in the rows' order,
+    its Arrow schema and its rows."""
+
+    path: str
+    source: str
+    index: int
+    schema: pa.Schema
+    rows: int
 
 
-def _source_select(present: set[str], channels: list[str]) -> str:
-    """The raw-log columns cast to the schema's types (NULL where no file has them) and one
-    ``rank_<channel>`` per channel."""
-    casts = []
-    for column in RAW_LOGS.columns:
-        sql_type = {
-            "string": "VARCHAR",
-            "int16": "SMALLINT",
-            "bool": "BOOLEAN",
-            "double": "DOUBLE",
-        }.get(str(column.type), "TIMESTAMPTZ")
-        value = f"CAST(r.{column.name} AS {sql_type})" if column.name in present else f"CAST(NULL AS {sql_type})"
-        casts.append(f"{value} AS {column.name}")
-    for channel in channels:
-        value = f"r.rank_{channel}" if f"rank_{channel}" in present else "NULL"
-        casts.append(f"CAST({value} AS INTEGER) AS rank_{channel}")
-    return ",\n  ".join(casts)
-
-
-def _window(dates: list[str], cfg: ExtractionConfig, start: str | None, end: str | None) -> tuple[str, str]:
-    first = start or cfg.start_date or dates[0]
-    last = end or cfg.end_date or dates[-1]
-    for value in (first, last):
+def read_log_files(paths: list[str], sources: list[str], indexes: Iterable[int]) -> list[LogFile]:
+    """The footers of the log files, each checked by :func:`check_columns`; a file that is
+    not readable Parquet is an error naming it."""
+    files = []
+    for path, source, index in zip(paths, sources, indexes, strict=True):
         try:
-            dt.date.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"window date {value!r} is not YYYY-MM-DD") from None
-    if last < first:
-        raise ValueError(f"window ends ({last}) before it starts ({first})")
-    return first, last
+            with pq.ParquetFile(path) as file:
+                schema, rows = file.schema_arrow, file.metadata.num_rows
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataValidationError("raw_logs", source, f"not a readable Parquet file ({err})") from None
+        check_columns(schema, source)
+        files.append(LogFile(path, source, index, schema, rows))
+    return files
+
+
+def channels_of(files: Iterable[LogFile]) -> list[str]:
+    """The channel names of the files' ``rank_<channel>`` columns, sorted."""
+    names = {name for file in files for name in file.schema.names}
+    return sorted(name[len("rank_") :] for name in RAW_LOGS.dynamic_names(names))
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A schema type as DuckDB holds it, what its values are (for quarantine reasons), and
+    the kinds of file types its values are read from (a column of nulls is read as any)."""
+
+    sql: str
+    noun: str
+    kinds: frozenset[str]
+
+
+_TARGETS = {
+    pa.string(): _Target("VARCHAR", "valid UTF-8 text", frozenset({"string", "binary", "integer"})),
+    pa.int16(): _Target("SMALLINT", "a whole number from -32768 to 32767", frozenset({"integer", "float", "string"})),
+    pa.int32(): _Target(
+        "INTEGER", "a whole number from -2147483648 to 2147483647", frozenset({"integer", "float", "string"})
+    ),
+    pa.bool_(): _Target("BOOLEAN", "true or false", frozenset({"bool", "integer", "string"})),
+    pa.float64(): _Target("DOUBLE", "a number", frozenset({"float", "integer", "string"})),
+    pa.timestamp("us", tz="UTC"): _Target("TIMESTAMPTZ", "a timestamp", frozenset({"timestamp", "string"})),
+}
+
+
+def _kind(dtype: pa.DataType) -> str | None:
+    """The kind of a file's column type (a dictionary's by its values), None for others (lists, structs ...)."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    kinds = (
+        ("null", pa.types.is_null),
+        ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)),
+        ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)),
+        ("integer", pa.types.is_integer),
+        ("float", lambda t: pa.types.is_floating(t) or pa.types.is_decimal(t)),
+        ("bool", pa.types.is_boolean),
+        ("timestamp", lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t)),
+    )
+    return next((kind for kind, test in kinds if test(dtype)), None)
+
+
+def _schema_types(names: Iterable[str]) -> dict[str, pa.DataType]:
+    """The schema type of every raw-log column among ``names`` (its ``rank_<channel>`` included)."""
+    types = {c.name: c.type for c in RAW_LOGS.columns}
+    types |= {name: RAW_LOGS.dynamic_columns["rank_"] for name in RAW_LOGS.dynamic_names(names)}
+    return {name: types[name] for name in names if name in types}
+
+
+def check_columns(schema: pa.Schema, source: str) -> None:
+    """A log file's columns: names unique (letter case aside) and none that DuckDB's reader
+    adds, every required column, channel names of lowercase letters, digits and _, and types
+    the schema's can be read from; else an error naming the file and the column."""
+    folded = [name.lower() for name in schema.names]
+    for name in schema.names:
+        if folded.count(name.lower()) > 1:
+            raise DataValidationError("raw_logs", source, "two columns have this name, letter case aside", column=name)
+        if name in _READER_COLUMNS:
+            raise DataValidationError("raw_logs", source, "a name the Parquet reader reserves; rename it", column=name)
+    for column in RAW_LOGS.columns:
+        if column.required and column.name not in schema.names:
+            raise DataValidationError(
+                "raw_logs", source, f"required column is missing (found: {', '.join(schema.names)})", column=column.name
+            )
+    for name, dtype in _schema_types(schema.names).items():
+        if name.startswith("rank_") and not _CHANNEL.fullmatch(name[len("rank_") :]):
+            raise DataValidationError(
+                "raw_logs", source, "a channel's name holds only lowercase letters, digits and _", column=name
+            )
+        found = schema.field(name).type
+        readable = _TARGETS[dtype].kinds | {"null"}
+        if _kind(found) not in readable:
+            raise DataValidationError(
+                "raw_logs",
+                source,
+                f"values of type {found} cannot be read as {dtype} (readable: {', '.join(sorted(readable))})",
+                column=name,
+            )
+
+
+def _converted(name: str, found: pa.DataType, dtype: pa.DataType) -> tuple[str, str | None]:
+    """SQL of the file's column ``name`` (of type ``found``) as the schema's ``dtype``, and of
+    its value before the conversion where a value may not convert (else None): a row whose
+    value is null after it and not before does not convert."""
+    target, kind, raw = _TARGETS[dtype], _kind(found), f'r."{name}"'
+    if kind == "null":
+        return f"CAST(NULL AS {target.sql})", None
+    if found == dtype:
+        return raw, None
+    if kind == "binary":
+        return f"TRY(decode({raw}))", raw
+    if kind == "string" and target.sql != "VARCHAR":
+        raw = f"nullif(trim({raw}), '')"  # blank text is a missing value
+    if target.sql in ("SMALLINT", "INTEGER") and kind != "integer":
+        number = f"TRY_CAST({raw} AS DOUBLE)" if kind == "string" else raw
+        return f"TRY_CAST(CASE WHEN {number} = trunc({number}) THEN {raw} END AS {target.sql})", raw  # no rounding
+    if target.sql == "BOOLEAN" and kind == "integer":
+        return f"CASE WHEN {raw} IN (0, 1) THEN {raw} = 1 END", raw
+    if (kind == "string" and target.sql != "VARCHAR") or target.sql in ("SMALLINT", "INTEGER"):
+        return f"TRY_CAST({raw} AS {target.sql})", raw
+    return f"CAST({raw} AS {target.sql})", None
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _source_select(view: str, schema: pa.Schema, channels: list[str]) -> str:
+    """The rows of one group of files sharing ``schema`` (the relation ``view``): every raw-log
+    column in the schema's type (NULL where the files lack it), one ``rank_<channel>`` per
+    channel, why a value does not convert (``type_error``), and where the row comes from."""
+    names = [c.name for c in RAW_LOGS.columns] + [f"rank_{c}" for c in channels]
+    values, failures = [], []
+    for name, dtype in _schema_types(names).items():
+        if name in schema.names:
+            value, before = _converted(name, schema.field(name).type, dtype)
+        else:
+            value, before = f"CAST(NULL AS {_TARGETS[dtype].sql})", None
+        values.append(f"{value} AS {name}")
+        if before is not None:
+            reason = _literal(f"{name} is not {_TARGETS[dtype].noun}")
+            failures.append(f"WHEN {before} IS NOT NULL AND {value} IS NULL THEN {reason}")
+    type_error = f"CASE {' '.join(failures)} END" if failures else "CAST(NULL AS VARCHAR)"
+    return (
+        f"SELECT {', '.join(values)}, {type_error} AS {TYPE_ERROR}, files.file_index,"
+        f" r.file_row_number AS {SOURCE_ROW}, (files.file_index << 32) | r.file_row_number AS {ROW_KEY}"
+        f" FROM {view} r JOIN files ON r.filename = files.filename"
+    )
+
+
+def _not_utf8_rows(column: pa.ChunkedArray) -> list[int]:
+    """The rows (from 1) of a text column whose bytes are not UTF-8."""
+    try:
+        column.validate(full=True)
+        return []
+    except pa.ArrowInvalid:
+        pass
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    rows = []
+    for row, value in enumerate(column.cast(pa.large_binary()).to_pylist(), start=1):
+        try:
+            if value is not None:
+                value.decode("utf-8")
+        except UnicodeDecodeError:
+            rows.append(row)
+    return rows
+
+
+def _unreadable(con, files: list[LogFile]) -> DataValidationError | None:
+    """Why one of the files cannot be read, naming it (and for text that is not UTF-8 its
+    column and rows), or None when each can: pyarrow reads it whole, then DuckDB."""
+    import duckdb
+
+    for file in files:
+        try:
+            table = pq.read_table(file.path)
+        except (pa.ArrowInvalid, OSError) as err:
+            return DataValidationError("raw_logs", file.source, f"not a readable Parquet file ({err})")
+        for name in table.column_names:
+            rows = _not_utf8_rows(table[name]) if _kind(table[name].type) == "string" else []
+            if rows:
+                return DataValidationError("raw_logs", file.source, "text that is not UTF-8", column=name, rows=rows)
+        try:
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE readable AS SELECT * FROM read_parquet($path)", {"path": file.path}
+            )
+        except duckdb.Error as err:
+            return DataValidationError("raw_logs", file.source, f"DuckDB cannot read it ({err})")
+        con.execute("DROP TABLE readable")
+    return None
 
 
 def _propensities(con, cfg: ExtractionConfig, max_slot: int) -> tuple[list[float], list[str]]:
@@ -187,7 +421,8 @@ def _propensities(con, cfg: ExtractionConfig, max_slot: int) -> tuple[list[float
             WITH shown AS (SELECT query, item_id, position, sum(n) AS n, sum(clicks) AS clicks
                            FROM qip WHERE position IS NOT NULL GROUP BY ALL)
             SELECT b.position,
-                   sum(a.n * b.n / (a.n + b.n) * b.clicks / b.n) / nullif(sum(a.n * b.n / (a.n + b.n) * a.clicks / a.n), 0),
+                   sum(a.n * b.n / (a.n + b.n) * b.clicks / b.n)
+                     / nullif(sum(a.n * b.n / (a.n + b.n) * a.clicks / a.n), 0),
                    count(*)
             FROM shown a JOIN shown b USING (query, item_id)
             WHERE a.position = 1 AND b.position > 1
@@ -216,21 +451,33 @@ def holdout_windows(
     """(first, last) days of the training window and of the held-out window: the window's last
     ``cfg.holdout_days`` days that have partitions (None when 0). ``found``: the
     :func:`partitions` of ``logs_uri``, when already listed."""
+    given = _given_window(cfg, start_date, end_date)
     found = partitions(logs_uri) if found is None else found
     if not found:
         raise DataValidationError("raw_logs", logs_uri, "no Parquet log files under this prefix")
-    first, last = _window([d for d, _ in found], cfg, start_date, end_date)
+    first, last = _window([d for d, _ in found], given)
     if cfg.holdout_days <= 0:
         return (first, last), None
     days = sorted({d for d, _ in found if first <= d <= last})
     if cfg.holdout_days >= len(days):
-        raise ValueError(
+        raise ConfigError(
             f"extraction.holdout_days={cfg.holdout_days}: the window {first} .. {last} has {len(days)} day(s) "
             "with logs, and holding out that many leaves none to train on"
         )
     held_out_first = days[-cfg.holdout_days]
     training_last = (dt.date.fromisoformat(held_out_first) - dt.timedelta(days=1)).isoformat()
     return (first, training_last), (held_out_first, last)
+
+
+def write_empty_like(table_uri: str, out_uri: str) -> None:
+    """A Parquet table without rows at ``out_uri``, with the columns of the one at ``table_uri``.
+    Only the footer is read: pyarrow reading a whole table from Python bytes can leave an
+    Arrow thread releasing them while the interpreter exits, which aborts it."""
+    from unisup.data.tables import write_table
+
+    with storage.local_copy(table_uri) as path:
+        schema = pq.read_schema(path)
+    write_table(schema.empty_table(), out_uri)
 
 
 def extract_logs_with_holdout(
@@ -248,12 +495,11 @@ def extract_logs_with_holdout(
     (:func:`holdout_windows`) into ``holdout_uri``, its quarantine and report beside it; without
     a hold-out, ``holdout_uri`` gets an empty engagement table. Returns both reports (None for
     the second without a hold-out)."""
-    from unisup.data.tables import read_table, write_table
-
+    check_settings(cfg)
     training, held_out = holdout_windows(logs_uri, cfg, start_date, end_date)
     report = extract_logs(logs_uri, out_uri, cfg, catalog_uri, quarantine_uri, report_uri, *training)
     if held_out is None:
-        write_table(read_table(out_uri).schema.empty_table(), holdout_uri)
+        write_empty_like(out_uri, holdout_uri)
         return report, None
     return report, extract_logs(logs_uri, holdout_uri, cfg, catalog_uri, start_date=held_out[0], end_date=held_out[1])
 
@@ -265,57 +511,77 @@ def extract_logs_with_holdout(
 ROW_KEY = "row_key"  # (file_index << 32) | source_row: the rows' order across every file
 
 
-def connect(cfg: ExtractionConfig, tmp: str):
-    """A DuckDB connection with the config's memory limit and threads, spilling under ``tmp``."""
+@contextmanager
+def connection(cfg: ExtractionConfig, tmp: str, files: Iterable[LogFile] = ()) -> Iterator:
+    """A DuckDB connection with the config's memory limit and threads, spilling under ``tmp``,
+    closed on leaving the block. DuckDB running out of memory is a ConfigError naming the
+    limit; a DuckDB error while ``files`` are read names the file at fault, when one is."""
     import duckdb
 
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{cfg.duckdb_memory_limit}'")
-    con.execute(f"SET threads = {int(cfg.duckdb_threads)}")
-    con.execute(f"SET temp_directory = '{tmp}/spill'")
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET preserve_insertion_order = false")
-    return con
+    options = {"memory_limit": cfg.duckdb_memory_limit, "threads": cfg.duckdb_threads}
+    con = duckdb.connect(
+        config=options | {"temp_directory": str(Path(tmp) / "spill"), "preserve_insertion_order": False}
+    )
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        yield con
+    except duckdb.OutOfMemoryException as err:
+        raise ConfigError(
+            f"extraction.duckdb_memory_limit={cfg.duckdb_memory_limit!r}: DuckDB ran out of memory ({err}); raise it"
+        ) from None
+    except duckdb.Error:
+        explained = _unreadable(con, list(files))
+        if explained is None:
+            raise
+        raise explained from None
+    finally:
+        con.close()
 
 
-def parquet_list(paths: list[str]) -> str:
-    """A DuckDB list literal of file paths."""
-    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+def create_table(con, name: str, columns: dict[str, tuple[str, list]]) -> None:
+    """A small temporary DuckDB table from bound lists: ``columns`` maps each name to its SQL
+    type and its values."""
+    selects = ", ".join(f"unnest(${column}::{sql}[]) AS {column}" for column, (sql, _) in columns.items())
+    con.execute(f"CREATE TEMP TABLE {name} AS SELECT {selects}", {c: values for c, (_, values) in columns.items()})
 
 
-def open_source(
-    con, files: list[str], sources: list[str], file_indexes: list[int], present: set[str], channels: list[str]
-) -> int:
-    """Create the ``files`` table and the ``src`` view (schema-typed raw-log columns plus
-    ``file_index``, ``source_row`` and ``row_key``) over local Parquet ``files``; returns their rows."""
+def open_source(con, files: list[LogFile], channels: list[str]) -> int:
+    """Create the ``files`` table and the ``src`` view over the local Parquet ``files``:
+    schema-typed raw-log columns, one ``rank_<channel>`` per channel, ``type_error``,
+    ``file_index``, ``source_row`` and ``row_key``. The files of each schema are read by a
+    relation of their own, their values converted from that schema's types. Returns their rows."""
     create_table(
         con,
         "files",
         {
-            "filename": pa.array(files),
-            "source_uri": pa.array(sources),
-            "file_index": pa.array(file_indexes, pa.int64()),
+            "filename": ("VARCHAR", [f.path for f in files]),
+            "source_uri": ("VARCHAR", [f.source for f in files]),
+            "file_index": ("BIGINT", [f.index for f in files]),
         },
     )
-    file_list = parquet_list(files)
+    groups: dict[tuple, list[LogFile]] = {}
+    for file in files:
+        groups.setdefault(tuple((f.name, str(f.type)) for f in file.schema), []).append(file)
+    selects = []
+    for number, group in enumerate(groups.values()):
+        view = f"raw_{number}"
+        relation = con.read_parquet(
+            [f.path for f in group], filename=True, file_row_number=True, hive_partitioning=False
+        )
+        relation.to_view(view)
+        selects.append(_source_select(view, group[0].schema, channels))
+    con.execute("CREATE TEMP VIEW src AS " + "\nUNION ALL\n".join(selects))
+    return sum(f.rows for f in files)
+
+
+def load_known(con, known: pa.Table, tmp: str) -> None:
+    """The ``known`` table of catalog product ids, handed to DuckDB as a Parquet file under ``tmp``."""
+    path = str(Path(tmp) / "known.parquet")
+    pq.write_table(known, path)
     con.execute(
-        f"""
-        CREATE TEMP VIEW src AS SELECT
-          {_source_select(present, channels)},
-          files.file_index, r.file_row_number AS {SOURCE_ROW},
-          (files.file_index << 32) | r.file_row_number AS {ROW_KEY}
-        FROM read_parquet({file_list}, filename = true, file_row_number = true, union_by_name = true) r
-        JOIN files ON r.filename = files.filename
-        """
+        "CREATE TEMP TABLE known AS SELECT DISTINCT CAST(product_id AS VARCHAR) AS product_id FROM read_parquet($path)",
+        {"path": path},
     )
-    return int(con.execute(f"SELECT count(*) FROM read_parquet({file_list}, union_by_name = true)").fetchall()[0][0])
-
-
-def load_known(con, known: pa.Table) -> None:
-    """The ``known`` table of catalog product ids."""
-    con.register("catalog_ids", known)
-    con.execute("CREATE TEMP TABLE known AS SELECT DISTINCT CAST(product_id AS VARCHAR) AS product_id FROM catalog_ids")
-    con.unregister("catalog_ids")
 
 
 # the event id and key of every row with an id: a shard's scan, partitioned by the id's bucket
@@ -335,28 +601,73 @@ def raw_columns(channels: list[str]) -> list[str]:
     return [c.name for c in RAW_LOGS.columns] + [f"rank_{c}" for c in channels]
 
 
+def _missing_sql(column: str) -> str:
+    # as the schema's rule: null, or only whitespace (``$whitespace``); only a value starting with it is trimmed
+    starts = ", ".join(str(ord(c)) for c in _WHITESPACE)
+    return (
+        f"({column} IS NULL OR {column} = '' OR (ascii({column}) IN ({starts}) AND trim({column}, $whitespace) = ''))"
+    )
+
+
+def quarantine_reason_sql() -> str:
+    """A SQL CASE giving, for a row of the ``src`` relation joined to ``known`` (catalog ids)
+    and ``dups`` (the ``row_key`` of the first occurrence of each duplicated event id), why
+    one of its values does not convert, else the reason of the first ``raw_logs`` row rule it
+    breaks, else NULL. Its parameters: ``$max_position``, ``$first_day`` and ``$last_day`` of
+    the window (UTC), and ``$whitespace``."""
+    rules = {rule.name: rule.reason for rule in RAW_LOGS.rules}
+    cases = [
+        ("event_id_present", _missing_sql("src.event_id")),
+        ("request_id_present", _missing_sql("src.request_id")),
+        ("query_present", _missing_sql("src.query")),
+        ("query_printable", f"coalesce(regexp_matches(src.query, {_literal(QUERY_UNPRINTABLE)}), false)"),
+        ("item_id_present", _missing_sql("src.item_id")),
+        ("timestamp_present", "src.timestamp IS NULL"),
+        (
+            "position_possible",
+            "coalesce(src.position < 1 OR src.position > $max_position::INTEGER, false)"
+            " OR ((src.position IS NULL) <> (NOT coalesce(src.impression, false)))",
+        ),
+        ("click_needs_impression", "coalesce(src.click AND NOT coalesce(src.impression, false), false)"),
+        ("conversion_needs_click", "coalesce(src.conversion AND NOT coalesce(src.click, false), false)"),
+        ("price_valid", "coalesce(src.price < 0 OR NOT isfinite(src.price), false)"),
+        ("item_known", "known.product_id IS NULL"),
+        ("event_id_unique", "dups.first_key IS NOT NULL AND src.row_key <> dups.first_key"),
+        (
+            "timestamp_in_window",
+            "src.timestamp < CAST($first_day AS DATE)::TIMESTAMPTZ"
+            " OR src.timestamp >= (CAST($last_day AS DATE) + 1)::TIMESTAMPTZ",
+        ),
+    ]
+    if [name for name, _ in cases] != [rule.name for rule in RAW_LOGS.rules]:
+        raise AssertionError("the SQL row rules are out of step with unisup.schemas.RAW_LOGS")
+    whens = [f"  WHEN src.{TYPE_ERROR} IS NOT NULL THEN src.{TYPE_ERROR}"]
+    whens += [f"  WHEN {condition} THEN {_literal(rules[name])}" for name, condition in cases]
+    return "CASE\n" + "\n".join(whens) + "\n  ELSE NULL END"
+
+
 def quarantine(con, window: tuple[str, str], cfg: ExtractionConfig, channels: list[str], out: str | None) -> dict:
     """Give every ``src`` row the first ``raw_logs`` rule it breaks (with ``known`` and ``dups``
     loaded): the ``bad`` table, written in file and row order to ``out`` (Parquet; skipped when
     None) as the quarantine, and the ``clean`` view of the rest. Returns the counts by reason."""
     first, last = window
-    window_end = (dt.date.fromisoformat(last) + dt.timedelta(days=1)).isoformat()
-    reason = quarantine_reason_sql(max(cfg.max_position, 1), f"{first} 00:00:00", f"{window_end} 00:00:00")
     con.execute(
         f"""
         CREATE TEMP TABLE bad AS
         SELECT * FROM (
-          SELECT src.*, {reason} AS {QUARANTINE_REASON}
+          SELECT src.*, {quarantine_reason_sql()} AS {QUARANTINE_REASON}
           FROM src LEFT JOIN known ON src.item_id = known.product_id
                    LEFT JOIN dups ON src.event_id = dups.event_id
         ) WHERE {QUARANTINE_REASON} IS NOT NULL
-        """
+        """,
+        {"max_position": cfg.max_position, "first_day": first, "last_day": last, "whitespace": _WHITESPACE},
     )
     if out is not None:
         con.execute(
             f"COPY (SELECT {', '.join(raw_columns(channels))}, {QUARANTINE_REASON}, {SOURCE_ROW}, "
             f"files.source_uri AS {SOURCE_FILE} FROM bad JOIN files USING (file_index) ORDER BY {ROW_KEY}) "
-            f"TO '{out}' (FORMAT PARQUET, COMPRESSION ZSTD)"
+            "TO $out (FORMAT PARQUET, COMPRESSION ZSTD)",
+            {"out": out},
         )
     con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM src ANTI JOIN bad USING ({ROW_KEY})")
     rows = con.execute(f"SELECT {QUARANTINE_REASON}, count(*) FROM bad GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
@@ -395,22 +706,27 @@ def find_bots(con, cfg: ExtractionConfig, per_request: str) -> dict:
     agents = [
         a for (a,) in con.execute("SELECT DISTINCT user_agent FROM user_days WHERE user_agent IS NOT NULL").fetchall()
     ]
-    create_table(con, "bot_agents", {"user_agent": pa.array([a for a in agents if pattern.search(a)], pa.string())})
+    create_table(con, "bot_agents", {"user_agent": ("VARCHAR", [a for a in agents if pattern.search(a)])})
     con.execute(
-        f"""
+        """
         CREATE TEMP TABLE bots AS
         SELECT user_id,
                bool_or(by_agent_day) AS by_agent,
-               max(day_requests) > {int(cfg.bot_max_requests_per_day)} AS by_volume,
-               sum(impressions) >= {int(cfg.bot_min_impressions)}
-                 AND sum(clicks) > {float(cfg.bot_max_ctr)} * sum(impressions) AS by_ctr,
+               max(day_requests) > $max_requests::BIGINT AS by_volume,
+               sum(impressions) >= $min_impressions::BIGINT
+                 AND sum(clicks) > $max_ctr::DOUBLE * sum(impressions) AS by_ctr,
                CAST(sum(n) AS BIGINT) AS n
         FROM (SELECT user_id, day, bool_or(user_agent IN (SELECT user_agent FROM bot_agents)) AS by_agent_day,
                      sum(requests) AS day_requests,
                      sum(impressions) AS impressions, sum(clicks) AS clicks, sum(n) AS n
               FROM user_days WHERE user_id IS NOT NULL GROUP BY user_id, day) per_day
         GROUP BY user_id
-        """
+        """,
+        {
+            "max_requests": cfg.bot_max_requests_per_day,
+            "min_impressions": cfg.bot_min_impressions,
+            "max_ctr": cfg.bot_max_ctr,
+        },
     )
     if cfg.filter_bots:
         con.execute("DELETE FROM bots WHERE NOT (by_agent OR by_volume OR by_ctr)")
@@ -458,13 +774,11 @@ def write_engagement(con, cfg: ExtractionConfig, channels: list[str], out: str) 
     create_table(
         con,
         "slots",
-        {
-            "position": pa.array(range(1, len(propensity) + 1), pa.int16()),
-            "propensity": pa.array(propensity, pa.float64()),
-        },
+        {"position": ("SMALLINT", list(range(1, len(propensity) + 1))), "propensity": ("DOUBLE", propensity)},
     )
     rows_used, clicks, conversions, revenue, impressions, examined = con.execute(
-        "SELECT coalesce(sum(n), 0), coalesce(sum(clicks), 0), coalesce(sum(conversions), 0), coalesce(sum(revenue), 0), "
+        "SELECT coalesce(sum(n), 0), coalesce(sum(clicks), 0), coalesce(sum(conversions), 0), "
+        "coalesce(sum(revenue), 0), "
         "coalesce(sum(n) FILTER (WHERE position IS NOT NULL), 0), coalesce(sum(q.n * s.propensity), 0) "
         "FROM qip q LEFT JOIN slots s USING (position)"
     ).fetchall()[0]
@@ -486,15 +800,17 @@ def write_engagement(con, cfg: ExtractionConfig, channels: list[str], out: str) 
                  CAST(sum(revenue) AS DOUBLE) AS revenue,
                  CAST(coalesce(sum(n) FILTER (WHERE position IS NULL), 0) AS BIGINT) AS under_impressions,
                  CAST(coalesce(sum(clicks) / nullif(sum(q.n * s.propensity), 0), 0) AS DOUBLE) AS ctr_debiased,
-                 CAST((sum(clicks) + {ctr_a}) / (coalesce(sum(q.n * s.propensity), 0) + {ctr_a + ctr_b}) AS DOUBLE) AS ctr_smoothed,
-                 CAST((sum(conversions) + {cvr_a}) / (sum(clicks) + {cvr_a + cvr_b}) AS DOUBLE) AS cvr_smoothed,
+                 CAST((sum(clicks) + $ctr_a::DOUBLE) / (coalesce(sum(q.n * s.propensity), 0) + $ctr_ab::DOUBLE)
+                      AS DOUBLE) AS ctr_smoothed,
+                 CAST((sum(conversions) + $cvr_a::DOUBLE) / (sum(clicks) + $cvr_ab::DOUBLE) AS DOUBLE) AS cvr_smoothed,
                  CAST({n_channels} AS TINYINT) AS n_channels{best}
           FROM qip q LEFT JOIN slots s USING (position)
           GROUP BY query, item_id ORDER BY query, item_id
-        ) TO '{out}' (FORMAT PARQUET, COMPRESSION ZSTD)
-        """
+        ) TO $out (FORMAT PARQUET, COMPRESSION ZSTD)
+        """,
+        {"ctr_a": ctr_a, "ctr_ab": ctr_a + ctr_b, "cvr_a": cvr_a, "cvr_ab": cvr_a + cvr_b, "out": out},
     )
-    pairs = int(con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0])
+    pairs = int(con.execute("SELECT count(*) FROM read_parquet($out)", {"out": out}).fetchall()[0][0])
     return {
         "rows_used": int(rows_used),
         "pairs": pairs,
@@ -510,13 +826,18 @@ def write_engagement(con, cfg: ExtractionConfig, channels: list[str], out: str) 
 
 
 def check_accounting(source: str, rows_in: int, by_reason: dict, bots: dict, totals: dict) -> None:
-    """Rows in = accepted + quarantined, and accepted = used + bot filtered, or an error."""
+    """Rows in = accepted + quarantined, and accepted = used + bot filtered, or an error; the
+    revenue a finite number, or an error naming the price column."""
     rows_quarantined = int(sum(by_reason.values()))
     accepted = bots["rows_accepted"]
     if accepted != rows_in - rows_quarantined or accepted != totals["rows_used"] + bots["rows_bot_filtered"]:
         raise AssertionError(
             f"{source}: rows in {rows_in} != accepted {accepted} + quarantined {rows_quarantined}, "
             f"or accepted != used {totals['rows_used']} + bot filtered {bots['rows_bot_filtered']}"
+        )
+    if not math.isfinite(totals["revenue"]):
+        raise DataValidationError(
+            "raw_logs", source, "the prices of the converted rows add up beyond a double: not prices", column="price"
         )
 
 
@@ -546,6 +867,11 @@ def extraction_report(
     }
 
 
+def write_report(report: dict, uri: str) -> None:
+    """The report as strict JSON (a NaN or an infinity is an error, never written)."""
+    storage.write_text(uri, json.dumps(report, indent=1, allow_nan=False))
+
+
 def output_uris(out_uri: str, quarantine_uri: str | None, report_uri: str | None) -> tuple[str, str]:
     """The quarantine and report locations: as given, else beside ``out_uri``."""
     stem = str(out_uri).removesuffix(".parquet")
@@ -554,10 +880,11 @@ def output_uris(out_uri: str, quarantine_uri: str | None, report_uri: str | None
 
 def selected_files(logs_uri: str, cfg: ExtractionConfig, start_date: str | None, end_date: str | None):
     """The window (first, last) and the uris of its partitions' files, in order."""
+    given = _given_window(cfg, start_date, end_date)
     found = partitions(logs_uri)
     if not found:
         raise DataValidationError("raw_logs", logs_uri, "no Parquet log files under this prefix")
-    first, last = _window([d for d, _ in found], cfg, start_date, end_date)
+    first, last = _window([d for d, _ in found], given)
     selected = [uri for date, uri in found if first <= date <= last]
     if not selected:
         raise DataValidationError("raw_logs", logs_uri, f"no partition in the window {first} .. {last}")
@@ -590,20 +917,21 @@ def extract_logs(
     used, ``channels``, ``window``, timings and the config.
     """
     started = time.perf_counter()
+    check_settings(cfg)
     quarantine_uri, report_uri = output_uris(out_uri, quarantine_uri, report_uri)
     window, selected = selected_files(logs_uri, cfg, start_date, end_date)
     known = known_items(catalog_uri)
-    with staged(selected) as files, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
-        present, channels = file_columns(files, selected)
-        con = connect(cfg, tmp)
-        load_known(con, known)
-        rows_in = open_source(con, files, selected, list(range(len(files))), present, channels)
-        con.execute(f"CREATE TEMP TABLE dups AS {duplicates_sql('src')}")
-        by_reason = quarantine(con, window, cfg, channels, f"{tmp}/quarantine.parquet")
-        bots = find_bots(con, cfg, per_request_sql(CLEAN_REQUEST_ROWS_SQL))
-        con.execute(f"CREATE TEMP TABLE qip AS {slot_stats_sql(channels)}")
-        totals = write_engagement(con, cfg, channels, f"{tmp}/engagement.parquet")
-        con.close()
+    with staged(selected) as paths, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
+        files = read_log_files(paths, selected, range(len(paths)))
+        channels = channels_of(files)
+        with connection(cfg, tmp, files) as con:
+            load_known(con, known, tmp)
+            rows_in = open_source(con, files, channels)
+            con.execute(f"CREATE TEMP TABLE dups AS {duplicates_sql('src')}")
+            by_reason = quarantine(con, window, cfg, channels, f"{tmp}/quarantine.parquet")
+            bots = find_bots(con, cfg, per_request_sql(CLEAN_REQUEST_ROWS_SQL))
+            con.execute(f"CREATE TEMP TABLE qip AS {slot_stats_sql(channels)}")
+            totals = write_engagement(con, cfg, channels, f"{tmp}/engagement.parquet")
         check_accounting(logs_uri, rows_in, by_reason, bots, totals)
         check_engagement_schema(f"{tmp}/engagement.parquet", channels, out_uri)
         storage.upload_file(f"{tmp}/engagement.parquet", out_uri)
@@ -622,15 +950,8 @@ def extract_logs(
         cfg=cfg,
         seconds=time.perf_counter() - started,
     )
-    storage.write_text(report_uri, json.dumps(report, indent=1))
+    write_report(report, report_uri)
     return report
-
-
-def create_table(con, name: str, columns: dict[str, pa.Array]) -> None:
-    """A small temporary DuckDB table from Arrow columns."""
-    con.register(f"{name}_arrow", pa.table(columns))
-    con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
-    con.unregister(f"{name}_arrow")
 
 
 def check_engagement_schema(path: str, channels: list[str], target: str) -> None:

@@ -294,6 +294,9 @@ JUDGMENTS = ArtifactSchema(
     help="Graded human relevance judgments.",
 )
 
+# a query holding one of these (control characters, line and paragraph separators) is quarantined
+QUERY_UNPRINTABLE = r"[\x00-\x1f\x7f-\x9f\x{2028}\x{2029}]"
+
 RAW_LOGS = ArtifactSchema(
     "raw_logs",
     (
@@ -316,6 +319,12 @@ RAW_LOGS = ArtifactSchema(
         _rule_missing("event_id"),
         _rule_missing("request_id"),
         _rule_missing("query"),
+        RowRule(
+            "query_printable",
+            "query",
+            "query holds a control character or a line break",
+            lambda t, _: _mask(pc.match_substring_regex(t["query"], QUERY_UNPRINTABLE)),
+        ),
         _rule_missing("item_id"),
         RowRule("timestamp_present", "timestamp", "missing timestamp", _missing("timestamp")),
         RowRule(
@@ -340,6 +349,12 @@ RAW_LOGS = ArtifactSchema(
             "conversion",
             "conversion without a click",
             lambda t, _: _mask(pc.and_(t["conversion"], pc.invert(pc.fill_null(t["click"], False)))),
+        ),
+        RowRule(
+            "price_valid",
+            "price",
+            "price is negative or not a finite number",
+            lambda t, _: _mask(pc.or_(pc.less(t["price"], 0), pc.invert(pc.is_finite(t["price"])))),
         ),
         RowRule("item_known", "item_id", "item_id not in the catalog", _unknown_item("item_id")),
         RowRule("event_id_unique", "event_id", "duplicate event_id", _duplicated("event_id")),

@@ -26,7 +26,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from unisup import storage
-from unisup.data.tables import read_table, write_table
+from unisup.config import ConfigError
+from unisup.data.tables import write_table
+from unisup.errors import InputError
 
 MANIFEST = "manifest.json"
 
@@ -69,11 +71,13 @@ def split_table(source_uri: str, key_column: str, num_shards: int, out_uri: str,
     into ``num_shards`` Parquet shards under ``out_uri`` by the hash of ``key_column``.
 
     Reads in record batches, so the input need not fit in memory. Every shard file is
-    written, empty ones included. Returns the manifest (also ``<out>/manifest.json``).
+    written, empty ones included, so ``num_shards`` is from 1 to the rows (checked before
+    anything is written). Returns the manifest (also ``<out>/manifest.json``).
     """
+    if num_shards < 1:
+        raise ConfigError(f"num_shards={num_shards}: expected at least 1")
     files = _parquet_files(source_uri)
     names = [shard_file(i, num_shards) for i in range(num_shards)]
-    rows = [0] * num_shards
     rows_in = 0
     with tempfile.TemporaryDirectory(prefix="unisup-split-") as tmp:
         local_files = [
@@ -82,9 +86,13 @@ def split_table(source_uri: str, key_column: str, num_shards: int, out_uri: str,
         ]
         dataset = ds.dataset(local_files, format="parquet")
         if key_column not in dataset.schema.names:
-            raise ValueError(
+            raise InputError(
                 f"{source_uri}: no column {key_column!r} to shard by (columns: {', '.join(dataset.schema.names)})"
             )
+        available = dataset.count_rows()
+        if num_shards > max(available, 1):
+            raise ConfigError(f"num_shards={num_shards}: more than the {available} rows of {source_uri} to split")
+        rows = [0] * num_shards
         writers = [pq.ParquetWriter(Path(tmp) / name, dataset.schema, compression="zstd") for name in names]
         try:
             for batch in dataset.to_batches(batch_size=batch_rows):
@@ -127,12 +135,19 @@ def copy_shard(split_uri: str, index: int, out_uri: str) -> int:
     return entry["rows"]
 
 
+def _read_parquet(uri: str) -> pa.Table:
+    """A Parquet table read from a local file (a copy for gs://): read from Python bytes, an Arrow
+    thread can be left releasing them while the interpreter exits, which aborts it."""
+    with storage.local_copy(uri) as path:
+        return pq.read_table(path)
+
+
 def merge_tables(uris: Iterable[str], out_uri: str) -> int:
     """Concatenate Parquet tables (schemas unified, shard order kept) into ``out_uri``;
     returns the rows written."""
-    tables = [read_table(uri) for uri in uris]
+    tables = [_read_parquet(uri) for uri in uris]
     if not tables:
-        raise ValueError(f"{out_uri}: nothing to merge")
+        raise InputError(f"{out_uri}: nothing to merge")
     merged = pa.concat_tables(tables, promote_options="default")
     write_table(merged, out_uri)
     return merged.num_rows
@@ -169,7 +184,7 @@ def merge_outputs(folders: list[str], out_uri: str, tables: Iterable[str], repor
     each named table concatenated, the reports combined by :func:`merge_reports` (with
     ``shards`` = the number of folders). Returns the merged report."""
     if not folders:
-        raise ValueError(f"{out_uri}: no shard output to merge")
+        raise InputError(f"{out_uri}: no shard output to merge")
     rows = {}
     for name in tables:
         rows[name] = merge_tables([storage.join(f, name) for f in folders], storage.join(out_uri, name))

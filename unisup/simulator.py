@@ -30,6 +30,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -46,10 +47,11 @@ from unisup.channels import (
     facet_tokens,
     mine_product_types,
 )
-from unisup.config import ChannelsConfig, SimulatorConfig, to_dict
+from unisup.config import ChannelsConfig, ConfigError, SimulatorConfig, to_dict
 from unisup.data.catalog import item_texts
 from unisup.data.sample import Dataset
 from unisup.data.tables import write_table
+from unisup.errors import ArtifactMismatch
 from unisup.metrics import mean_metrics, per_query_metrics
 from unisup.schemas import RAW_LOGS
 
@@ -80,6 +82,67 @@ MALFORMED = (
     "duplicate event_id",
     "timestamp outside the window",
 )
+
+
+# ---------------------------------------------------------------- settings
+
+
+def _from(low: float, high: float = math.inf):
+    expected = f"a number from {low} to {high}" if math.isfinite(high) else f"a number of at least {low}"
+    return lambda v: math.isfinite(v) and low <= v <= high, expected
+
+
+def _above(low: float):
+    return lambda v: math.isfinite(v) and v > low, f"a number above {low}"
+
+
+_SETTINGS = {
+    "seed": _from(0),
+    "num_days": _from(1),
+    "num_requests": _from(0),
+    "num_derived_queries": _from(0),
+    "judged_query_share": _from(0, 1),
+    "zipf_exponent": _from(0),
+    "num_users": _from(1),
+    "requests_per_session": _from(1),
+    "channel_depth": _from(1),
+    "product_types": _from(1),
+    "num_slots": _from(1, 32767),
+    "items_per_campaign": _from(1),
+    "bid_mean": _above(0),
+    "bid_sigma": _from(0),
+    "daily_budget_mean": _above(0),
+    "daily_budget_sigma": _from(0),
+    "reserve_price": _from(0),
+    "pctr_noise": _from(0),
+    "auction_jitter": _from(0),
+    "position_bias": _from(0),
+    "discount_share": _from(0, 1),
+    "badge_share": _from(0, 1),
+    "bot_share": _from(0, 1),
+    "num_bot_users": _from(0),
+    "bot_click_rate": _from(0, 1),
+    "malformed_rate": _from(0, 1),
+}
+
+
+def check_settings(cfg: SimulatorConfig) -> None:
+    """Every simulator setting usable, or a ConfigError naming the first bad key."""
+    for key, (valid, expected) in _SETTINGS.items():
+        value = getattr(cfg, key)
+        if not valid(value):
+            raise ConfigError(f"simulator.{key}={value!r}: expected {expected}")
+    for key in ("attribute_weights", "click_weights", "conversion_weights"):
+        for name, weight in getattr(cfg, key).items():
+            if not math.isfinite(weight):
+                raise ConfigError(f"simulator.{key}.{name}={weight!r}: expected a finite number")
+    try:
+        dt.date.fromisoformat(cfg.start_date) + dt.timedelta(days=cfg.num_days - 1)
+    except (ValueError, OverflowError):
+        raise ConfigError(
+            f"simulator.start_date={cfg.start_date!r}: expected a date YYYY-MM-DD with "
+            f"simulator.num_days={cfg.num_days} days from it before the year 10000"
+        ) from None
 
 
 # ---------------------------------------------------------------- true relevance
@@ -313,7 +376,8 @@ def _sessions(n: int, mean_size: float, gap_s: float, rng: np.random.Generator) 
     sizes = []
     while sum(sizes) < n:
         sizes.append(1 + rng.poisson(max(mean_size - 1, 0)))
-    sizes[-1] -= sum(sizes) - n
+    if sizes:
+        sizes[-1] -= sum(sizes) - n
     session = np.repeat(np.arange(len(sizes)), sizes)
     offsets = np.concatenate([np.cumsum(rng.exponential(gap_s, s)) - gap_s for s in sizes]) if n else np.zeros(0)
     return session, offsets, len(sizes)
@@ -554,6 +618,7 @@ def simulate_logs(
     """
     from tqdm.auto import tqdm
 
+    check_settings(cfg)
     out = out_uri or cfg.out_uri
     parameters = {
         "simulator": to_dict(cfg),
@@ -568,7 +633,9 @@ def simulate_logs(
     if storage.exists(params_uri):
         previous = json.loads(storage.read_text(params_uri))
         if previous.get("fingerprint") != fingerprint:
-            raise ValueError(f"{out}: holds logs simulated with other parameters ({params_uri}); choose another output")
+            raise ArtifactMismatch(
+                f"{out}: holds logs simulated with other parameters ({params_uri}); choose another output"
+            )
     else:
         storage.write_text(params_uri, json.dumps({"fingerprint": fingerprint, "parameters": parameters}, indent=1))
 

@@ -20,7 +20,7 @@ from components.extract_logs import (
     validate_log_shard,
 )
 from pipelines._stages import sharded_extraction
-from unisup.config import load_config
+from unisup.config import ConfigError, load_config
 from unisup.data.sample import load_dataset
 from unisup.data.tables import read_table
 from unisup.logs import extract_logs_with_holdout
@@ -131,3 +131,13 @@ def test_fan_out_through_kfp_local(small_logs, tiny_overrides, tmp_path):
     assert report["shards"] == 2 and report["rows_in"] + held_out_rows == summary["rows"]
     engagement = read_table(str(next(root.rglob("merge-log-shards/engagement"))))
     assert validate(engagement, "engagement").accepted.num_rows == report["pairs"] > 0
+
+
+def test_a_plan_refuses_more_shards_than_files(small_logs, tiny_overrides, tmp_path):
+    logs, _ = small_logs
+    plan = Artifact(uri=str(tmp_path / "plan"))
+    with pytest.raises(ConfigError, match="num_shards=4: .* the largest window has 3 log file"):
+        plan_log_shards.python_func(
+            plan=plan, logs_uri=str(logs), num_shards=4, config="local", overrides=tiny_overrides
+        )
+    assert not (tmp_path / "plan").exists()

@@ -11,6 +11,7 @@ from kfp.dsl import Artifact, Dataset
 
 from components.shards import merge_shards, pick_shard, split_shards
 from unisup import storage
+from unisup.config import ConfigError
 from unisup.data.tables import read_table, write_table
 
 
@@ -76,3 +77,12 @@ def test_fan_out_through_kfp_local(tmp_path, pairs):
     assert len(picked) == 2
     rows = [read_table(str(p)).num_rows for p in picked]
     assert sum(rows) == 60 and all(rows)
+
+
+def test_split_refuses_more_shards_than_rows(tmp_path, pairs):
+    shards = Dataset(name="shards", uri=str(tmp_path / "shards"))
+    with pytest.raises(ConfigError, match="num_shards=61: more than the 60 rows"):
+        split_shards.python_func(
+            table=Dataset(name="t", uri=str(pairs)), key_column="query", num_shards=61, shards=shards
+        )
+    assert not (tmp_path / "shards").exists()

@@ -7,6 +7,7 @@ from kfp import dsl, local
 
 from components.locate_logs import locate_logs
 from components.simulate_logs import simulate_logs
+from unisup.config import ConfigError
 from unisup.schemas import DataValidationError
 
 SMALL = [
@@ -50,3 +51,12 @@ def test_simulate_and_locate_through_kfp_local(tmp_path, tiny_overrides):
     assert output["parameterValues"]["Output"] == str(logs)
     assert output["artifacts"]["metrics"]["artifacts"][0]["metadata"]["days"] == 2
     assert len(list(logs.rglob("date=*/part-*.parquet"))) == 2
+
+
+def test_bad_sizes_are_refused_before_anything_is_read_or_written(tmp_path):
+    logs = dsl.Dataset(name="logs", uri=str(tmp_path / "logs"))
+    metrics = dsl.Metrics(name="m", uri=str(tmp_path / "m"))
+    # no data overrides: the bundled sample is not even loaded
+    with pytest.raises(ConfigError, match=r"simulator\.num_days=-1: expected"):
+        simulate_logs.python_func(logs=logs, metrics=metrics, config="local", overrides=["simulator.num_days=-1"])
+    assert not (tmp_path / "logs").exists()
