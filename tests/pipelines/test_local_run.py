@@ -21,7 +21,7 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
     for item in overrides + [
         "simulator.num_requests=150",
         "simulator.channel_depth=5",
-        "simulator.num_days=2",
+        "simulator.num_days=3",  # two training days: one file for each of the 2 log shards
         "simulator.num_derived_queries=60",
         "training.lists_per_batch=3",
         "training.items_per_list=6",
