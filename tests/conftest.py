@@ -199,6 +199,20 @@ def _restore_builtin_print():
     builtins.print = original
 
 
+def schema_verdict(table: pa.Table, max_position: int):
+    """The schema rules' accepted / quarantined split of raw logs of the day 2024-03-04 over
+    the catalog items p0..p4: what the extraction's SQL must decide row for row."""
+    from unisup.schemas import RuleContext, validate
+
+    context = RuleContext(
+        known_items=frozenset(f"p{i}" for i in range(5)),
+        max_position=max_position,
+        window_start=np.datetime64("2024-03-04"),
+        window_end=np.datetime64("2024-03-05"),
+    )
+    return validate(table, "raw_logs", context=context, strict=False)
+
+
 def _crossing_row(event: str, request: str, user: str, day: int, **changes) -> dict:
     row = {
         "event_id": event,

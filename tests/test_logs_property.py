@@ -14,17 +14,17 @@ import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import schema_verdict
 from unisup.config import load_config
 from unisup.errors import UnisupError
 from unisup.logs import extract_logs
-from unisup.schemas import RAW_LOGS, RuleContext, validate
+from unisup.schemas import RAW_LOGS
 
 UTC = dt.UTC
 ODD = ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\u0085", "\u00a0", "\u2028", "\u3000", " ", "'", '"', ";", "\\"]
@@ -208,13 +208,7 @@ def test_sql_rules_decide_as_the_schema_rules(catalog, rows):
     schema = RAW_LOGS.arrow_schema(["rank_bm25"])
     table = pa.Table.from_pylist(rows, schema=schema)
     cfg = load_config("local").extraction
-    context = RuleContext(
-        known_items=frozenset(f"p{i}" for i in range(5)),
-        max_position=cfg.max_position,
-        window_start=np.datetime64("2024-03-04"),
-        window_end=np.datetime64("2024-03-05"),
-    )
-    expected = validate(table, "raw_logs", context=context, strict=False)
+    expected = schema_verdict(table, cfg.max_position)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _write(root, [table])
