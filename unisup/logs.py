@@ -470,9 +470,8 @@ def holdout_windows(
 
 
 def write_empty_like(table_uri: str, out_uri: str) -> None:
-    """A Parquet table without rows at ``out_uri``, with the columns of the one at ``table_uri``.
-    Only the footer is read: pyarrow reading a whole table from Python bytes can leave an
-    Arrow thread releasing them while the interpreter exits, which aborts it."""
+    """A Parquet table without rows at ``out_uri``, with the columns of the one at ``table_uri``
+    (only its footer is read)."""
     from unisup.data.tables import write_table
 
     with storage.local_copy(table_uri) as path:

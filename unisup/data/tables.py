@@ -32,7 +32,9 @@ def read_raw(uri: str, artifact: str) -> pa.Table:
         raise DataValidationError(artifact, uri, "the file is empty")
     if str(uri).endswith(".parquet") or "." not in str(uri).rstrip("/").rsplit("/", 1)[-1]:
         try:
-            return pq.read_table(io.BytesIO(data))
+            # single-threaded: an Arrow thread releasing Python bytes while the interpreter
+            # exits aborts the process (exit 134); bench/extraction_exit.py measures it
+            return pq.read_table(io.BytesIO(data), use_threads=False, pre_buffer=False)
         except pa.ArrowInvalid as err:
             raise DataValidationError(artifact, uri, f"not a readable Parquet file: {err}") from None
     if not str(uri).endswith((".csv", ".tsv")):
