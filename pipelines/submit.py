@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from components._k8s import RUNNER_SERVICE_ACCOUNT
+from unisup.config import parse_yaml
 
 COMPILED = Path(__file__).resolve().parent / "compiled"
 TYPES = {
@@ -66,7 +67,7 @@ def load_package(path: str | Path) -> PipelinePackage:
 def _convert(raw: str, kind: str, name: str) -> Any:
     if kind == "STRING":
         return raw
-    value = yaml.safe_load(raw)
+    value = parse_yaml(raw)
     if kind == "NUMBER_DOUBLE" and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     expected = TYPES[kind]

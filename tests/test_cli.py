@@ -90,3 +90,16 @@ def test_a_missing_file_names_the_file(tmp_path, capsys):
     assert main(["data", "validate", "catalog", str(missing)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("unisup: error: ") and str(missing) in err and len(err.splitlines()) == 1
+
+
+def test_bad_simulator_settings_fail_before_the_catalog_is_read(monkeypatch, tmp_path, capsys):
+    import unisup.data.sample
+
+    def must_not_load(*_args, **_kwargs):
+        raise AssertionError("the catalog was loaded before the settings were checked")
+
+    monkeypatch.setattr(unisup.data.sample, "load_dataset", must_not_load)
+    out = tmp_path / "logs"
+    assert main(["data", "simulate-logs", "--out", str(out), "-o", "simulator.num_days=-1"]) == 2
+    assert "simulator.num_days=-1" in capsys.readouterr().err
+    assert not out.exists()

@@ -52,3 +52,16 @@ def test_yaml_file_errors(tmp_path):
 def test_every_key_has_help():
     rows = describe()
     assert rows and all(help_text for _, _, help_text in rows)
+
+
+@pytest.mark.parametrize("value", ["2024-03-06", "2024-13-01", "2024-03-06 10:00:00"])
+def test_dates_in_overrides_stay_strings(value):
+    cfg = load_config("local", [f"extraction.start_date={value}", f"simulator.start_date={value}"])
+    assert cfg.extraction.start_date == value and cfg.simulator.start_date == value
+
+
+def test_dates_in_files_stay_strings(tmp_path):
+    path = tmp_path / "dated.yaml"
+    path.write_text("extraction:\n  start_date: 2024-03-06\n  end_date: 2024-03-08\n")
+    cfg = load_config(path)
+    assert (cfg.extraction.start_date, cfg.extraction.end_date) == ("2024-03-06", "2024-03-08")

@@ -246,3 +246,23 @@ def test_an_input_without_a_required_column_is_named_and_nothing_is_written(stag
         f"engagement ({tmp_path / 'engagement.parquet'}): column 'ctr_smoothed': required column is missing"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engagement.parquet", "labels.parquet"]
+
+
+def test_the_cli_writes_the_quarantine_where_asked_and_validates_engagement_items(stage, tmp_path, capsys):
+    from unisup.cli import main
+
+    engagement, labels = stage.clean_rows()
+    engagement.append(engagement_row(stage.queries[0], "not-in-catalog"))
+    write_table(pa.Table.from_pylist(engagement), str(tmp_path / "engagement.parquet"))
+    write_table(pa.Table.from_pylist(labels), str(tmp_path / "labels.parquet"))
+    overrides = [arg for override in stage.overrides for arg in ("-o", override)]
+    quarantine = tmp_path / "rejected.parquet"
+    args = ["--labels", str(tmp_path / "labels.parquet"), "--engagement", str(tmp_path / "engagement.parquet")]
+    args += ["--out", str(tmp_path / "lists.parquet"), "--quarantine", str(quarantine)]
+    assert main(["fuse", *args, *overrides]) == 0
+    rejected = read_table(str(quarantine)).to_pylist()
+    assert [(row["input"], row["item_id"]) for row in rejected] == [("engagement", "not-in-catalog")]
+    assert f"quarantine -> {quarantine}" in capsys.readouterr().out
+
+    assert main(["data", "validate", "engagement", str(tmp_path / "engagement.parquet"), *overrides]) == 2
+    assert "item_id" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def _data_validate(args: argparse.Namespace) -> int:
 
     cfg = _config(args).data
     known = None
-    if args.artifact in ("judgments", "raw_logs", "labels"):
+    if args.artifact in ("judgments", "raw_logs", "labels", "engagement"):
         known = frozenset(load_catalog(cfg.catalog_uri).accepted["product_id"].to_pylist())
     context = RuleContext(num_grades=cfg.num_grades, known_items=known)
     result = read_artifact(args.uri, args.artifact, context, strict=not args.quarantine)
@@ -139,9 +139,10 @@ def _channels(args: argparse.Namespace) -> None:
 
 def _data_simulate_logs(args: argparse.Namespace) -> None:
     from unisup.data.sample import load_dataset
-    from unisup.simulator import simulate_logs
+    from unisup.simulator import check_settings, simulate_logs
 
     cfg = _config(args)
+    check_settings(cfg.simulator)  # before the catalog is loaded and embedded
     summary = simulate_logs(
         load_dataset(cfg.data),
         cfg.simulator,
@@ -197,7 +198,7 @@ def _fuse(args: argparse.Namespace) -> None:
     from unisup.fusion import fuse
 
     cfg = _config(args)
-    report = fuse(args.labels, args.engagement, args.out, args.report, cfg)
+    report = fuse(args.labels, args.engagement, args.out, args.report, cfg, quarantine_uri=args.quarantine)
     print(
         f"{report['preset']}: {report['lists']} lists, {report['rows']} items -> {args.out}; "
         f"per source {report['items_per_source']}; skipped {report['skipped_lists'] or 'none'}"
@@ -207,6 +208,7 @@ def _fuse(args: argparse.Namespace) -> None:
             f"  {name}: rows in {counts['rows_in']} = accepted {counts['accepted']}"
             f" + quarantined {counts['quarantined']}"
         )
+    print(f"quarantine -> {report['quarantine_uri']}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -460,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engagement", required=True, help="engagement table (engagement schema)")
     p.add_argument("--out", required=True, help="training lists Parquet")
     p.add_argument("--report", help="JSON report (lists, items per source, target stats, parameters)")
+    p.add_argument("--quarantine", help="Parquet of the rejected label and engagement rows [beside --out]")
     p.set_defaults(handler=_fuse)
 
     p = sub.add_parser(

@@ -1,4 +1,4 @@
-"""Typed configuration, loaded from YAML with ``yaml.safe_load``.
+"""Typed configuration, loaded from YAML with a safe loader (``parse_yaml``).
 
 Every section is a dataclass whose fields carry a default and help text
 (``field(metadata={"help": ...})``). :func:`load_config` reads a profile
@@ -551,6 +551,21 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without YAML's implicit timestamps, so dates stay the strings written."""
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def parse_yaml(text: str | bytes) -> Any:
+    """Parse configuration YAML safely; ``2024-03-06`` is a string, never a date object."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected section.key=value")
@@ -558,7 +573,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not raw.strip():
         return key.strip().split("."), ""  # key= sets the empty string
     try:
-        return key.strip().split("."), yaml.safe_load(raw)
+        return key.strip().split("."), parse_yaml(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: the value is not valid YAML ({err.problem})") from None
 
@@ -582,7 +597,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
             raise ConfigError(f"config file not found: {path} (profiles: {', '.join(PROFILES)})")
         text, origin = path.read_text(), str(path)
     try:
-        data = yaml.safe_load(text) or {}
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{origin}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
