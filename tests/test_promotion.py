@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ import pytest
 from unisup import storage
 from unisup.config import ConfigError, load_config
 from unisup.errors import ArtifactMismatch, InputError
-from unisup.promotion import NotBlessedError, PushConflict, history, push, rollback
+from unisup.promotion import NotBlessedError, PushConflict, history, push, rollback, served_versions
 
 
 class EmulatorFaults:
@@ -159,7 +158,7 @@ def test_push_promotes_model_and_index_and_writes_the_first_config(gcs, artifact
     assert [f for f in files if f.startswith("1/") and not f.startswith("1/query_tower/")] == ["1/model.py"]
     pbtxt = storage.read_text(f"{repo}/config.pbtxt")
     assert 'name: "query_encoder"' in pbtxt and 'backend: "python"' in pbtxt
-    assert "dims: [ 32 ]" in pbtxt and "version_policy: { latest: { num_versions: 2 } }" in pbtxt
+    assert "dims: [ 32 ]" in pbtxt and served_versions(pbtxt) == [1]
     index_files = storage.list_prefix(f"gs://{bucket}/layout/indexes/query_encoder/1/")
     assert sorted(u.rsplit("/", 1)[1] for u in index_files) == ["ids.parquet", "index.faiss", "index.json"]
 
@@ -192,6 +191,8 @@ def test_on_gcs_the_version_files_are_uploaded_with_model_py_last(gcs, artifacts
     push(artifacts["blessed"], artifacts["model"], artifacts["index"], _cfg(artifacts, bucket, "order"))
     version_files = [u for u in uploads if "/triton/query_encoder/1/" in u]
     assert len(version_files) > 3 and version_files[-1].endswith("/1/model.py") and uploads[-1] == version_files[-1]
+    repo = f"gs://{bucket}/order/triton/query_encoder"
+    assert served_versions(storage.read_text(f"{repo}/config.pbtxt")) == [1]
 
 
 @pytest.mark.gcs
@@ -353,12 +354,12 @@ def test_local_paths_work_the_same(tmp_path, artifacts):
     second = push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
     assert second.version == 2 and (tmp_path / "triton" / "query_encoder" / "2" / "query_tower" / "tower.json").exists()
     assert rollback(cfg).config["treatment_model_uri"].endswith("/1")
-    assert sorted(p.name for p in (tmp_path / "triton" / "query_encoder").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "triton" / "query_encoder").iterdir() if p.name[0] != ".") == [
         "1",
         "2",
         "claims",
         "config.pbtxt",
-    ]  # no staging folder left behind
+    ]
 
 
 def test_a_hand_written_blessing_is_refused_and_nothing_is_written(tmp_path, artifacts):
@@ -483,38 +484,71 @@ def test_ordinary_names_are_accepted(tmp_path, artifacts):
     assert (tmp_path / "triton" / "q_enc-2.0" / "1" / "model.py").exists()
 
 
-def test_a_version_folder_is_absent_or_complete_at_every_point_of_a_push(tmp_path, artifacts, monkeypatch):
-    """Triton takes a numeric sub-folder of the model folder for a version: after every file
-    write or rename of two pushes, each numeric folder holds the whole version."""
+def test_a_version_is_served_only_once_complete_at_every_point_of_three_pushes(tmp_path, artifacts, monkeypatch):
+    """Triton loads the versions config.pbtxt lists: after every file written by three pushes,
+    each listed version holds the whole version, and the newest two are listed at the end."""
     tower = Path(artifacts["model"]) / "query_tower"
     complete = sorted(["model.py"] + [f"query_tower/{name}" for name in _files(tower)])
     repo = tmp_path / "triton" / "query_encoder"
     observed = []
 
     def check():
-        versions = sorted(p.name for p in repo.glob("*") if p.name.isdigit()) if repo.exists() else []
-        for version in versions:
-            assert _files(repo / version) == complete, f"version {version} is visible but incomplete"
-        observed.append(tuple(versions))
+        config = repo / "config.pbtxt"
+        listed = served_versions(config.read_text()) if config.exists() else []
+        for version in listed:
+            assert _files(repo / str(version)) == complete, f"version {version} is served but incomplete"
+        observed.append(tuple(listed))
 
-    def checked(call):
-        def wrapper(*args, **kwargs):
-            out = call(*args, **kwargs)
-            check()
-            return out
+    upload = storage.upload_file
 
-        return wrapper
+    def checked(*args, **kwargs):
+        out = upload(*args, **kwargs)
+        check()
+        return out
 
-    monkeypatch.setattr(shutil, "copyfile", checked(shutil.copyfile))
-    monkeypatch.setattr(os, "replace", checked(os.replace))
-    monkeypatch.setattr(os, "rename", checked(os.rename))
+    monkeypatch.setattr(storage, "upload_file", checked)
+    write = storage.write_text
+    monkeypatch.setattr(storage, "write_text", lambda *a, **k: (write(*a, **k), check())[0])
     cfg = _local_cfg(artifacts, tmp_path)
-    for _ in range(2):
+    for _ in range(3):
         push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
     monkeypatch.undo()
-    assert len(observed) > 2 * len(complete)  # every file of both versions was written under observation
-    assert ("1",) in observed and observed[-1] == ("1", "2")
-    assert observed.index(("1", "2")) > observed.index(("1",)) + len(complete)  # version 2 appeared at once, late
+    assert len(observed) > 3 * len(complete)  # every file of the three versions was written under observation
+    assert [v for i, v in enumerate(observed) if i == 0 or v != observed[i - 1]] == [(), (1,), (1, 2), (2, 3)]
+
+
+def test_a_push_that_died_mid_upload_is_never_served(tmp_path, artifacts, monkeypatch):
+    cfg = _local_cfg(artifacts, tmp_path)
+    push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
+    upload, calls = storage.upload_file, []
+
+    def dies_on_the_third_model_file(local_path, uri):
+        if "/triton/" in str(uri):
+            calls.append(uri)
+            if len(calls) == 3:
+                raise KeyboardInterrupt("the pod was evicted")
+        return upload(local_path, uri)
+
+    monkeypatch.setattr(storage, "upload_file", dies_on_the_third_model_file)
+    with pytest.raises(KeyboardInterrupt):
+        push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
+    monkeypatch.undo()
+    repo = tmp_path / "triton" / "query_encoder"
+    assert (repo / "2").exists() and served_versions((repo / "config.pbtxt").read_text()) == [1]
+    third = push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
+    assert third.model_version == 3 and served_versions((repo / "config.pbtxt").read_text()) == [1, 3]
+
+
+@pytest.mark.gcs
+def test_concurrent_pushes_each_get_their_version_served(gcs, artifacts):
+    bucket, _ = gcs
+    cfg = _cfg(artifacts, bucket, "served", "promotion.serve_versions=4")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(lambda _: push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg), range(4))
+        )
+    config = storage.read_text(f"gs://{bucket}/served/triton/query_encoder/config.pbtxt")
+    assert served_versions(config) == sorted(r.model_version for r in results) == [1, 2, 3, 4]
 
 
 def test_cli_push_refuses_unblessed_then_pushes_and_rolls_back(tmp_path, artifacts, capsys):
@@ -536,3 +570,87 @@ def test_cli_push_refuses_unblessed_then_pushes_and_rolls_back(tmp_path, artifac
     assert "v0002" in capsys.readouterr().out
     assert main(["rollback", *common]) == 0
     assert "v0003 restores v0001 (rolled back v0002)" in capsys.readouterr().out
+
+
+def _loading(server) -> bool:
+    log = server.log_tail(10_000)
+    return log.count('"loading: ') > log.count("successfully loaded") + log.count("failed to load")
+
+
+def _repository_index(server) -> list[dict]:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{server.http_url}/v2/repository/index", data=b"{}", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.triton
+def test_a_polling_tritonserver_never_sees_a_version_before_it_is_complete(tmp_path, artifacts, monkeypatch):
+    """The serving deployment's mode (poll) on a real tritonserver: while a push writes version 2
+    file by file, held before its last file until Triton has rescanned the model folder, every
+    repository index shows version 1 ready and no failed version, and version 2 is served, and
+    answers, once the push has listed it."""
+    import time
+
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    from unisup import promotion
+    from unisup.teachers.triton_server import current_environment, pytriton_server_dir, triton_server
+
+    if pytriton_server_dir() is None:
+        pytest.skip("tritonserver binary absent: nvidia-pytriton is not installed")
+    environment = current_environment()
+    config = promotion.triton_config
+    if environment:  # this machine's stub runs in this virtual environment, as serving_view arranges
+        parameter = f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: "{environment}" }} }}\n'
+        monkeypatch.setattr(promotion, "triton_config", lambda *args: config(*args) + parameter)
+    cfg = _local_cfg(artifacts, tmp_path)
+    push(artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
+    repo = tmp_path / "triton"
+    upload = storage.upload_file
+
+    with triton_server(repo, poll_secs=1) as server:
+
+        def scans_seen() -> int:
+            return server.log_tail(10_000).count("fails to convert to integral number")  # one per scan of versions
+
+        before_version_2 = []
+
+        def after_a_scan(local_path, uri):
+            """Before the version's last file, wait until Triton has rescanned the model folder (which
+            changed when the version's folder appeared) and loaded what it found."""
+            if "/query_encoder/2/" in str(uri) and not before_version_2:
+                before_version_2.append(scans_seen())
+            if str(uri).endswith("/2/model.py"):
+                deadline = time.monotonic() + 120
+                while scans_seen() == before_version_2[0] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                while _loading(server) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            upload(local_path, uri)
+
+        monkeypatch.setattr(storage, "upload_file", after_a_scan)
+        with ThreadPoolExecutor(1) as pool:
+            pushing = pool.submit(push, artifacts["blessed"], artifacts["model"], artifacts["index"], cfg)
+            scans = []
+            while not pushing.done():
+                scans.append(_repository_index(server))
+                time.sleep(0.3)
+            pushing.result()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not server.model_ready("query_encoder/versions/2"):
+            time.sleep(0.5)
+        assert server.model_ready("query_encoder/versions/2"), server.log_tail()
+        client = httpclient.InferenceServerClient(server.http_url)
+        batch = np.array([[b"usb cable"]], dtype=np.object_)
+        request = httpclient.InferInput("query", list(batch.shape), "BYTES")
+        request.set_data_from_numpy(batch)
+        served = client.infer("query_encoder", [request], model_version="2").as_numpy("embedding")
+        assert scans_seen() > before_version_2[0] and "failed to load" not in server.log_tail(10_000)
+    assert len(scans) > 5 and served.shape == (1, 32)
+    for scan in scans:
+        states = {entry.get("version"): entry.get("state") for entry in scan}
+        assert states.get("1") == "READY", scan
+        assert not [e for e in scan if e.get("state") not in ("READY", None) or e.get("reason")], scan

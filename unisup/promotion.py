@@ -21,14 +21,13 @@ Then it
    precondition 0; a lost race moves on to ``N+1``);
 2. copies the index folder to ``<index_root>/<model>/<N>/``;
 3. publishes model version ``N``, the query tower (``query_tower/``) and the python-backend
-   ``model.py`` of ``unisup.biencoder.export``, then (re)writes ``<repo>/<model>/config.pbtxt``
-   with a version policy that serves the latest ``serve_versions`` versions. Triton takes
-   every numeric sub-folder of the model folder for a version and ignores the others
-   (``claims/``, ``staging-*/``), so the version is made visible last: in a local repository
-   it is staged in ``staging-<push id>/`` and renamed to ``<N>/`` in one step, complete. GCS
-   has no atomic rename of a prefix, and a prefix exists from its first object on, so there
-   the files go to ``<N>/`` one by one with ``model.py`` last: until it lands Triton sees the
-   version but cannot load it;
+   ``model.py`` of ``unisup.biencoder.export``, file by file, then rewrites
+   ``<repo>/<model>/config.pbtxt`` with a ``specific`` version policy that lists ``N`` and
+   the versions it already listed, the newest ``serve_versions`` of them. The folder ``<N>/``
+   exists from its first file on (GCS has no atomic rename of a prefix), but Triton loads
+   only the listed versions, and ``N`` is listed only once it is complete: the version
+   becomes visible last, in one write. Concurrent pushes rewrite the config under a
+   generation precondition, so none drops another's version;
 4. writes the experiment config (the ``AB_CONFIG`` fields, JSON) as the next version
    ``<config_root>/experiments/<id>/v000V.json``, created only if absent, and moves
    ``<id>/current.json`` to it with ``if_generation_match`` on the pointer's
@@ -66,7 +65,6 @@ from unisup.errors import ArtifactMismatch, InputError, UnisupError
 from unisup.schemas import AB_CONFIG, validate
 
 CLAIMS_FOLDER = "claims"
-STAGING_PREFIX = "staging-"
 MODEL_FILE = "model.py"
 CURRENT_FILE = "current.json"
 BOUND_ARTIFACTS = ("model", "index", "results")
@@ -260,7 +258,17 @@ def _upload_tree(store: _Store, local_dir: Path, target: str, last: str | None =
         store.upload_file(path, storage.join(target, str(Path(path).relative_to(local_dir))))
 
 
-def _triton_config(cfg: Config, dim: int) -> str:
+SPECIFIC_POLICY = re.compile(r"^version_policy: \{ specific: \{ versions: \[([0-9, ]*)\] \} \}$", re.MULTILINE)
+
+
+def served_versions(config_text: str) -> list[int]:
+    """The versions a config.pbtxt written by :func:`triton_config` serves (none for another policy)."""
+    found = SPECIFIC_POLICY.search(config_text)
+    return [int(v) for v in found.group(1).split(",") if v.strip()] if found else []
+
+
+def triton_config(cfg: Config, dim: int, versions: list[int]) -> str:
+    """The serving config.pbtxt of the query encoder: Triton loads exactly ``versions``."""
     from unisup.biencoder.export import model_config
 
     text = model_config(
@@ -270,7 +278,23 @@ def _triton_config(cfg: Config, dim: int) -> str:
         cfg.training.triton_queue_delay_us,
         cfg.training.triton_instances,
     )
-    return text + f"version_policy: {{ latest: {{ num_versions: {cfg.promotion.serve_versions} }} }}\n"
+    return text + f"version_policy: {{ specific: {{ versions: [{', '.join(map(str, versions))}] }} }}\n"
+
+
+def serve_version(store: _Store, cfg: Config, model_root: str, dim: int, version: int) -> list[int]:
+    """List the complete ``version`` in the serving config, keeping the newest ``serve_versions``
+    of those listed; a concurrent rewrite (generation precondition) makes it read again."""
+    uri = storage.join(model_root, "config.pbtxt")
+    for _ in range(cfg.promotion.max_attempts):
+        gen = store.generation(uri)
+        listed = served_versions(store.read_text(uri)) if gen else []
+        versions = sorted({*listed, version})[-cfg.promotion.serve_versions :]
+        try:
+            store.write_text(uri, triton_config(cfg, dim, versions), if_generation_match=gen)
+            return versions
+        except storage.PreconditionFailed:
+            continue
+    raise PushConflict(f"{uri}: lost {cfg.promotion.max_attempts} races to serve version {version}")
 
 
 def _biencoder_manifest(local_model: Path, model_uri: str) -> dict:
@@ -281,28 +305,16 @@ def _biencoder_manifest(local_model: Path, model_uri: str) -> dict:
     return json.loads((local_model / MANIFEST).read_text())
 
 
-def publish_model_version(store: _Store, query_tower: Path, model_root: str, version: int, push_id: str) -> str:
+def publish_model_version(store: _Store, query_tower: Path, model_root: str, version: int) -> str:
     """Write the local ``query_tower`` folder and ``model.py`` as version ``version`` of the serving
-    model, the version folder appearing last (see the module docstring); returns its URI."""
+    model, file by file (Triton does not load it before :func:`serve_version` lists it); returns its URI."""
     from unisup.biencoder.export import MODEL_TEMPLATE, TOWER_FOLDER
 
     target = storage.join(model_root, str(version))
-
-    def stage(folder: Path) -> None:
-        shutil.copytree(query_tower, folder / TOWER_FOLDER)
-        shutil.copyfile(MODEL_TEMPLATE, folder / MODEL_FILE)
-
-    if storage.is_gcs(target):
-        with tempfile.TemporaryDirectory(prefix="unisup-promote-") as tmp:
-            stage(Path(tmp))
-            _upload_tree(store, Path(tmp), target, last=MODEL_FILE)
-        return target
-    staging = Path(model_root) / f"{STAGING_PREFIX}{push_id}"
-    try:
-        stage(staging)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="unisup-promote-") as tmp:
+        shutil.copytree(query_tower, Path(tmp) / TOWER_FOLDER)
+        shutil.copyfile(MODEL_TEMPLATE, Path(tmp) / MODEL_FILE)
+        _upload_tree(store, Path(tmp), target, last=MODEL_FILE)
     return target
 
 
@@ -410,8 +422,8 @@ def push(blessing_uri: str, model_uri: str, index_uri: str, cfg: Config) -> Push
         with storage.local_copy(index_uri) as local_index:
             _upload_tree(store, Path(local_index), served_index_uri(cfg, model_version))
         tower = Path(local_model) / manifest["query_tower"]
-        served_model = publish_model_version(store, tower, model_root, model_version, push_id)
-    store.write_text(storage.join(model_root, "config.pbtxt"), _triton_config(cfg, int(manifest["dim"])))
+        served_model = publish_model_version(store, tower, model_root, model_version)
+    serve_version(store, cfg, model_root, int(manifest["dim"]), model_version)
     version, config = publish_config(
         store, root, lambda latest, v: build(latest, v, model_version), p.max_attempts, push_id
     )

@@ -189,20 +189,27 @@ def triton_server(
     http_port: int | None = None,
     ready_timeout_s: float = 180.0,
     execution_env: str | None = "current",
+    poll_secs: int | None = None,
 ) -> Iterator[TritonServer]:
     """Run tritonserver on ``repository`` (free ports unless given) until every model is ready.
 
     ``models`` defaults to every model of the repository. ``execution_env`` is the
     Python environment of the python-backend stub ("current": this interpreter's venv;
-    None: the stub's default). The server is stopped on exit.
+    None: the stub's default). With ``poll_secs`` the server serves the repository itself, as
+    the serving deployment does (``--model-control-mode=poll``), and picks up the versions and
+    configs written to it while it runs; its configs then name their ``EXECUTION_ENV_PATH``
+    where the stub needs one. The server is stopped on exit.
     """
     repository = Path(repository).resolve()
     if execution_env == "current":
         execution_env = current_environment()
     with tempfile.TemporaryDirectory(prefix="unisup-tritonserver-") as tmp:
         binary = prepare_server(Path(tmp) / "tritonserver")
-        view = Path(tmp) / "repository"
-        names = serving_view(repository, view, execution_env)
+        if poll_secs is None:
+            view = Path(tmp) / "repository"
+            names = serving_view(repository, view, execution_env)
+        else:
+            view, names = repository, sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").exists())
         grpc_port, http_port = grpc_port or _free_port(), http_port or _free_port()
         command = [
             str(binary),
@@ -214,7 +221,9 @@ def triton_server(
             "--backend-config=python,shm-default-byte-size=16777216",
             "--exit-on-error=true",
         ]
-        if models is not None:
+        if poll_secs is not None:
+            command += ["--model-control-mode=poll", f"--repository-poll-secs={poll_secs}"]
+        elif models is not None:
             command += ["--model-control-mode=explicit"] + [f"--load-model={m}" for m in models]
         server = TritonServer(
             command,
