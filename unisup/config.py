@@ -333,7 +333,7 @@ class LabelingConfig:
     triton_url: str = _f("localhost:8001", "Triton gRPC host:port")
     batch_size: int = _f(64, "pairs per request (client-side batching)")
     concurrency: int = _f(8, "requests in flight at once")
-    timeout_s: float = _f(60.0, "per-request timeout in seconds")
+    timeout_s: float = _f(60.0, "per-request deadline in seconds; each retry after a deadline doubles it")
     retries: int = _f(5, "attempts per request on UNAVAILABLE / DEADLINE_EXCEEDED")
     backoff_s: float = _f(0.5, "first retry wait; doubles per attempt, at most 10 s")
     ready_timeout_s: float = _f(60.0, "how long to wait for every model to be ready before starting")

@@ -78,3 +78,26 @@ def test_server_killed_mid_run_then_restarted_resumes_exactly_once(
     assert len(keys) == len(set(keys)) == 96
     expected = pq.read_table(judged_pairs)
     assert set(keys) == set(zip(expected["query"].to_pylist(), expected["product_id"].to_pylist()))
+
+
+def test_each_retry_after_a_deadline_doubles_it(monkeypatch):
+    """A server too busy to answer within the deadline gets longer ones: labeling is later, not failed."""
+    from tritonclient.utils import InferenceServerException
+
+    backend = TritonBackend("127.0.0.1:1", timeout_s=10, retries=4, backoff_s=0.0)
+    deadlines = []
+
+    def busy_server(stage, queries, items, timeout_s):
+        deadlines.append(timeout_s)
+        if timeout_s < 40:  # this server needs 40 s per request
+            raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+        return np.full((len(queries), 4), 0.25, np.float32)
+
+    monkeypatch.setattr(backend, "_infer_once", busy_server)
+    assert backend.predict("fast", ["usb cable"], ["a cable"]).shape == (1, 4)
+    assert deadlines == [10, 20, 40]
+    deadlines.clear()
+    monkeypatch.setattr(backend, "retries", 2)
+    with pytest.raises(BackendUnavailable, match="gave up after 2 attempts"):
+        backend.predict("fast", ["usb cable"], ["a cable"])
+    assert deadlines == [10, 20]

@@ -121,7 +121,7 @@ class TritonBackend:
                 )
             time.sleep(0.2)
 
-    def _infer_once(self, stage: str, queries: Sequence[str], items: Sequence[str]) -> np.ndarray:
+    def _infer_once(self, stage: str, queries: Sequence[str], items: Sequence[str], timeout_s: float) -> np.ndarray:
         import tritonclient.grpc as grpcclient
 
         inputs = [
@@ -131,7 +131,7 @@ class TritonBackend:
         inputs[0].set_data_from_numpy(encode_texts(queries))
         inputs[1].set_data_from_numpy(encode_texts(items))
         result = self._client().infer(
-            stage, inputs, outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)], client_timeout=self.timeout_s
+            stage, inputs, outputs=[grpcclient.InferRequestedOutput(PROBS_OUTPUT)], client_timeout=timeout_s
         )
         probs = result.as_numpy(PROBS_OUTPUT)
         if probs is None or probs.shape[0] != len(queries):
@@ -164,7 +164,12 @@ class TritonBackend:
             reraise=False,
         )
         try:
-            return retrying(self._infer_once, stage, queries, items)
+            for attempt in retrying:
+                with attempt:
+                    # each retry doubles the deadline: a busy server labels later, not never
+                    timeout_s = self.timeout_s * 2 ** (attempt.retry_state.attempt_number - 1)
+                    probs = self._infer_once(stage, queries, items, timeout_s)
+            return probs
         except RetryError as err:
             cause = err.last_attempt.exception()
             raise BackendUnavailable(
