@@ -125,6 +125,11 @@ def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_ov
     [report] = [p for p in (tmp_path / "root").glob("evaluate-then-push-*/evaluate/report")][:1]
     assert report.read_text().startswith("<!DOCTYPE html>")
     assert (report.parent / "report_html" / "report.html").read_text() == report.read_text()
-    # the run id placeholder resolves to the run: the results name the run folder
-    settings = json.loads((report.parent / "results_json").read_text())["settings"]
-    assert settings["run_id"] == report.parents[1].name and settings["config"] == "local"
+    # the run id placeholder resolves to each run's id: the two runs name two ids
+    settings = [
+        json.loads(p.read_text())["settings"]
+        for p in (tmp_path / "root").glob("evaluate-then-push-*/evaluate/results_json")
+    ]
+    run_ids = {s["run_id"] for s in settings}
+    assert len(settings) == 2 == len(run_ids) and not run_ids & {"", dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+    assert all(s["config"] == "local" for s in settings)
