@@ -215,7 +215,7 @@ class DevTools:
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
 
-    def _read(self) -> dict:
+    def read(self) -> dict:
         while b"\0" not in self.buffer:
             chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
             if not chunk:
@@ -232,7 +232,7 @@ class DevTools:
         self.proc.stdin.write(json.dumps(message).encode() + b"\0")
         self.proc.stdin.flush()
         while True:
-            reply = self._read()
+            reply = self.read()
             if reply.get("id") == self.next_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
@@ -244,7 +244,19 @@ class DevTools:
         while not any(e.get("method") == method for e in self.events):
             if time.monotonic() > deadline:
                 raise TimeoutError(method)
-            self.events.append(self._read())
+            self.events.append(self.read())
+
+    def requests(self) -> list[str]:
+        """URLs of every request the page sent since the events were last cleared."""
+        return [e["params"]["request"]["url"] for e in self.events if e.get("method") == "Network.requestWillBeSent"]
+
+    def open(self, uri: str, width: int, mobile: bool, wait: str = "Page.loadEventFired") -> None:
+        self.call(
+            "Emulation.setDeviceMetricsOverride", True, width=width, height=1000, deviceScaleFactor=1, mobile=mobile
+        )
+        self.events.clear()
+        self.call("Page.navigate", True, url=uri)
+        self.wait_for(wait)
 
     def page(self, expression: str):
         return self.call("Runtime.evaluate", True, expression=expression, returnByValue=True)["result"]["value"]
@@ -271,51 +283,64 @@ LAYOUT = """(() => {
 })()"""
 
 
-def test_the_page_in_headless_chromium_at_1400_and_800_px_loads_nothing_from_the_network(page, tmp_path):
+@pytest.fixture()
+def browser(tmp_path):
+    """Headless Chromium with the Network and Page domains on; skips only where there is no Chromium."""
     binary = _chromium()
     if binary is None:
         pytest.skip("no Chromium found (Debian: apt-get install -y chromium; .ci/run installs it as root)")
+    devtools = DevTools(binary, tempfile.mkdtemp(prefix="chromium-", dir=tmp_path))
+    try:
+        devtools.call("Network.enable", True)
+        devtools.call("Page.enable", True)
+        yield devtools
+    finally:
+        devtools.close()
+
+
+def test_the_network_check_sees_a_page_that_reaches_out(browser, tmp_path):
+    """The control: a page with an external image and stylesheet shows both requests."""
+    path = tmp_path / "outside.html"
+    path.write_text(
+        '<!DOCTYPE html><html><head><link rel="stylesheet" href="https://example.invalid/a.css"></head>'
+        '<body><img src="http://example.invalid/b.png"></body></html>'
+    )
+    browser.open(path.as_uri(), 800, True, wait="Page.domContentEventFired")
+    deadline = time.monotonic() + 60
+    while {"https://example.invalid/a.css", "http://example.invalid/b.png"} - set(browser.requests()):
+        assert time.monotonic() < deadline, browser.requests()
+        browser.events.append(browser.read())
+
+
+def test_the_page_in_headless_chromium_at_1400_and_800_px_loads_nothing_from_the_network(page, browser, tmp_path):
     path = tmp_path / "report.html"
     path.write_text(page)
     shots = {}
-    browser = DevTools(binary, tempfile.mkdtemp(prefix="chromium-", dir=tmp_path))
-    try:
-        browser.call("Network.enable", True)
-        browser.call("Page.enable", True)
-        for width, mobile in ((1400, False), (800, True)):
-            browser.call(
-                "Emulation.setDeviceMetricsOverride", True, width=width, height=1000, deviceScaleFactor=1, mobile=mobile
-            )
-            browser.events.clear()
-            browser.call("Page.navigate", True, url=path.as_uri())
-            browser.wait_for("Page.loadEventFired")
-            layout = browser.page(LAYOUT)
-            shot = browser.call(
-                "Page.captureScreenshot",
-                True,
-                format="png",
-                captureBeyondViewport=True,
-                clip={"x": 0, "y": 0, "width": width, "height": layout["height"], "scale": 1},
-            )
-            shots[width] = tmp_path / f"report-{width}.png"
-            shots[width].write_bytes(base64.b64decode(shot["data"]))
-            requests = [
-                e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"
-            ]
-            # the page itself and its inline data: images; nothing else, on any scheme
-            assert path.as_uri() in requests
-            assert [u for u in requests if u != path.as_uri() and not u.startswith("data:")] == []
-            assert not [e for e in browser.events if e.get("method") == "Network.loadingFailed"]
-            # the viewport meta tag: a mobile-emulated 800 px screen lays the page out at 800 px, not 980
-            assert layout["width"] == width and layout["scrollWidth"] <= width
-            assert layout["imgs"] and all(i["loaded"] for i in layout["imgs"])
-            # figures are shown at their drawn size (labels stay readable); only tables scroll, inside their box
-            assert all(i["shown"] >= min(i["wanted"], width - 40) - 1 for i in layout["imgs"])
-            assert layout["detailsOpen"] is False
-            if width == 800:
-                assert layout["wide"] >= 1  # the gates and the pivot scroll sideways at 800 px
-    finally:
-        browser.close()
+    for width, mobile in ((1400, False), (800, True)):
+        browser.open(path.as_uri(), width, mobile)
+        layout = browser.page(LAYOUT)
+        shot = browser.call(
+            "Page.captureScreenshot",
+            True,
+            format="png",
+            captureBeyondViewport=True,
+            clip={"x": 0, "y": 0, "width": width, "height": layout["height"], "scale": 1},
+        )
+        shots[width] = tmp_path / f"report-{width}.png"
+        shots[width].write_bytes(base64.b64decode(shot["data"]))
+        requests = browser.requests()
+        # the page itself and its inline data: images; nothing else, on any scheme
+        assert path.as_uri() in requests
+        assert [u for u in requests if u != path.as_uri() and not u.startswith("data:")] == []
+        assert not [e for e in browser.events if e.get("method") == "Network.loadingFailed"]
+        # the viewport meta tag: a mobile-emulated 800 px screen lays the page out at 800 px, not 980
+        assert layout["width"] == width and layout["scrollWidth"] <= width
+        assert layout["imgs"] and all(i["loaded"] for i in layout["imgs"])
+        # figures are shown at their drawn size (labels stay readable); only tables scroll, inside their box
+        assert all(i["shown"] >= min(i["wanted"], width - 40) - 1 for i in layout["imgs"])
+        assert layout["detailsOpen"] is False
+        if width == 800:
+            assert layout["wide"] >= 1  # the gates and the pivot scroll sideways at 800 px
     for png in shots.values():
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
     print(f"screenshots: {shots[1400]} {shots[800]}")
