@@ -237,8 +237,8 @@ def forest_metrics(result: EvaluationResult) -> list[str]:
 
 def forest_plot(result: EvaluationResult):
     """Paired delta (candidate minus each baseline) with its CI, one row per metric and baseline,
-    and a red dashed line where a gate puts its threshold. Green: the CI favours the candidate;
-    red: it favours the baseline; grey: it spans zero."""
+    and a red dashed line where a gate puts its threshold (written at the edge when it lies beyond
+    the deltas). Green: the CI favours the candidate; red: it favours the baseline; grey: it spans zero."""
     plt = _plt()
     candidate, *baselines = result.systems
     names = display_names(result)
@@ -250,7 +250,11 @@ def forest_plot(result: EvaluationResult):
         for base in baselines
         if (candidate, base, metric, "all") in rows
     ]
-    fig, ax = plt.subplots(figsize=(7.0, 0.34 * len(entries) + 1.3))
+    fig, ax = plt.subplots(figsize=(7.5, 0.34 * len(entries) + 1.3))
+    # the axis spans the deltas, their CIs and zero; a gate beyond that is written at the edge
+    spans = [0.0] + [x for _, _, r in entries for x in (r["delta"], r["ci_low"], r["ci_high"]) if _defined(x)]
+    pad = max(0.01, 0.08 * (max(spans) - min(spans)))
+    lo, hi = min(spans) - pad, max(spans) + pad
     labelled = False
     for y, (metric, base, row) in enumerate(entries):
         verb, _ = _delta_phrase(row, metric)
@@ -259,18 +263,32 @@ def forest_plot(result: EvaluationResult):
             ax.plot([row["ci_low"], row["ci_high"]], [y, y], color=color, linewidth=2)
         ax.plot([row["delta"]], [y], "o", color=color, markersize=5)
         gate = _gate_lines(result, metric, base)
-        if gate is not None:
+        if gate is not None and lo <= gate <= hi:
             ax.plot(
                 [gate, gate],
                 [y - 0.42, y + 0.42],
                 "--",
                 color="#cf222e",
-                linewidth=1.2,
+                linewidth=1.4,
+                zorder=3,
                 label=None if labelled else "gate threshold",
             )
             labelled = True
+        elif gate is not None:
+            left = gate < lo
+            ax.annotate(
+                f"{'◂ ' if left else ''}gate {gate:+.3g}{'' if left else ' ▸'}",
+                (lo if left else hi, y),
+                xytext=(3 if left else -3, 0),
+                textcoords="offset points",
+                ha="left" if left else "right",
+                va="center",
+                fontsize=7,
+                color="#cf222e",
+            )
         if y and entries[y - 1][0] != metric:
             ax.axhline(y - 0.5, color="#dddddd", linewidth=0.8)
+    ax.set_xlim(lo, hi)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(entries)), [f"{m} vs {names[b]}" for m, b, _ in entries], fontsize=9)
     ax.set_ylim(len(entries) - 0.5, -0.5)
@@ -278,7 +296,7 @@ def forest_plot(result: EvaluationResult):
     ax.tick_params(axis="x", labelsize=8)
     ax.grid(axis="x", color="#eeeeee")
     if labelled:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
