@@ -139,6 +139,21 @@ def test_win_tie_loss_counts_add_up_to_the_queries_and_follow_the_deltas(result,
     assert page.count("<figure>") >= 1 + 4 + 3  # forest, cutoff plots, per-query deltas, ...
 
 
+def test_forest_plot_draws_gates_in_range_and_writes_far_ones_at_the_edge(result):
+    from unisup.report import forest_metrics, forest_plot
+
+    fig = forest_plot(result)
+    ax = fig.axes[0]
+    assert len(ax.get_yticklabels()) == len(forest_metrics(result)) * 3
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 3  # ndcg@10, grade0_share@10, engagement_recall@10 against engagement_only
+    assert [t.get_text() for t in ax.texts] == []
+    ev = {**result.settings["evaluation"], "gate_min_delta_ci_low": -1e9}
+    far = forest_plot(dataclasses.replace(result, settings={**result.settings, "evaluation": ev})).axes[0]
+    assert far.get_xlim()[0] > -1 and [t.get_text() for t in far.texts] == ["◂ gate -1e+09"]
+    assert len([line for line in far.get_lines() if line.get_linestyle() == "--"]) == 2
+
+
 def test_inputs_gates_and_the_folded_pivot_are_rendered(result, page):
     for _, value in inputs(result):
         assert value.replace("&", "&amp;").split(" (")[0] in page
