@@ -83,6 +83,7 @@ def ablation(
                 teacher_audit=teacher_audit,
                 config=config,
                 overrides=overrides,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             ),
             _k8s.LARGE,
         )

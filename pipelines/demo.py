@@ -122,7 +122,7 @@ def summarize(run: Path) -> None:
     results = json.loads(next(run.glob("evaluate/results_json")).read_text())
     print("\nheadline: test queries, human grades, retrieval over the full catalog\n")
     print(headline(results))
-    report = next(run.glob("evaluate/report"))
+    report = next(run.glob("evaluate/report_html/report.html"))
     print(f"\nHTML report: {report}")
     blessing = json.loads(next(run.glob("evaluate/blessing")).read_text())
     print(f"blessed: {blessing['blessed']}")

@@ -150,6 +150,7 @@ def unified_supervision(
             teacher_audit=teacher_audit,
             config=config,
             overrides=gate_overrides,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ),
         _k8s.LARGE,
     )

@@ -224,7 +224,8 @@ def test_outputs_are_written_and_the_report_is_self_contained(judged, tmp_path):
     assert payload["blessing"]["blessed"] is True and len(payload["results"]) == result.table.num_rows
     assert json.loads((tmp_path / "blessing.json").read_text())["blessed"] is True
     page = (tmp_path / "report.html").read_text()
-    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 3
+    # forest plot, 1 per-query plot, grade bars, metric vs cutoff (10, 25) and each main metric's bars
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) >= 3 + 4 + 6
     assert not re.search(r'(src|href)="(http|//)', page)
     assert "BLESSED" in page
     metrics = kfp_metrics(result)

@@ -37,6 +37,26 @@ def test_condensed_ndcg_drops_unjudged_items_before_cutting():
     assert m["recall@3"]["q"] == pytest.approx(1.0)
 
 
+def test_condensed_ndcg_from_ir_measures_equals_ndcg_of_the_hand_filtered_ranking():
+    """``nDCG(judged_only=True)`` gives exactly what dropping unjudged items by hand and
+    cutting after gave, on random rankings that are mostly unjudged."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    items = [f"i{j}" for j in range(200)]
+    qrels = {
+        f"q{n}": {str(d): int(g) for d, g in zip(rng.choice(items, 25, replace=False), rng.integers(0, 4, 25))}
+        for n in range(40)
+    }
+    rankings = {q: [str(d) for d in rng.permutation(items)[:150]] for q in qrels}
+    for k in (10, 25, 100):
+        condensed = per_query_metrics(rankings, qrels, k=k)[f"condensed_ndcg@{k}"]
+        filtered = {q: [d for d in rankings[q] if d in qrels[q]][:k] for q in qrels}
+        by_hand = per_query_metrics(filtered, qrels, k=k)[f"ndcg@{k}"]
+        assert condensed == pytest.approx(by_hand, abs=1e-12)
+        assert any(v > 0 for v in condensed.values())
+
+
 def test_a_query_without_ranking_scores_zero_and_nan_where_nothing_is_judged():
     m = per_query_metrics({"other": ["a"]}, QRELS, k=2)
     assert m["ndcg@2"]["q"] == 0.0 and m["judged@2"]["q"] == 0.0

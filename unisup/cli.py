@@ -274,6 +274,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.split,
         args.engagement,
         args.teacher_audit,
+        provenance={"config": args.config, "overrides": args.override},
     )
     k = cfg.evaluation.cutoffs[0]
     for system in result.systems:

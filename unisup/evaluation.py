@@ -38,11 +38,12 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
 
-from unisup import storage
+from unisup import code_version, storage
 from unisup.config import Config, ConfigError, EvaluationConfig, to_dict
 from unisup.errors import InputError
 from unisup.metrics import engagement_metrics, grade_distribution, metric_names, per_query_metrics_at
@@ -611,14 +612,16 @@ def run_evaluation(
     split: str | None = None,
     engagement_uri: str | None = None,
     teacher_audit_uri: str | None = None,
+    provenance: Mapping | None = None,
 ) -> EvaluationResult:
     """Evaluate a bi-encoder + index on the judged ``split`` (``evaluation.split``) of
     ``judgments_uri`` (``data.judgments_uri``) and on held-out engagement, against the
     ``(name, model, index)`` baselines and the channels of ``evaluation.baseline_channels``;
     with ``teacher_audit_uri`` the teachers' audit gates the blessing too (teachers below the
     features-only baseline are named). Every index must have been built by its model on the
-    configured catalog (:class:`ArtifactMismatch` otherwise, before any ranking). Writes every
-    output under ``out_uri`` when given."""
+    configured catalog (:class:`ArtifactMismatch` otherwise, before any ranking). The settings
+    record the inputs, the fusion preset, the code version, the time (UTC) and ``provenance``
+    (config, overrides, run id: what the caller knows). Writes every output under ``out_uri`` when given."""
     from dataclasses import replace
 
     from unisup.data.sample import load_dataset
@@ -669,6 +672,10 @@ def run_evaluation(
             "candidate_index_digest": storage.content_digest(candidate_index),
             "model_baselines": [list(b) for b in model_baselines],
             "teacher_audit_uri": teacher_audit_uri,
+            "preset": cfg.fusion.preset,
+            "code_version": code_version(),
+            "evaluated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            **dict(provenance or {}),
         }
     )
     if audit is not None:

@@ -1,10 +1,10 @@
 """Ranking metrics against graded judgments, per query.
 
 Standard measures come from ir-measures (trec_eval through pytrec_eval): nDCG@k
-(linear gain; unjudged = 0), recall@k at the relevance threshold, judged@k. The
-judgment-pool-aware ones are defined here on top: condensed nDCG@k (nDCG after
-dropping unjudged items from the ranking), the share of grade-0 items among the
-judged top k, and the average grade of the judged top k.
+(linear gain; unjudged = 0), recall@k at the relevance threshold, judged@k, and
+condensed nDCG@k (``nDCG(judged_only=True)``: nDCG after dropping unjudged items from
+the ranking, trec_eval's ``-J``). The judgment-pool-aware ones are defined here on top:
+the share of grade-0 items among the judged top k, and the average grade of the judged top k.
 """
 
 from __future__ import annotations
@@ -37,14 +37,17 @@ def per_query_metrics(
     """
     queries = list(qrels)
     qrels_plain = {q: {d: int(g) for d, g in qrels[q].items()} for q in queries}
-    run = _as_run({q: list(rankings.get(q, []))[:k] for q in queries})
-    condensed = _as_run({q: [d for d in rankings.get(q, []) if d in qrels_plain[q]][:k] for q in queries})
+    # the whole ranking: judged_only drops the unjudged items before the cutoff applies
+    run = _as_run({q: list(rankings.get(q, [])) for q in queries})
     out: dict[str, dict[str, float]] = {name: {q: 0.0 for q in queries} for name in metric_names(k)}
-    measures = {nDCG @ k: f"ndcg@{k}", Judged @ k: f"judged@{k}", R(rel=relevance_threshold) @ k: f"recall@{k}"}
+    measures = {
+        nDCG @ k: f"ndcg@{k}",
+        nDCG(judged_only=True) @ k: f"condensed_ndcg@{k}",
+        Judged @ k: f"judged@{k}",
+        R(rel=relevance_threshold) @ k: f"recall@{k}",
+    }
     for m in ir_measures.iter_calc(list(measures), qrels_plain, run):
         out[measures[m.measure]][m.query_id] = float(m.value)
-    for m in ir_measures.iter_calc([nDCG @ k], qrels_plain, condensed):
-        out[f"condensed_ndcg@{k}"][m.query_id] = float(m.value)
     for q in queries:
         grades = [qrels_plain[q][d] for d in list(rankings.get(q, []))[:k] if d in qrels_plain[q]]
         out[f"grade0_share@{k}"][q] = float(np.mean([g == 0 for g in grades])) if grades else float("nan")

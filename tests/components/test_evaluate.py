@@ -35,6 +35,7 @@ def _outputs(tmp_path):
         "results_json": dsl.Artifact(uri=str(tmp_path / "json")),
         "metrics": dsl.Metrics(uri=str(tmp_path / "metrics")),
         "report": dsl.HTML(uri=str(tmp_path / "report")),
+        "report_html": dsl.Artifact(uri=str(tmp_path / "report_html")),
         "blessing": dsl.Artifact(uri=str(tmp_path / "blessing")),
     }
 
@@ -70,6 +71,7 @@ def test_evaluate_function_refuses_a_random_model_against_bm25(
     assert blessing["evaluated"]["model"]["digest"] == storage.content_digest(model)
     assert blessing["evaluated"]["index"]["digest"] == storage.content_digest(index)
     assert "<img" in (tmp_path / "report").read_text()
+    assert (tmp_path / "report_html" / "report.html").read_text() == (tmp_path / "report").read_text()
     assert out["metrics"].metadata["ndcg_at_10_delta_vs_same"] == 0.0 and out["metrics"].metadata["blessed"] == 0.0
     assert out["blessing"].metadata["blessed"] is False and out["results"].metadata["split"] == "test"
     assert json.loads(out["results"].metadata["evaluation"])["n_bootstrap"] == 200
@@ -99,6 +101,7 @@ def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_ov
             baseline_index=candidate_index.output,
             baseline_name="same",
             overrides=eval_overrides,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
         with dsl.If(evaluation.outputs["Output"] == True):  # noqa: E712 (a KFP condition, not a Python comparison)
             push_task = push(
@@ -121,3 +124,12 @@ def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_ov
     )
     [report] = [p for p in (tmp_path / "root").glob("evaluate-then-push-*/evaluate/report")][:1]
     assert report.read_text().startswith("<!DOCTYPE html>")
+    assert (report.parent / "report_html" / "report.html").read_text() == report.read_text()
+    # the run id placeholder resolves to each run's id: the two runs name two ids
+    settings = [
+        json.loads(p.read_text())["settings"]
+        for p in (tmp_path / "root").glob("evaluate-then-push-*/evaluate/results_json")
+    ]
+    run_ids = {s["run_id"] for s in settings}
+    assert len(settings) == 2 == len(run_ids) and not run_ids & {"", dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+    assert all(s["config"] == "local" for s in settings)

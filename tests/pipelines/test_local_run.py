@@ -69,6 +69,11 @@ def check_run(run: Path) -> None:
     assert report["merged_shards"] == 2
     assert read_table(str(next(run.glob("merge-shards/merged_table")))).num_rows == labels.num_rows
     assert "<html" in next(run.glob("evaluate/report")).read_text().lower()
+    # the same page with an .html name for a browser; the run named by its resolved id
+    page = next(run.glob("evaluate/report_html/report.html")).read_text()
+    assert page == next(run.glob("evaluate/report")).read_text() and "<b>unified</b>" in page
+    run_id = json.loads(next(run.glob("evaluate/results_json")).read_text())["settings"]["run_id"]
+    assert run_id and "{{" not in run_id and run_id in page
     blessing = json.loads(next(run.glob("evaluate/blessing")).read_text())
     assert blessing["blessed"] is True and blessing["gates"]["teacher_audit"]["passed"]
     # the engagement gate judged the held-out last day of the logs, which training never saw
