@@ -8,7 +8,7 @@ from tritonclient.grpc import model_config_pb2
 
 from unisup.biencoder import export as biencoder_export
 from unisup.config import load_config
-from unisup.promotion import _triton_config
+from unisup.promotion import served_versions, triton_config
 from unisup.teachers import export as teacher_export
 
 MC = model_config_pb2.ModelConfig
@@ -64,9 +64,10 @@ def test_teacher_config_round_trips_with_and_without_a_queue_delay(delay):
 
 def test_pushed_serving_config_round_trips_with_its_version_policy():
     cfg = load_config("local")
-    config = _round_trip(_triton_config(cfg, 32))
+    text = triton_config(cfg, 32, [3, 4])
+    config = _round_trip(text)
     assert config.name == cfg.promotion.model_name
-    assert config.version_policy.latest.num_versions == cfg.promotion.serve_versions
+    assert list(config.version_policy.specific.versions) == served_versions(text) == [3, 4]
     assert list(config.output[0].dims) == [32]
 
 
