@@ -65,7 +65,7 @@ def triton_container(images, teachers):
     http, grpc = free_port(), free_port()
     repository = teachers["repository"]
     started = docker(
-        "run", "--detach", "--rm", "--network", "host", "--shm-size", "256m",
+        "run", "--detach", "--network", "host", "--shm-size", "256m",
         "--volume", f"{repository}:{repository}:ro",
         images["triton"],
         f"--model-repository={repository}", f"--http-port={http}", f"--grpc-port={grpc}",
