@@ -51,8 +51,11 @@ submit: $(STAMP) ## upload a compiled pipeline and start a run on Kubeflow (KFP_
 images: $(STAMP) ## build the container images (needs a Docker engine; LOCAL_BASE=1 when no image registry is reachable)
 	PYTHON=$(PY) bash containers/build.sh
 
+lock: ## write containers/requirements.lock, the images' pinned dependencies (needs a Docker engine and the base image)
+	bash containers/lock.sh
+
 clean: ## remove caches, run outputs and the environment
 	rm -rf $(VENV) .cache runs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help venv demo reproduce test test-docker compile bench lint submit images clean
+.PHONY: help venv demo reproduce test test-docker compile bench lint submit images lock clean

@@ -6,9 +6,9 @@
 #   LOCAL_BASE=1 bash containers/build.sh
 #       for hosts that reach the package registries but no image registry: build on a Python
 #       base made from Debian packages (containers/make_base_image.sh, made when missing),
-#       with this host's torch wheel, a CPU trainer (faiss-cpu), and no Triton image (its NGC
-#       base cannot be made locally; labeling.backend=triton_local runs the tritonserver binary
-#       of nvidia-pytriton inside the components image instead). Never pushed.
+#       with this host's torch wheel, a CPU trainer (faiss-cpu), and a Triton image whose server
+#       is the tritonserver binary of nvidia-pytriton (TRITONSERVER=pytriton; CPU, python backend
+#       only) instead of the NGC base's. Never pushed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -50,7 +50,6 @@ if [[ "$LOCAL_BASE" == "1" ]]; then
     echo "build.sh: LOCAL_BASE=1 images are for this host only; they are never pushed" >&2
     exit 2
   fi
-  ORDER=(components trainer)
   if [[ -z "${RUN[*]}" ]]; then
     docker image inspect "$LOCAL_BASE_IMAGE" >/dev/null 2>&1 || bash containers/make_base_image.sh "$LOCAL_BASE_IMAGE"
     # The host's pip resolves torch==2.13.0 to its CPU build (a local wheel or the CPU index).
@@ -65,7 +64,10 @@ for i in "${!ORDER[@]}"; do
   name="${ORDER[$i]}"
   tag="${TAGS[$i]}"
   extra=()
-  [[ "$LOCAL_BASE" == "1" && "$name" == "trainer" ]] && extra=(--build-arg "FAISS_GPU=")
+  if [[ "$LOCAL_BASE" == "1" ]]; then
+    [[ "$name" == "trainer" ]] && extra=(--build-arg "FAISS_GPU=")
+    [[ "$name" == "triton" ]] && extra=(--build-arg "TRITONSERVER=pytriton")
+  fi
   "${RUN[@]}" docker build --file "${DOCKERFILE[$name]}" --tag "$tag" "${BUILD_ARGS[@]}" "${extra[@]}" "$ROOT"
   if [[ "${PUSH:-0}" == "1" ]]; then
     "${RUN[@]}" docker push "$tag"

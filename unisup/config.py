@@ -337,6 +337,11 @@ class LabelingConfig:
     retries: int = _f(5, "attempts per request on UNAVAILABLE / DEADLINE_EXCEEDED")
     backoff_s: float = _f(0.5, "first retry wait; doubles per attempt, at most 10 s")
     ready_timeout_s: float = _f(60.0, "how long to wait for every model to be ready before starting")
+    triton_local_fallback: bool = _f(
+        False,
+        "triton_local only: when no local tritonserver gets ready, label in-process instead of failing "
+        "(warned and recorded as the report's fallback)",
+    )
     shard_size: int = _f(2048, "pairs per output shard (the unit of resume)")
     work_uri: str = _f("", "where shards and the manifest live (stable across retries); empty = inside the output")
     escalate_rule: str = _f(

@@ -17,3 +17,7 @@ class InputError(UnisupError, ValueError):
 
 class ArtifactMismatch(InputError):
     """Artifacts that must belong together (model, index, catalog, evaluation) do not."""
+
+
+class ServingError(UnisupError, RuntimeError):
+    """A model server that a stage needs could not be started or did not get ready."""

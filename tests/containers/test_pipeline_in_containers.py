@@ -1,50 +1,25 @@
-"""The unified_supervision pipeline with every component in its image: the images are built
-(containers/build.sh; LOCAL_BASE=1 in the environment builds them on a base made from Debian
-packages, for hosts that reach no image registry) and kfp.local.DockerRunner runs each task in
-a container: extraction, teachers, labeling through a tritonserver started inside the
-labeling container, fusion, training, index, evaluation, and the push to a GCS emulator that
-the containers reach over the host's network."""
+"""The unified_supervision pipeline with every component in its image (built by the ``images``
+fixture): kfp.local.DockerRunner runs each task in a container: extraction, teachers, labeling
+through a tritonserver started inside the labeling container, fusion, training, index,
+evaluation, and the push to a GCS emulator that the containers reach over the host's network."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from kfp import local
 
-from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE
 from pipelines.unified_supervision import unified_supervision
 from tests.pipelines.test_local_run import check_run, tiny_config
 from unisup import storage
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
-REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def component_images() -> list[str]:
-    """Build the components and trainer images (cached layers make a rebuild quick)."""
-    docker = pytest.importorskip("docker", reason="the docker package is in the dev extra")
-    try:
-        docker.from_env().ping()
-    except Exception as err:  # no engine: the docker marker's tests cannot run here
-        pytest.skip(f"no Docker engine reachable ({type(err).__name__}); .ci/run installs and starts one")
-    build = subprocess.run(
-        ["bash", str(REPO / "containers" / "build.sh")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHON": sys.executable},
-    )
-    assert build.returncode == 0, f"containers/build.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
-    return [COMPONENTS_IMAGE, TRAINER_IMAGE]
-
-
-def test_pipeline_runs_in_the_images(component_images, tmp_path, tiny_sample, tiny_encoder_path, gcs_emulator):
+def test_pipeline_runs_in_the_images(images, tmp_path, tiny_sample, tiny_encoder_path, gcs_emulator):
     # Only the pipeline root is mounted into the containers (at the same path): inputs go there.
     root = tmp_path / "root"
     inputs = root / "inputs"

@@ -125,19 +125,62 @@ def test_triton_local_backend_serves_the_teachers_it_is_given(
     assert report["labeled"] == 2
 
 
-def test_triton_local_falls_back_in_process_and_says_so(trained_teachers, teacher_config, tmp_path, monkeypatch):
+def _triton_local(cfg, fallback: bool):
     from dataclasses import replace
 
+    return replace(cfg, labeling=replace(cfg.labeling, backend="triton_local", triton_local_fallback=fallback))
+
+
+def test_triton_local_without_a_server_fails_clearly(trained_teachers, teacher_config, monkeypatch):
+    from unisup.errors import ServingError
+    from unisup.teachers import triton_server
+    from unisup.teachers.labeling import serving_backend
+
+    monkeypatch.setattr(triton_server, "pytriton_server_dir", lambda: None)
+    cfg = _triton_local(teacher_config, fallback=False)
+    with pytest.raises(ServingError, match=r"tritonserver not found.*labeling.triton_local_fallback=true"):
+        with serving_backend(cfg, trained_teachers["repository"]):
+            pass
+
+
+def test_triton_local_falls_back_in_process_only_when_allowed_and_records_it(
+    trained_teachers, teacher_config, tmp_path, monkeypatch, caplog
+):
     from unisup.teachers import triton_server
     from unisup.teachers.labeling import label_pairs, serving_backend
 
     monkeypatch.setattr(triton_server, "pytriton_server_dir", lambda: None)
-    cfg = replace(teacher_config, labeling=replace(teacher_config.labeling, backend="triton_local"))
+    cfg = _triton_local(teacher_config, fallback=True)
     pairs = pa.table({"query": ["usb hub"], "item_id": cfg_items(cfg, 1)})
-    with serving_backend(cfg, trained_teachers["repository"]) as backend:
-        report = label_pairs(pairs, str(tmp_path / "out"), cfg, backend)
+    with caplog.at_level("WARNING", logger="unisup.teachers.labeling"):
+        with serving_backend(cfg, trained_teachers["repository"]) as backend:
+            report = label_pairs(pairs, str(tmp_path / "out"), cfg, backend)
+    assert "LABELING FALLBACK" in caplog.text and "labeling.triton_local_fallback=true" in caplog.text
     assert report["backend"].startswith("inprocess (fallback: no local tritonserver: tritonserver not found")
+    assert report["fallback"].startswith("triton_local -> inprocess: tritonserver not found")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["fallback"] == report["fallback"]
     assert report["labeled"] == 1
+
+
+@pytest.mark.triton
+def test_triton_local_fails_when_a_model_does_not_load(tritonserver_available, teacher_config, tmp_path):
+    from unisup.errors import ServingError
+    from unisup.teachers.labeling import serving_backend
+
+    model = tmp_path / "repository" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'backend: "python"\nmax_batch_size: 8\n'
+        'input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]\n'
+        'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]\n'
+    )
+    (model / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('weights missing')\n"
+    )
+    cfg = _triton_local(teacher_config, fallback=False)
+    with pytest.raises(ServingError, match="tritonserver exited"):
+        with serving_backend(cfg, str(tmp_path / "repository")):
+            pass
 
 
 def cfg_items(cfg, n: int) -> list[str]:

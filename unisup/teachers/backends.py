@@ -40,6 +40,7 @@ class InProcessBackend:
     """Teachers loaded from the Triton repository's model files, run in this process."""
 
     name = "inprocess"
+    fallback = ""  # why it stands in for another backend, if it does
 
     def __init__(self, repository: str | Path, batch_size: int = 64):
         self.repository = Path(repository)
@@ -74,6 +75,7 @@ class TritonBackend:
     """tritonclient gRPC: length-sorted client-side batches, bounded concurrency, timeouts, retries with backoff."""
 
     name = "triton"
+    fallback = ""
 
     def __init__(
         self,

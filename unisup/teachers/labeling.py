@@ -32,7 +32,7 @@ from unisup import storage
 from unisup.config import Config, ConfigError, TeacherStageConfig
 from unisup.data.sample import load_catalog
 from unisup.data.tables import parse_csv, read_table, write_table
-from unisup.errors import InputError
+from unisup.errors import InputError, ServingError
 from unisup.schemas import (
     LABELS,
     QUARANTINE_REASON,
@@ -106,9 +106,11 @@ def serving_backend(cfg: Config, repository: str | None = None) -> Iterator[Back
     """The configured backend for the duration of a labeling run.
 
     ``triton_local`` starts a tritonserver on this machine over the teachers repository
-    and labels through it over gRPC; where no server can start (no binary, a failed
-    start), the in-process backend stands in and its ``name`` says so. Other backends
-    are :func:`make_backend`'s.
+    and labels through it over gRPC. Where no server gets ready (no binary, a failed
+    start, a timeout) it raises :class:`ServingError`, unless
+    ``labeling.triton_local_fallback`` is set: then it warns, and the in-process backend
+    stands in with the reason in its ``fallback`` (recorded in the labeling report).
+    Other backends are :func:`make_backend`'s.
     """
     lab = cfg.labeling
     if lab.backend != "triton_local":
@@ -121,9 +123,20 @@ def serving_backend(cfg: Config, repository: str | None = None) -> Iterator[Back
     try:
         running = server.__enter__()
     except (FileNotFoundError, RuntimeError, TimeoutError) as err:
-        log.warning("no local tritonserver could start (%s); labeling in-process instead", str(err).splitlines()[0])
+        reason = str(err).splitlines()[0]
+        if not lab.triton_local_fallback:
+            raise ServingError(
+                f"labeling.backend=triton_local: no local tritonserver got ready over {repository}: {reason}; "
+                "fix the server, or set labeling.triton_local_fallback=true to label in-process"
+            ) from err
+        log.warning(
+            "LABELING FALLBACK: no local tritonserver got ready (%s); labeling in-process instead, "
+            "as labeling.triton_local_fallback=true allows",
+            reason,
+        )
         fallback = InProcessBackend(repository, lab.batch_size)
-        fallback.name = f"inprocess (fallback: no local tritonserver: {str(err).splitlines()[0]})"
+        fallback.name = f"inprocess (fallback: no local tritonserver: {reason})"
+        fallback.fallback = f"triton_local -> inprocess: {reason}"
         yield fallback
         return
     try:
@@ -317,6 +330,7 @@ def label_pairs(
         "shards_resumed": len(done_before),
         "shards_labeled_now": len(todo),
         "backend": getattr(backend, "name", type(backend).__name__),
+        "fallback": getattr(backend, "fallback", ""),  # why the configured backend did not label, if so
         "stages": names,
         "pairs_per_stage": dict(zip(names, np.sum([s["pairs_per_stage"] for s in shards], axis=0).tolist())),
         "decided_per_stage": dict(zip(names, np.sum([s["decided_per_stage"] for s in shards], axis=0).tolist())),
