@@ -441,6 +441,12 @@ class ExtractionConfig:
         "count (128MB fails at 30M rows, 256MB does not)",
     )
     duckdb_threads: int = _f(2, "DuckDB threads")
+    engine: str = _f(
+        "duckdb", "SQL engine of the extraction: duckdb (in this process) or spark (the same rules on Spark)"
+    )
+    spark_master: str = _f("local[2]", "Spark master of the spark engine: local[N] runs Spark inside this process")
+    spark_driver_memory: str = _f("2g", "Spark driver memory (with local[N], the memory of the whole job)")
+    spark_shuffle_partitions: int = _f(8, "Spark shuffle partitions (spark.sql.shuffle.partitions)")
 
 
 @dataclass
