@@ -1,6 +1,7 @@
 """KFP component of ``unisup extract-logs``: raw logs -> engagement, held-out engagement,
 quarantine and report (unisup.logs), on the engine the ``engine`` parameter names: DuckDB,
-or Spark (``local[N]`` inside the task)."""
+or Spark: ``local[N]`` inside the task, or with ``extraction.spark_submit=k8s-operator`` a
+SparkApplication that the task creates and waits for (unisup.spark_operator)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Metrics, Output
@@ -29,19 +30,30 @@ def extract_logs(
 
     from unisup.config import load_config
     from unisup.logs import extract_logs_with_holdout
+    from unisup.spark_operator import extract_on_cluster
 
-    cfg = load_config(config, overrides + [f"extraction.engine={engine}"])
-    result, held_out = extract_logs_with_holdout(
-        logs_uri or cfg.extraction.logs_uri,
-        engagement.path,
-        holdout_engagement.path,
-        cfg.extraction,
-        cfg.data.catalog_uri,
-        quarantine_uri=quarantine.path,
-        report_uri=report.path,
-        start_date=start_date or None,
-        end_date=end_date or None,
-    )
+    overrides = overrides + [f"extraction.engine={engine}"]
+    cfg = load_config(config, overrides)
+    if cfg.extraction.engine == "spark" and cfg.extraction.spark_submit == "k8s-operator":
+        window = [f"extraction.start_date={start_date}"] * bool(start_date) + [
+            f"extraction.end_date={end_date}"
+        ] * bool(end_date)
+        outputs = (engagement.uri, holdout_engagement.uri, quarantine.uri, report.uri)
+        result, held_out = extract_on_cluster(
+            cfg.extraction, logs_uri or cfg.extraction.logs_uri, *outputs, config, overrides + window
+        )
+    else:
+        result, held_out = extract_logs_with_holdout(
+            logs_uri or cfg.extraction.logs_uri,
+            engagement.path,
+            holdout_engagement.path,
+            cfg.extraction,
+            cfg.data.catalog_uri,
+            quarantine_uri=quarantine.path,
+            report_uri=report.path,
+            start_date=start_date or None,
+            end_date=end_date or None,
+        )
     held_out = held_out or {"window": None, "pairs": 0, "rows_in": 0, "rows_quarantined": 0}
     holdout_engagement.metadata.update(
         {"window": json.dumps(held_out["window"]), **{k: held_out[k] for k in ("pairs", "rows_in", "rows_quarantined")}}

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from unisup.config import ConfigError, ExtractionConfig
 
 ENGINES = ("duckdb", "spark")
+SUBMIT_MODES = ("in-process", "k8s-operator")
 
 
 def check_engine(cfg: ExtractionConfig) -> None:
@@ -32,6 +33,8 @@ def check_engine(cfg: ExtractionConfig) -> None:
         raise ConfigError(f"extraction.engine={cfg.engine!r}: expected one of {', '.join(ENGINES)}")
     if cfg.spark_shuffle_partitions < 1:
         raise ConfigError(f"extraction.spark_shuffle_partitions={cfg.spark_shuffle_partitions!r}: expected at least 1")
+    if cfg.spark_submit not in SUBMIT_MODES:
+        raise ConfigError(f"extraction.spark_submit={cfg.spark_submit!r}: expected one of {', '.join(SUBMIT_MODES)}")
     if not cfg.spark_master.strip():
         raise ConfigError("extraction.spark_master='': expected a Spark master such as local[2] or spark://host:7077")
 
