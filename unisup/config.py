@@ -447,6 +447,9 @@ class ExtractionConfig:
     spark_master: str = _f("local[2]", "Spark master of the spark engine: local[N] runs Spark inside this process")
     spark_driver_memory: str = _f("2g", "Spark driver memory (with local[N], the memory of the whole job)")
     spark_shuffle_partitions: int = _f(8, "Spark shuffle partitions (spark.sql.shuffle.partitions)")
+    spark_work_uri: str = _f(
+        "", "folder every Spark executor reaches (gs://...) for the parts Spark writes; empty = the driver's disk"
+    )
     spark_submit: str = _f(
         "in-process",
         "how the pipeline task runs the spark engine: in-process (Spark in the task, spark_master) or k8s-operator "

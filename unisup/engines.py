@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from unisup import storage
 from unisup.config import ConfigError, ExtractionConfig
 
 ENGINES = ("duckdb", "spark")
@@ -121,9 +123,10 @@ class SparkEngine:
     """The extraction's operations on a Spark session; tables are kept (persisted) until
     :meth:`close` drops them with the views."""
 
-    def __init__(self, spark, work: str):
+    def __init__(self, spark, work: str, shared_work: str = ""):
         self.spark = spark
         self.work = work
+        self.shared_work = shared_work
         self.names: list[str] = []
         self.kept: list = []
 
@@ -177,21 +180,31 @@ class SparkEngine:
 
     def write_parquet(self, sql: str, params: dict | None, out: str) -> None:
         """The query's rows, in its order, as one Parquet file at the local path ``out``: Spark
-        writes its parts, which are then joined in part order."""
-        parts_dir = tempfile.mkdtemp(prefix="parts-", dir=self.work)
+        writes its parts (under ``shared_work`` when given: a folder every executor reaches,
+        else under ``work``), which are then joined in part order."""
+        if self.shared_work:
+            parts_dir = storage.join(self.shared_work, f"parts-{uuid.uuid4().hex}")
+        else:
+            parts_dir = tempfile.mkdtemp(prefix="parts-", dir=self.work)
         frame = self.frame(sql, params)
         frame.write.mode("overwrite").option("compression", "zstd").parquet(parts_dir)
-        parts = sorted(Path(parts_dir).glob("part-*.parquet"))
-        if parts:
-            schema = pq.read_schema(parts[0]).remove_metadata()
-        else:
-            from pyspark.sql.pandas.types import to_arrow_schema
-
-            schema = to_arrow_schema(frame.schema)
+        parts = sorted(u for u in storage.list_prefix(parts_dir) if Path(u).name.startswith("part-"))
+        schema = self._arrow_schema(frame, parts)
         with pq.ParquetWriter(out, schema, compression="zstd") as writer:
             for part in parts:
-                for batch in pq.ParquetFile(part).iter_batches():
-                    writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+                with storage.local_copy(part) as path:
+                    for batch in pq.ParquetFile(path).iter_batches():
+                        writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+
+    @staticmethod
+    def _arrow_schema(frame, parts: list[str]) -> pa.Schema:
+        """The Arrow schema of the parts Spark wrote (that of the first), or of the frame when none."""
+        if parts:
+            with storage.local_copy(parts[0]) as path:
+                return pq.read_schema(path).remove_metadata()
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        return to_arrow_schema(frame.schema, timezone="UTC")
 
     def close(self) -> None:
         for frame in self.kept:
@@ -259,7 +272,7 @@ def spark_session(cfg: ExtractionConfig) -> Iterator:
 def spark_engine(cfg: ExtractionConfig, tmp: str) -> Iterator[SparkEngine]:
     """A Spark engine on the active (else a new) session, its parts written under ``tmp``."""
     with spark_session(cfg) as spark:
-        engine = SparkEngine(spark, tmp)
+        engine = SparkEngine(spark, tmp, cfg.spark_work_uri)
         try:
             yield engine
         finally:

@@ -186,10 +186,23 @@ def partitions(logs_uri: str) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+def _parquet_footer(path: str) -> tuple[pa.Schema, int]:
+    """The Arrow schema and row count of a Parquet file, local or gs:// (only its footer is read)."""
+    if storage.is_gcs(path):
+        import pyarrow.fs
+
+        system, inside = pyarrow.fs.FileSystem.from_uri(path)
+        with system.open_input_file(inside) as handle, pq.ParquetFile(handle) as file:
+            return file.schema_arrow, file.metadata.num_rows
+    with pq.ParquetFile(path) as file:
+        return file.schema_arrow, file.metadata.num_rows
+
+
 @contextmanager
-def staged(uris: list[str]) -> Iterator[list[str]]:
-    """Local paths of the files: themselves when local, else copies in a temporary folder."""
-    if not any(storage.is_gcs(u) for u in uris):
+def staged(uris: list[str], engine: str = "duckdb") -> Iterator[list[str]]:
+    """Paths of the files for ``engine``: themselves when local or when Spark reads them (it
+    reads gs:// itself), else copies in a temporary folder."""
+    if engine == "spark" or not any(storage.is_gcs(u) for u in uris):
         yield uris
         return
     with tempfile.TemporaryDirectory(prefix="unisup-logs-") as tmp:
@@ -228,8 +241,7 @@ def read_log_files(paths: list[str], sources: list[str], indexes: Iterable[int])
     files = []
     for path, source, index in zip(paths, sources, indexes, strict=True):
         try:
-            with pq.ParquetFile(path) as file:
-                schema, rows = file.schema_arrow, file.metadata.num_rows
+            schema, rows = _parquet_footer(path)
         except (pa.ArrowInvalid, OSError) as err:
             raise DataValidationError("raw_logs", source, f"not a readable Parquet file ({err})") from None
         check_columns(schema, source)
@@ -888,7 +900,7 @@ def extract_logs(
     quarantine_uri, report_uri = output_uris(out_uri, quarantine_uri, report_uri)
     window, selected = selected_files(logs_uri, cfg, start_date, end_date)
     known = known_items(catalog_uri)
-    with staged(selected) as paths, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
+    with staged(selected, cfg.engine) as paths, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
         files = read_log_files(paths, selected, range(len(paths)))
         channels = channels_of(files)
         with extraction_engine(cfg, tmp, files) as db:
