@@ -1,9 +1,9 @@
 """Log extraction: raw request logs -> per (query, item) engagement, with a quarantine.
 
 :func:`extract_logs` reads a date-partitioned raw-log dataset
-(``<root>/date=YYYY-MM-DD/*.parquet``, local or ``gs://``) for a date window with
-DuckDB (out-of-core, bounded by ``duckdb_memory_limit``; the log is never loaded into
-Python), and:
+(``<root>/date=YYYY-MM-DD/*.parquet``, local or ``gs://``) for a date window on the
+engine ``cfg.engine`` names (:mod:`unisup.engines`): DuckDB (out-of-core, bounded by
+``duckdb_memory_limit``) or Spark, the same SQL; the log is never loaded into Python. It:
 
 1. **validates** every row with the ``raw_logs`` row rules of :mod:`unisup.schemas`,
    written in SQL (:func:`quarantine_reason_sql`, same order, same first-reason-wins
@@ -21,8 +21,8 @@ Python), and:
 Rows in = rows accepted + rows quarantined is checked (and accepted = used + bot
 filtered); the report (strict JSON: never NaN or Infinity) says so with counts by reason.
 
-No input becomes SQL text: paths, the window and the settings reach DuckDB as bound
-parameters or connection options, and the settings are checked before any work
+No input becomes SQL text: paths, the window and the settings reach the engine as bound
+(named) parameters, connection options or registered tables, and the settings are checked before any work
 (:func:`check_settings`: a :class:`~unisup.config.ConfigError` naming the key). The files:
 
 * one that is not readable Parquet (empty, truncated, a text column that is not UTF-8),
