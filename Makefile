@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build (an unpinned torch pulls multi-GB CUDA wheels)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[triton,dev]"
+	$(PY) -m pip install -q -e ".[triton,spark,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP) ## create the Python environment in .venv

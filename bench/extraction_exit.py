@@ -4,8 +4,8 @@ A run whose outputs are complete must exit 0; a native thread torn down at inter
 exit shows as 134 (SIGABRT, "terminate called without an active exception"). The logs
 are synthetic (``BENCH_EXIT_ROWS`` rows, 300,000 by default, over two days and four
 files), with enough (query, item) pairs that the engagement table takes Arrow some
-threads to read. Each mode (the single pass, and ``--shards 2``) runs ``BENCH_EXIT_RUNS``
-times (100 by default); the figures count the runs by exit status.
+threads to read. The extraction runs ``BENCH_EXIT_RUNS`` times (100 by default); the figures
+count the runs by exit status. (The sharded mode it also ran is gone with the sharded extraction.)
 
 Measured with 200 runs per mode on the project machine (2 cores, shared): before the extraction
 stopped reading the engagement table back from Python bytes (``read_table`` to get the empty
@@ -78,9 +78,8 @@ def exit_statuses(root: Path, runs: int, extra: list[str]) -> dict[str, int]:
     command = [sys.executable, "-m", "unisup.cli", "extract-logs", "--logs", str(root / "logs")]
     command += ["--out", str(root / "out" / "engagement.parquet")]
     command += ["-o", f"data.catalog_uri={root / 'products.parquet'}"]
-    for run_index in range(runs):
-        work = ["--work", str(root / "work" / str(run_index))] if "--shards" in extra else []
-        result = subprocess.run(command + extra + work, cwd=REPO, capture_output=True, text=True)
+    for _ in range(runs):
+        result = subprocess.run(command + extra, cwd=REPO, capture_output=True, text=True)
         statuses[str(result.returncode)] += 1
         if result.returncode:
             print(f"exit {result.returncode}: {(result.stderr.strip().splitlines() or [''])[-1]}")
@@ -97,5 +96,4 @@ def run() -> dict:
             "runs_per_mode": runs,
             "rows": rows,
             "single_pass": exit_statuses(root, runs, []),
-            "two_shards": exit_statuses(root, runs, ["--shards", "2"]),
         }

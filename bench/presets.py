@@ -39,7 +39,7 @@ def demo_outputs() -> dict[str, str]:
         run = runs[-1]
         found = {
             "labels": next(run.glob("merge-shards/merged_table"), None),
-            "engagement": next(run.glob("merge-log-shards/engagement"), None),
+            "engagement": next(run.glob("extract-logs/engagement"), None),
             "teachers": next(run.glob("train-teacher/teachers"), None),
         }
     out = {}

@@ -1,21 +1,10 @@
 """Pieces shared by the pipelines: config overrides built from pipeline parameters, and
-the data half (logs -> engagement -> teacher labels, sharded) that every training run uses."""
+the data half (logs -> engagement -> teacher labels, labeling sharded) that every training run uses."""
 
 from kfp import dsl
 
 from components import _k8s
-from components.extract_logs import (
-    aggregate_log_shard,
-    find_bot_users,
-    find_duplicate_events,
-    gather_bot_users,
-    gather_duplicate_events,
-    list_log_parts,
-    merge_log_shards,
-    plan_log_shards,
-    scan_log_shard,
-    validate_log_shard,
-)
+from components.extract_logs import extract_logs
 from components.label import label
 from components.locate_logs import locate_logs
 from components.shards import merge_shards, pick_shard, split_shards
@@ -40,62 +29,6 @@ def index_overrides(factory: str, search_params: str) -> list:
     return [f"index.factory={factory}", f"index.search_params='{search_params}'"]
 
 
-def sharded_extraction(
-    logs_uri, start_date: str, end_date: str, num_shards: int, config: str, overrides: list
-) -> dsl.PipelineTask:
-    """The log extraction over ``num_shards`` file shards: a plan, then scan, validate and
-    aggregate rounds each fanned out with ``dsl.ParallelFor`` and merged by a reduce; the first
-    two reduces are themselves fanned out, over event-id and user buckets (unisup.log_shards).
-    Returns the last reduce, with the engagement outputs."""
-    planned = _k8s.on_cpu(
-        plan_log_shards(
-            logs_uri=logs_uri,
-            start_date=start_date,
-            end_date=end_date,
-            num_shards=num_shards,
-            config=config,
-            overrides=overrides,
-        )
-    )
-    plan = planned.outputs["plan"]
-    with dsl.ParallelFor(planned.outputs["Output"], name="scan-log-shards") as index:
-        scanned = _k8s.on_cpu(scan_log_shard(plan=plan, index=index))
-    listed = _k8s.on_cpu(list_log_parts(parts=dsl.Collected(scanned.outputs["scan"]))).set_display_name(
-        "list-log-scans"
-    )
-    with dsl.ParallelFor(planned.outputs["Output"], name="find-duplicates-by-bucket") as bucket:
-        found = _k8s.on_cpu(find_duplicate_events(plan=plan, scans=listed.outputs["listed"], bucket=bucket))
-    duplicates = _k8s.on_cpu(gather_duplicate_events(plan=plan, buckets=dsl.Collected(found.outputs["duplicates"])))
-    with dsl.ParallelFor(planned.outputs["Output"], name="validate-log-shards") as index:
-        validated = _k8s.on_cpu(
-            validate_log_shard(plan=plan, index=index, duplicates=duplicates.outputs["duplicates"]), _k8s.LARGE
-        )
-    listed = _k8s.on_cpu(list_log_parts(parts=dsl.Collected(validated.outputs["validated"]))).set_display_name(
-        "list-log-validations"
-    )
-    with dsl.ParallelFor(planned.outputs["Output"], name="find-bots-by-bucket") as bucket:
-        flagged = _k8s.on_cpu(find_bot_users(plan=plan, validated=listed.outputs["listed"], bucket=bucket))
-    bots = _k8s.on_cpu(gather_bot_users(plan=plan, buckets=dsl.Collected(flagged.outputs["bots"])))
-    with dsl.ParallelFor(planned.outputs["Output"], name="aggregate-log-shards") as index:
-        aggregated = _k8s.on_cpu(
-            aggregate_log_shard(
-                plan=plan, index=index, duplicates=duplicates.outputs["duplicates"], bots=bots.outputs["bots"]
-            ),
-            _k8s.LARGE,
-        )
-    return _k8s.on_cpu(
-        merge_log_shards(
-            plan=plan,
-            duplicates=duplicates.outputs["duplicates"],
-            bots=bots.outputs["bots"],
-            scans=dsl.Collected(scanned.outputs["scan"]),
-            validated=dsl.Collected(validated.outputs["validated"]),
-            aggregated=dsl.Collected(aggregated.outputs["aggregated"]),
-        ),
-        _k8s.LARGE,
-    )
-
-
 def labeled_engagement(
     config: str,
     overrides: list,
@@ -103,7 +36,7 @@ def labeled_engagement(
     log_start_date: str,
     log_end_date: str,
     log_holdout_days: int,
-    log_shard_count: int,
+    extraction_engine: str,
     shard_count: int,
     labeling_backend: str,
     triton_url: str,
@@ -112,21 +45,24 @@ def labeled_engagement(
     escalate_rule: str,
 ) -> tuple:
     """Logs (simulated when ``logs_uri`` is empty) -> engagement -> teacher labels of every
-    logged (query, item): extraction fanned out over ``log_shard_count`` file shards, labeling
-    over ``shard_count`` query shards. The last ``log_holdout_days`` days of the window are
+    logged (query, item): extraction in one task on ``extraction_engine`` (duckdb, or spark),
+    labeling over ``shard_count`` query shards. The last ``log_holdout_days`` days of the window are
     held out for evaluation.
     Returns the (engagement, held-out engagement, labels, teacher audit) artifact channels."""
     with dsl.If(logs_uri == "", name="simulate-logs"):
         simulated = _k8s.on_cpu(simulate_logs(config=config, overrides=overrides), _k8s.LARGE)
     with dsl.Else(name="read-given-logs"):
         located = _k8s.on_cpu(locate_logs(logs_uri=logs_uri))
-    extracted = sharded_extraction(
-        dsl.OneOf(simulated.outputs["logs_uri"], located.outputs["Output"]),
-        log_start_date,
-        log_end_date,
-        log_shard_count,
-        config,
-        overrides + [f"extraction.holdout_days={log_holdout_days}"],
+    extracted = _k8s.on_cpu(
+        extract_logs(
+            logs_uri=dsl.OneOf(simulated.outputs["logs_uri"], located.outputs["Output"]),
+            start_date=log_start_date,
+            end_date=log_end_date,
+            engine=extraction_engine,
+            config=config,
+            overrides=overrides + [f"extraction.holdout_days={log_holdout_days}"],
+        ),
+        _k8s.LARGE,
     )
     engagement = extracted.outputs["engagement"]
     teachers = _k8s.on_gpu(train_teacher(config=config, overrides=overrides))

@@ -35,7 +35,7 @@ def demo_arguments(profile: str = "local", max_steps: int | None = None) -> dict
     serving = f"gs://{BUCKET}/serving"
     return {
         "config": profile,
-        "log_shard_count": 2,
+        "extraction_engine": "duckdb",
         "shard_count": 1,
         "labeling_backend": "triton_local",
         "max_epochs": training.max_epochs,

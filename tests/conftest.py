@@ -97,6 +97,18 @@ def tiny_overrides(tiny_sample, tiny_encoder_path, tmp_path_factory) -> list[str
 
 
 @pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One Spark session (local[2]) for the tests that run the Spark engine: the extraction
+    finds it active and keeps it; its scratch and warehouse folders are under pytest's."""
+    from unisup.config import load_config
+    from unisup.engines import start_spark_session
+
+    session = start_spark_session(load_config("local").extraction, str(tmp_path_factory.mktemp("spark")))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
 def gcs_emulator():
     """gcp-storage-emulator in-process on a free port; yields the bucket name.
 

@@ -55,15 +55,17 @@ def test_every_stage_name_is_reserved_for_a_subcommand():
     assert commands <= set(STAGES) | {"config", "data", "channels", "demo"}
 
 
-def test_extract_logs_single_and_sharded(crossing_logs, crossing_catalog, tmp_path, capsys):
+@pytest.mark.spark
+def test_extract_logs_on_either_engine(spark, crossing_logs, crossing_catalog, tmp_path, capsys):
     common = ["extract-logs", "--logs", crossing_logs, "-o", f"data.catalog_uri={crossing_catalog}"]
-    assert main(common + ["--out", str(tmp_path / "single.parquet")]) == 0
-    single = capsys.readouterr().out
-    assert main(common + ["--out", str(tmp_path / "sharded.parquet"), "--shards", "3"]) == 0
-    sharded = capsys.readouterr().out
-    assert "3 shards, stage outputs under" in sharded and (tmp_path / "sharded.shards" / "plan.json").exists()
-    accounting = [line for line in single.splitlines() if line.startswith("rows in")][0]
-    assert accounting.split(" -> ")[0] in sharded
+    assert main(common + ["--out", str(tmp_path / "duckdb.parquet")]) == 0
+    duckdb = capsys.readouterr().out
+    assert main(common + ["--out", str(tmp_path / "spark.parquet"), "-o", "extraction.engine=spark"]) == 0
+    on_spark = capsys.readouterr().out
+    accounting = [line for line in duckdb.splitlines() if line.startswith("rows in")][0]
+    assert accounting.split(" -> ")[0] in on_spark
+    quarantined = [line for line in duckdb.splitlines() if "quarantined " in line and line.startswith("  ")]
+    assert quarantined and all(line in on_spark.splitlines() for line in quarantined)
 
 
 def test_only_the_projects_errors_become_one_line(monkeypatch, capsys):

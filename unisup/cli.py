@@ -157,7 +157,6 @@ def _data_simulate_logs(args: argparse.Namespace) -> None:
 
 
 def _extract_logs(args: argparse.Namespace) -> None:
-    from unisup.log_shards import extract_logs_sharded
     from unisup.logs import extract_logs_with_holdout
 
     cfg = _config(args)
@@ -170,14 +169,7 @@ def _extract_logs(args: argparse.Namespace) -> None:
         "end_date": args.end,
     }
     inputs = (args.logs or cfg.extraction.logs_uri, out, args.holdout_out or f"{stem}.holdout.parquet", cfg.extraction)
-    if args.shards:
-        work = args.work or f"{stem}.shards"
-        report, held_out = extract_logs_sharded(*inputs, cfg.data.catalog_uri, args.shards, work, **common)
-        stages = json.dumps(report["stage_seconds"])
-        print(f"{args.shards} shards, stage outputs under {work}; seconds by stage: {stages}")
-        print("(the time below is the critical path: the slowest shard of each round plus the reduces)")
-    else:
-        report, held_out = extract_logs_with_holdout(*inputs, cfg.data.catalog_uri, **common)
+    report, held_out = extract_logs_with_holdout(*inputs, cfg.data.catalog_uri, **common)
     print(
         f"rows in {report['rows_in']} = accepted {report['rows_accepted']} + quarantined {report['rows_quarantined']}; "
         f"bot filtered {report['rows_bot_filtered']} ({report['bot_users']} users); "
@@ -442,14 +434,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout-out",
         help="engagement of the window's last extraction.holdout_days days, for evaluation [beside --out]",
     )
-    p.add_argument(
-        "--shards",
-        type=int,
-        default=0,
-        help="run the sharded extraction (the pipeline's map-reduce) over this many file shards, one after "
-        "the other in this process; the same tables [0: single pass]",
-    )
-    p.add_argument("--work", help="folder of the shards' stage outputs [beside --out, *.shards]")
     p.set_defaults(handler=_extract_logs)
     p = sub.add_parser("channels", help="evaluate the retrieval channels (BM25, MiniLM, RRF) on judged queries")
     _common(p)

@@ -446,6 +446,30 @@ class ExtractionConfig:
         "count (128MB fails at 30M rows, 256MB does not)",
     )
     duckdb_threads: int = _f(2, "DuckDB threads")
+    engine: str = _f(
+        "duckdb", "SQL engine of the extraction: duckdb (in this process) or spark (the same rules on Spark)"
+    )
+    spark_master: str = _f("local[2]", "Spark master of the spark engine: local[N] runs Spark inside this process")
+    spark_driver_memory: str = _f("2g", "Spark driver memory (with local[N], the memory of the whole job)")
+    spark_shuffle_partitions: int = _f(8, "Spark shuffle partitions (spark.sql.shuffle.partitions)")
+    spark_work_uri: str = _f(
+        "", "folder every Spark executor reaches (gs://...) for the parts Spark writes; empty = the driver's disk"
+    )
+    spark_submit: str = _f(
+        "in-process",
+        "how the pipeline task runs the spark engine: in-process (Spark in the task, spark_master) or k8s-operator "
+        "(a SparkApplication for the Spark Operator, which the task creates and waits for)",
+    )
+    spark_image: str = _f("", "k8s-operator: the Spark image of driver and executors (Spark, Java 17, unisup[spark])")
+    spark_main_application_file: str = _f(
+        "local:///opt/unisup/unisup/cli.py", "k8s-operator: the unisup CLI inside spark_image"
+    )
+    spark_version: str = _f("4.0.1", "k8s-operator: the Spark version of spark_image")
+    spark_namespace: str = _f("default", "k8s-operator: the namespace of the SparkApplication")
+    spark_service_account: str = _f("spark", "k8s-operator: the driver's service account (creates executor pods)")
+    spark_executor_instances: int = _f(2, "k8s-operator: Spark executors")
+    spark_executor_cores: int = _f(2, "k8s-operator: cores per executor")
+    spark_executor_memory: str = _f("4g", "k8s-operator: memory per executor")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Log extraction: raw request logs -> per (query, item) engagement, with a quarantine.
 
 :func:`extract_logs` reads a date-partitioned raw-log dataset
-(``<root>/date=YYYY-MM-DD/*.parquet``, local or ``gs://``) for a date window with
-DuckDB (out-of-core, bounded by ``duckdb_memory_limit``; the log is never loaded into
-Python), and:
+(``<root>/date=YYYY-MM-DD/*.parquet``, local or ``gs://``) for a date window on the
+engine ``cfg.engine`` names (:mod:`unisup.engines`): DuckDB (out-of-core, bounded by
+``duckdb_memory_limit``) or Spark, the same SQL; the log is never loaded into Python. It:
 
 1. **validates** every row with the ``raw_logs`` row rules of :mod:`unisup.schemas`,
    written in SQL (:func:`quarantine_reason_sql`, same order, same first-reason-wins
@@ -21,8 +21,8 @@ Python), and:
 Rows in = rows accepted + rows quarantined is checked (and accepted = used + bot
 filtered); the report (strict JSON: never NaN or Infinity) says so with counts by reason.
 
-No input becomes SQL text: paths, the window and the settings reach DuckDB as bound
-parameters or connection options, and the settings are checked before any work
+No input becomes SQL text: paths, the window and the settings reach the engine as bound
+(named) parameters, connection options or registered tables, and the settings are checked before any work
 (:func:`check_settings`: a :class:`~unisup.config.ConfigError` naming the key). The files:
 
 * one that is not readable Parquet (empty, truncated, a text column that is not UTF-8),
@@ -54,10 +54,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unisup import storage
 from unisup.config import ConfigError, ExtractionConfig, to_dict
+from unisup.engines import check_engine, engine_session, open_engine
 from unisup.schemas import (
     CATALOG,
     ENGAGEMENT,
@@ -126,6 +128,7 @@ def check_settings(cfg: ExtractionConfig) -> None:
         raise ConfigError(
             f"extraction.bot_user_agent_pattern={cfg.bot_user_agent_pattern!r}: not a regular expression ({err})"
         ) from None
+    check_engine(cfg)
     _given_window(cfg, None, None)
 
 
@@ -183,10 +186,23 @@ def partitions(logs_uri: str) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+def _parquet_footer(path: str) -> tuple[pa.Schema, int]:
+    """The Arrow schema and row count of a Parquet file, local or gs:// (only its footer is read)."""
+    if storage.is_gcs(path):
+        import pyarrow.fs
+
+        system, inside = pyarrow.fs.FileSystem.from_uri(path)
+        with system.open_input_file(inside) as handle, pq.ParquetFile(handle) as file:
+            return file.schema_arrow, file.metadata.num_rows
+    with pq.ParquetFile(path) as file:
+        return file.schema_arrow, file.metadata.num_rows
+
+
 @contextmanager
-def staged(uris: list[str]) -> Iterator[list[str]]:
-    """Local paths of the files: themselves when local, else copies in a temporary folder."""
-    if not any(storage.is_gcs(u) for u in uris):
+def staged(uris: list[str], engine: str = "duckdb") -> Iterator[list[str]]:
+    """Paths of the files for ``engine``: themselves when local or when Spark reads them (it
+    reads gs:// itself), else copies in a temporary folder."""
+    if engine == "spark" or not any(storage.is_gcs(u) for u in uris):
         yield uris
         return
     with tempfile.TemporaryDirectory(prefix="unisup-logs-") as tmp:
@@ -225,8 +241,7 @@ def read_log_files(paths: list[str], sources: list[str], indexes: Iterable[int])
     files = []
     for path, source, index in zip(paths, sources, indexes, strict=True):
         try:
-            with pq.ParquetFile(path) as file:
-                schema, rows = file.schema_arrow, file.metadata.num_rows
+            schema, rows = _parquet_footer(path)
         except (pa.ArrowInvalid, OSError) as err:
             raise DataValidationError("raw_logs", source, f"not a readable Parquet file ({err})") from None
         check_columns(schema, source)
@@ -330,10 +345,14 @@ def _converted(name: str, found: pa.DataType, dtype: pa.DataType) -> tuple[str, 
     if kind == "string" and target.sql != "VARCHAR":
         raw = f"nullif(trim({raw}), '')"  # blank text is a missing value
     if target.sql in ("SMALLINT", "INTEGER") and kind != "integer":
-        number = f"TRY_CAST({raw} AS DOUBLE)" if kind == "string" else raw
-        return f"TRY_CAST(CASE WHEN {number} = trunc({number}) THEN {raw} END AS {target.sql})", raw  # no rounding
+        number = f"TRY_CAST({raw} AS DOUBLE)" if kind == "string" else f"CAST({raw} AS DOUBLE)"
+        return f"TRY_CAST(CASE WHEN {number} % 1 = 0 THEN {number} END AS {target.sql})", raw  # no rounding
     if target.sql == "BOOLEAN" and kind == "integer":
         return f"CASE WHEN {raw} IN (0, 1) THEN {raw} = 1 END", raw
+    if target.sql == "BOOLEAN" and kind == "string":  # the words both engines read alike
+        words = f"lower({raw})"
+        yes, no = "('true', 't', 'yes', 'y', '1')", "('false', 'f', 'no', 'n', '0')"
+        return f"CASE WHEN {words} IN {yes} THEN true WHEN {words} IN {no} THEN false END", raw
     if (kind == "string" and target.sql != "VARCHAR") or target.sql in ("SMALLINT", "INTEGER"):
         return f"TRY_CAST({raw} AS {target.sql})", raw
     return f"CAST({raw} AS {target.sql})", None
@@ -385,11 +404,9 @@ def _not_utf8_rows(column: pa.ChunkedArray) -> list[int]:
     return rows
 
 
-def _unreadable(con, files: list[LogFile]) -> DataValidationError | None:
+def _unreadable(files: list[LogFile], engine: str, con=None) -> DataValidationError | None:
     """Why one of the files cannot be read, naming it (and for text that is not UTF-8 its
-    column and rows), or None when each can: pyarrow reads it whole, then DuckDB."""
-    import duckdb
-
+    column and rows), or None when each can: pyarrow reads it whole, then (for DuckDB) DuckDB."""
     for file in files:
         try:
             table = pq.read_table(file.path)
@@ -399,24 +416,27 @@ def _unreadable(con, files: list[LogFile]) -> DataValidationError | None:
             rows = _not_utf8_rows(table[name]) if _kind(table[name].type) == "string" else []
             if rows:
                 return DataValidationError("raw_logs", file.source, "text that is not UTF-8", column=name, rows=rows)
-        try:
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE readable AS SELECT * FROM read_parquet($path)", {"path": file.path}
-            )
-        except duckdb.Error as err:
-            return DataValidationError("raw_logs", file.source, f"DuckDB cannot read it ({err})")
-        con.execute("DROP TABLE readable")
+        if engine == "duckdb":
+            import duckdb
+
+            try:
+                con.execute(
+                    "CREATE OR REPLACE TEMP TABLE readable AS SELECT * FROM read_parquet($path)", {"path": file.path}
+                )
+            except duckdb.Error as err:
+                return DataValidationError("raw_logs", file.source, f"DuckDB cannot read it ({err})")
+            con.execute("DROP TABLE readable")
     return None
 
 
-def _propensities(con, cfg: ExtractionConfig, max_slot: int) -> tuple[list[float], list[str]]:
+def _propensities(db, cfg: ExtractionConfig, max_slot: int) -> tuple[list[float], list[str]]:
     """Examination propensity per slot 1..max_slot and where each came from."""
     given = list(cfg.propensities) + [1.0 / p for p in range(len(cfg.propensities) + 1, max_slot + 1)]
     given = given[:max_slot] or [1.0]
     values, sources = [1.0], ["reference"]
     harvest: dict[int, tuple[float, int]] = {}
     if cfg.estimate_propensities and max_slot > 1:
-        rows = con.execute(
+        rows = db.run(
             """
             WITH shown AS (SELECT query, item_id, position, sum(n) AS n, sum(clicks) AS clicks
                            FROM qip WHERE position IS NOT NULL GROUP BY ALL)
@@ -428,7 +448,7 @@ def _propensities(con, cfg: ExtractionConfig, max_slot: int) -> tuple[list[float
             WHERE a.position = 1 AND b.position > 1
             GROUP BY b.position
             """
-        ).fetchall()
+        )
         harvest = {int(p): (ratio, int(pairs)) for p, ratio, pairs in rows if ratio is not None}
     for slot in range(2, max_slot + 1):
         ratio, pairs = harvest.get(slot, (None, 0))
@@ -496,67 +516,62 @@ def extract_logs_with_holdout(
     the second without a hold-out)."""
     check_settings(cfg)
     training, held_out = holdout_windows(logs_uri, cfg, start_date, end_date)
-    report = extract_logs(logs_uri, out_uri, cfg, catalog_uri, quarantine_uri, report_uri, *training)
-    if held_out is None:
-        write_empty_like(out_uri, holdout_uri)
-        return report, None
-    return report, extract_logs(logs_uri, holdout_uri, cfg, catalog_uri, start_date=held_out[0], end_date=held_out[1])
+    with engine_session(cfg):
+        report = extract_logs(logs_uri, out_uri, cfg, catalog_uri, quarantine_uri, report_uri, *training)
+        if held_out is None:
+            write_empty_like(out_uri, holdout_uri)
+            return report, None
+        held = extract_logs(logs_uri, holdout_uri, cfg, catalog_uri, start_date=held_out[0], end_date=held_out[1])
+    return report, held
 
 
-# The extraction's SQL phases. The single-process extract_logs runs them all on one DuckDB
-# connection; the sharded extraction (unisup.log_shards) runs each on a shard's files and
-# merges the shards' partial tables with the same SQL, so both give the same tables.
+# The extraction's SQL phases, in DuckDB's dialect; on Spark transpiled (unisup.engines).
+# Each phase reads and keeps named tables on one engine (``db``): DuckDBEngine or SparkEngine.
 
 ROW_KEY = "row_key"  # (file_index << 32) | source_row: the rows' order across every file
 
 
 @contextmanager
-def connection(cfg: ExtractionConfig, tmp: str, files: Iterable[LogFile] = ()) -> Iterator:
-    """A DuckDB connection with the config's memory limit and threads, spilling under ``tmp``,
-    closed on leaving the block. DuckDB running out of memory is a ConfigError naming the
-    limit; a DuckDB error while ``files`` are read names the file at fault, when one is."""
+def extraction_engine(cfg: ExtractionConfig, tmp: str, files: list[LogFile]) -> Iterator:
+    """The config's engine, scratch under ``tmp``, closed on leaving the block. DuckDB running
+    out of memory is a ConfigError naming the limit; an engine error while ``files`` are read
+    names the file at fault, when one is."""
     import duckdb
 
-    options = {"memory_limit": cfg.duckdb_memory_limit, "threads": cfg.duckdb_threads}
-    con = duckdb.connect(
-        config=options | {"temp_directory": str(Path(tmp) / "spill"), "preserve_insertion_order": False}
-    )
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        yield con
-    except duckdb.OutOfMemoryException as err:
-        raise ConfigError(
-            f"extraction.duckdb_memory_limit={cfg.duckdb_memory_limit!r}: DuckDB ran out of memory ({err}); raise it"
-        ) from None
-    except duckdb.Error:
-        explained = _unreadable(con, list(files))
-        if explained is None:
-            raise
-        raise explained from None
-    finally:
-        con.close()
+    engine_errors: tuple[type[BaseException], ...] = (duckdb.Error,)
+    if cfg.engine == "spark":
+        from py4j.protocol import Py4JJavaError
+        from pyspark.errors import PySparkException
+
+        engine_errors = (PySparkException, Py4JJavaError)
+    with open_engine(cfg, tmp) as db:
+        try:
+            yield db
+        except duckdb.OutOfMemoryException as err:
+            raise ConfigError(
+                f"extraction.duckdb_memory_limit={cfg.duckdb_memory_limit!r}: DuckDB ran out of memory ({err}); raise it"
+            ) from None
+        except engine_errors:
+            explained = _unreadable(files, cfg.engine, getattr(db, "con", None))
+            if explained is None:
+                raise
+            raise explained from None
 
 
-def create_table(con, name: str, columns: dict[str, tuple[str, list]]) -> None:
-    """A small temporary DuckDB table from bound lists: ``columns`` maps each name to its SQL
-    type and its values."""
-    selects = ", ".join(f"unnest(${column}::{sql}[]) AS {column}" for column, (sql, _) in columns.items())
-    con.execute(f"CREATE TEMP TABLE {name} AS SELECT {selects}", {c: values for c, (_, values) in columns.items()})
-
-
-def open_source(con, files: list[LogFile], channels: list[str]) -> int:
+def open_source(db, files: list[LogFile], channels: list[str]) -> int:
     """Create the ``files`` table and the ``src`` view over the local Parquet ``files``:
     schema-typed raw-log columns, one ``rank_<channel>`` per channel, ``type_error``,
     ``file_index``, ``source_row`` and ``row_key``. The files of each schema are read by a
     relation of their own, their values converted from that schema's types. Returns their rows."""
-    create_table(
-        con,
+    db.arrow_table(
         "files",
-        {
-            "filename": ("VARCHAR", [f.path for f in files]),
-            "source_uri": ("VARCHAR", [f.source for f in files]),
-            "file_index": ("BIGINT", [f.index for f in files]),
-        },
+        pa.table(
+            {
+                "filename": pa.array([db.reader_filename(f.path) for f in files], pa.string()),
+                "source_uri": pa.array([f.source for f in files], pa.string()),
+                "file_index": pa.array([f.index for f in files], pa.int64()),
+            }
+        ),
     )
     groups: dict[tuple, list[LogFile]] = {}
     for file in files:
@@ -564,36 +579,22 @@ def open_source(con, files: list[LogFile], channels: list[str]) -> int:
     selects = []
     for number, group in enumerate(groups.values()):
         view = f"raw_{number}"
-        relation = con.read_parquet(
-            [f.path for f in group], filename=True, file_row_number=True, hive_partitioning=False
-        )
-        relation.to_view(view)
+        db.parquet_view(view, [f.path for f in group])
         selects.append(_source_select(view, group[0].schema, channels))
-    con.execute("CREATE TEMP VIEW src AS " + "\nUNION ALL\n".join(selects))
+    db.view("src", "\nUNION ALL\n".join(selects))
     return sum(f.rows for f in files)
 
 
-def load_known(con, known: pa.Table, tmp: str) -> None:
-    """The ``known`` table of catalog product ids, handed to DuckDB as a Parquet file under ``tmp``."""
-    path = str(Path(tmp) / "known.parquet")
-    pq.write_table(known, path)
-    con.execute(
-        "CREATE TEMP TABLE known AS SELECT DISTINCT CAST(product_id AS VARCHAR) AS product_id FROM read_parquet($path)",
-        {"path": path},
-    )
+def load_known(db, known: pa.Table) -> None:
+    """The ``known`` table of the catalog's distinct product ids (text)."""
+    ids = pc.unique(known["product_id"].cast(pa.string()))
+    db.arrow_table("known", pa.table({"product_id": ids}))
 
 
-# the event id and key of every row with an id: a shard's scan, partitioned by the id's bucket
-EVENT_KEYS_SQL = f"SELECT event_id, {ROW_KEY} FROM src WHERE event_id IS NOT NULL"
-
-
-def duplicates_sql(relation: str) -> str:
-    """The duplicated event ids of a relation of (event_id, row_key) rows, with the key of the
-    first row of each: of ``src`` in a single pass, of one bucket of every scan in a sharded one."""
-    return (
-        f"SELECT event_id, min({ROW_KEY}) AS first_key FROM {relation} WHERE event_id IS NOT NULL"
-        " GROUP BY event_id HAVING count(*) > 1"
-    )
+DUPLICATES_SQL = (
+    f"SELECT event_id, min({ROW_KEY}) AS first_key FROM src WHERE event_id IS NOT NULL"
+    " GROUP BY event_id HAVING count(*) > 1"
+)  # the duplicated event ids, with the key of the first row of each
 
 
 def raw_columns(channels: list[str]) -> list[str]:
@@ -629,7 +630,10 @@ def quarantine_reason_sql() -> str:
         ),
         ("click_needs_impression", "coalesce(src.click AND NOT coalesce(src.impression, false), false)"),
         ("conversion_needs_click", "coalesce(src.conversion AND NOT coalesce(src.click, false), false)"),
-        ("price_valid", "coalesce(src.price < 0 OR NOT isfinite(src.price), false)"),
+        (  # NaN equals NaN in both engines' SQL; a negative infinity is below 0
+            "price_valid",
+            "coalesce(src.price < 0 OR src.price IN (CAST('NaN' AS DOUBLE), CAST('Infinity' AS DOUBLE)), false)",
+        ),
         ("item_known", "known.product_id IS NULL"),
         ("event_id_unique", "dups.first_key IS NOT NULL AND src.row_key <> dups.first_key"),
         (
@@ -645,96 +649,86 @@ def quarantine_reason_sql() -> str:
     return "CASE\n" + "\n".join(whens) + "\n  ELSE NULL END"
 
 
-def quarantine(con, window: tuple[str, str], cfg: ExtractionConfig, channels: list[str], out: str | None) -> dict:
+def quarantine(db, window: tuple[str, str], cfg: ExtractionConfig, channels: list[str], out: str) -> dict:
     """Give every ``src`` row the first ``raw_logs`` rule it breaks (with ``known`` and ``dups``
-    loaded): the ``bad`` table, written in file and row order to ``out`` (Parquet; skipped when
-    None) as the quarantine, and the ``clean`` view of the rest. Returns the counts by reason."""
+    loaded): the ``bad`` table, written in file and row order to ``out`` (a local Parquet file)
+    as the quarantine, and the ``clean`` view of the rest. Returns the counts by reason."""
     first, last = window
-    con.execute(
+    db.table(
+        "bad",
         f"""
-        CREATE TEMP TABLE bad AS
         SELECT * FROM (
           SELECT src.*, {quarantine_reason_sql()} AS {QUARANTINE_REASON}
           FROM src LEFT JOIN known ON src.item_id = known.product_id
                    LEFT JOIN dups ON src.event_id = dups.event_id
-        ) WHERE {QUARANTINE_REASON} IS NOT NULL
+        ) checked WHERE {QUARANTINE_REASON} IS NOT NULL
         """,
         {"max_position": cfg.max_position, "first_day": first, "last_day": last, "whitespace": _WHITESPACE},
     )
-    if out is not None:
-        con.execute(
-            f"COPY (SELECT {', '.join(raw_columns(channels))}, {QUARANTINE_REASON}, {SOURCE_ROW}, "
-            f"files.source_uri AS {SOURCE_FILE} FROM bad JOIN files USING (file_index) ORDER BY {ROW_KEY}) "
-            "TO $out (FORMAT PARQUET, COMPRESSION ZSTD)",
-            {"out": out},
-        )
-    con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM src ANTI JOIN bad USING ({ROW_KEY})")
-    rows = con.execute(f"SELECT {QUARANTINE_REASON}, count(*) FROM bad GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
+    db.write_parquet(
+        f"SELECT {', '.join(raw_columns(channels))}, {QUARANTINE_REASON}, {SOURCE_ROW}, "
+        f"files.source_uri AS {SOURCE_FILE} FROM bad JOIN files USING (file_index) ORDER BY {ROW_KEY}",
+        None,
+        out,
+    )
+    db.view("clean", f"SELECT * FROM src ANTI JOIN bad USING ({ROW_KEY})")
+    rows = db.run(f"SELECT {QUARANTINE_REASON}, count(*) FROM bad GROUP BY 1 ORDER BY 2 DESC, 1")
     return {reason: int(count) for reason, count in rows}
 
 
-# per request of the clean rows (or of per-request parts): the statistics the bot rules read
-CLEAN_REQUEST_ROWS_SQL = (
-    "SELECT user_id, CAST(timestamp AS DATE) AS day, user_agent, request_id, 1 AS n,"
-    " CAST(impression AS INTEGER) AS impressions, CAST(click AS INTEGER) AS clicks FROM clean"
+# per (user, day, agent, request) of the clean rows: the statistics the bot rules read
+PER_REQUEST_SQL = (
+    "SELECT user_id, CAST(timestamp AS DATE) AS day, user_agent, request_id, count(*) AS n,"
+    " sum(CAST(impression AS INTEGER)) AS impressions, sum(CAST(click AS INTEGER)) AS clicks"
+    " FROM clean GROUP BY user_id, CAST(timestamp AS DATE), user_agent, request_id"
 )
 
 
-def per_request_sql(rows: str) -> str:
-    """Rows (or partial sums) grouped per (user, day, agent, request)."""
-    return (
-        "SELECT user_id, day, user_agent, request_id, CAST(sum(n) AS BIGINT) AS n,"
-        " CAST(sum(impressions) AS BIGINT) AS impressions, CAST(sum(clicks) AS BIGINT) AS clicks"
-        f" FROM ({rows}) GROUP BY ALL"
-    )
-
-
-def find_bots(con, cfg: ExtractionConfig, per_request: str) -> dict:
-    """The ``bots`` table (user_id, the rules that flag it, its rows) from per-request
-    statistics; returns the rows accepted and the bot counts by rule."""
-    con.execute(
+def find_bots(db, cfg: ExtractionConfig) -> dict:
+    """The ``bots`` table (user_id, the rules that flag it, its rows) from the clean rows'
+    per-request statistics; returns the rows accepted and the bot counts by rule."""
+    db.table(
+        "user_days",
         f"""
-        CREATE TEMP TABLE user_days AS
         SELECT user_id, day, user_agent, sum(n) AS n, count(request_id) AS requests,
                sum(impressions) AS impressions, sum(clicks) AS clicks
-        FROM ({per_request}) GROUP BY ALL
-        """
+        FROM ({PER_REQUEST_SQL}) requests GROUP BY user_id, day, user_agent
+        """,
     )
-    rows_accepted = int(con.execute("SELECT coalesce(sum(n), 0) FROM user_days").fetchall()[0][0])
+    rows_accepted = int(db.run("SELECT coalesce(sum(n), 0) FROM user_days")[0][0])
     pattern = re.compile(cfg.bot_user_agent_pattern)
-    agents = [
-        a for (a,) in con.execute("SELECT DISTINCT user_agent FROM user_days WHERE user_agent IS NOT NULL").fetchall()
-    ]
-    create_table(con, "bot_agents", {"user_agent": ("VARCHAR", [a for a in agents if pattern.search(a)])})
-    con.execute(
+    agents = [a for (a,) in db.run("SELECT DISTINCT user_agent FROM user_days WHERE user_agent IS NOT NULL")]
+    flagged_agents = pa.array([a for a in agents if pattern.search(a)], pa.string())
+    db.arrow_table("bot_agents", pa.table({"user_agent": flagged_agents}))
+    db.table(
+        "bots",
         """
-        CREATE TEMP TABLE bots AS
-        SELECT user_id,
-               bool_or(by_agent_day) AS by_agent,
-               max(day_requests) > $max_requests::BIGINT AS by_volume,
-               sum(impressions) >= $min_impressions::BIGINT
-                 AND sum(clicks) > $max_ctr::DOUBLE * sum(impressions) AS by_ctr,
-               CAST(sum(n) AS BIGINT) AS n
-        FROM (SELECT user_id, day, bool_or(user_agent IN (SELECT user_agent FROM bot_agents)) AS by_agent_day,
-                     sum(requests) AS day_requests,
-                     sum(impressions) AS impressions, sum(clicks) AS clicks, sum(n) AS n
-              FROM user_days WHERE user_id IS NOT NULL GROUP BY user_id, day) per_day
-        GROUP BY user_id
+        SELECT * FROM (
+          SELECT user_id,
+                 bool_or(by_agent_day) AS by_agent,
+                 max(day_requests) > $max_requests::BIGINT AS by_volume,
+                 sum(impressions) >= $min_impressions::BIGINT
+                   AND sum(clicks) > $max_ctr::DOUBLE * sum(impressions) AS by_ctr,
+                 CAST(sum(n) AS BIGINT) AS n
+          FROM (SELECT u.user_id, u.day, bool_or(b.user_agent IS NOT NULL) AS by_agent_day,
+                       sum(u.requests) AS day_requests,
+                       sum(u.impressions) AS impressions, sum(u.clicks) AS clicks, sum(u.n) AS n
+                FROM user_days u LEFT JOIN bot_agents b ON u.user_agent = b.user_agent
+                WHERE u.user_id IS NOT NULL GROUP BY u.user_id, u.day) per_day
+          GROUP BY user_id
+        ) flagged WHERE $filter_bots::BOOLEAN AND (by_agent OR by_volume OR by_ctr)
         """,
         {
             "max_requests": cfg.bot_max_requests_per_day,
             "min_impressions": cfg.bot_min_impressions,
             "max_ctr": cfg.bot_max_ctr,
+            "filter_bots": cfg.filter_bots,
         },
     )
-    if cfg.filter_bots:
-        con.execute("DELETE FROM bots WHERE NOT (by_agent OR by_volume OR by_ctr)")
-    else:
-        con.execute("DELETE FROM bots")
-    users, by_agent, by_volume, by_ctr, rows = con.execute(
+    users, by_agent, by_volume, by_ctr, rows = db.run(
         "SELECT count(*), count(*) FILTER (WHERE by_agent), count(*) FILTER (WHERE by_volume), "
         "count(*) FILTER (WHERE by_ctr), coalesce(sum(n), 0) FROM bots"
-    ).fetchall()[0]
+    )[0]
     return {
         "rows_accepted": rows_accepted,
         "rows_bot_filtered": int(rows),
@@ -750,37 +744,24 @@ def slot_stats_sql(channels: list[str]) -> str:
         SELECT query, item_id, position, count(*) AS n,
                count(*) FILTER (WHERE click) AS clicks, count(*) FILTER (WHERE conversion) AS conversions,
                coalesce(sum(price) FILTER (WHERE conversion), 0) AS revenue{ranks}
-        FROM clean WHERE user_id IS NULL OR user_id NOT IN (SELECT user_id FROM bots)
+        FROM clean ANTI JOIN bots USING (user_id)
         GROUP BY query, item_id, position
         """
 
 
-def merged_slot_stats_sql(parts: str, channels: list[str]) -> str:
-    """Per-shard (query, item, slot) statistics summed into those of all the shards."""
-    ranks = "".join(f", min(rank_{c}) AS rank_{c}" for c in channels)
-    return (
-        "SELECT query, item_id, position, CAST(sum(n) AS BIGINT) AS n, CAST(sum(clicks) AS BIGINT) AS clicks,"
-        f" CAST(sum(conversions) AS BIGINT) AS conversions, sum(revenue) AS revenue{ranks}"
-        f" FROM {parts} GROUP BY query, item_id, position"
-    )
-
-
-def write_engagement(con, cfg: ExtractionConfig, channels: list[str], out: str) -> dict:
+def write_engagement(db, cfg: ExtractionConfig, channels: list[str], out: str) -> dict:
     """From the ``qip`` table of per (query, item, slot) statistics: propensities, Beta priors and
     the engagement table at ``out`` (local Parquet). Returns the totals for the report."""
-    max_slot = int(con.execute("SELECT coalesce(max(position), 1) FROM qip").fetchall()[0][0])
-    propensity, propensity_sources = _propensities(con, cfg, max_slot)
-    create_table(
-        con,
-        "slots",
-        {"position": ("SMALLINT", list(range(1, len(propensity) + 1))), "propensity": ("DOUBLE", propensity)},
-    )
-    rows_used, clicks, conversions, revenue, impressions, examined = con.execute(
+    max_slot = int(db.run("SELECT coalesce(max(position), 1) FROM qip")[0][0])
+    propensity, propensity_sources = _propensities(db, cfg, max_slot)
+    slots = {"position": pa.array(range(1, len(propensity) + 1), pa.int16()), "propensity": pa.array(propensity)}
+    db.arrow_table("slots", pa.table(slots))
+    rows_used, clicks, conversions, revenue, impressions, examined = db.run(
         "SELECT coalesce(sum(n), 0), coalesce(sum(clicks), 0), coalesce(sum(conversions), 0), "
         "coalesce(sum(revenue), 0), "
         "coalesce(sum(n) FILTER (WHERE position IS NOT NULL), 0), coalesce(sum(q.n * s.propensity), 0) "
         "FROM qip q LEFT JOIN slots s USING (position)"
-    ).fetchall()[0]
+    )[0]
     ctr_mean = clicks / examined if cfg.estimate_prior_means and examined > 0 and clicks > 0 else cfg.ctr_prior_mean
     cvr_mean = (
         conversions / clicks if cfg.estimate_prior_means and clicks > 0 and conversions > 0 else cfg.cvr_prior_mean
@@ -789,9 +770,8 @@ def write_engagement(con, cfg: ExtractionConfig, channels: list[str], out: str) 
     cvr_a, cvr_b = cvr_mean * cfg.cvr_prior_strength, (1 - cvr_mean) * cfg.cvr_prior_strength
     best = "".join(f", CAST(min(rank_{c}) AS INTEGER) AS best_rank_{c}" for c in channels)
     n_channels = " + ".join(f"CAST(min(rank_{c}) IS NOT NULL AS INTEGER)" for c in channels) or "0"
-    con.execute(
+    db.write_parquet(
         f"""
-        COPY (
           SELECT query, item_id,
                  CAST(coalesce(sum(n) FILTER (WHERE position IS NOT NULL), 0) AS BIGINT) AS impressions,
                  CAST(sum(clicks) AS BIGINT) AS clicks,
@@ -805,11 +785,11 @@ def write_engagement(con, cfg: ExtractionConfig, channels: list[str], out: str) 
                  CAST({n_channels} AS TINYINT) AS n_channels{best}
           FROM qip q LEFT JOIN slots s USING (position)
           GROUP BY query, item_id ORDER BY query, item_id
-        ) TO $out (FORMAT PARQUET, COMPRESSION ZSTD)
         """,
-        {"ctr_a": ctr_a, "ctr_ab": ctr_a + ctr_b, "cvr_a": cvr_a, "cvr_ab": cvr_a + cvr_b, "out": out},
+        {"ctr_a": ctr_a, "ctr_ab": ctr_a + ctr_b, "cvr_a": cvr_a, "cvr_ab": cvr_a + cvr_b},
+        out,
     )
-    pairs = int(con.execute("SELECT count(*) FROM read_parquet($out)", {"out": out}).fetchall()[0][0])
+    pairs = pq.ParquetFile(out).metadata.num_rows
     return {
         "rows_used": int(rows_used),
         "pairs": pairs,
@@ -908,7 +888,7 @@ def extract_logs(
     (defaults: beside ``out_uri``, ``*.quarantine.parquet`` and ``*.report.json``).
     The window (``start_date`` .. ``end_date`` inclusive, else the config's, else all
     partitions) selects partitions; rows timestamped outside it are quarantined.
-    :func:`unisup.log_shards.extract_logs_sharded` gives the same tables over shards.
+    ``cfg.engine`` picks the engine (:mod:`unisup.engines`): DuckDB or Spark, the same tables.
 
     Returns the report: ``rows_in``, ``rows_accepted``, ``rows_quarantined``,
     ``quarantined_by_reason``, ``rows_bot_filtered``, ``bot_users``, ``rows_used``,
@@ -920,17 +900,17 @@ def extract_logs(
     quarantine_uri, report_uri = output_uris(out_uri, quarantine_uri, report_uri)
     window, selected = selected_files(logs_uri, cfg, start_date, end_date)
     known = known_items(catalog_uri)
-    with staged(selected) as paths, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
+    with staged(selected, cfg.engine) as paths, tempfile.TemporaryDirectory(prefix="unisup-extract-") as tmp:
         files = read_log_files(paths, selected, range(len(paths)))
         channels = channels_of(files)
-        with connection(cfg, tmp, files) as con:
-            load_known(con, known, tmp)
-            rows_in = open_source(con, files, channels)
-            con.execute(f"CREATE TEMP TABLE dups AS {duplicates_sql('src')}")
-            by_reason = quarantine(con, window, cfg, channels, f"{tmp}/quarantine.parquet")
-            bots = find_bots(con, cfg, per_request_sql(CLEAN_REQUEST_ROWS_SQL))
-            con.execute(f"CREATE TEMP TABLE qip AS {slot_stats_sql(channels)}")
-            totals = write_engagement(con, cfg, channels, f"{tmp}/engagement.parquet")
+        with extraction_engine(cfg, tmp, files) as db:
+            load_known(db, known)
+            rows_in = open_source(db, files, channels)
+            db.table("dups", DUPLICATES_SQL)
+            by_reason = quarantine(db, window, cfg, channels, f"{tmp}/quarantine.parquet")
+            bots = find_bots(db, cfg)
+            db.table("qip", slot_stats_sql(channels))
+            totals = write_engagement(db, cfg, channels, f"{tmp}/engagement.parquet")
         check_accounting(logs_uri, rows_in, by_reason, bots, totals)
         check_engagement_schema(f"{tmp}/engagement.parquet", channels, out_uri)
         storage.upload_file(f"{tmp}/engagement.parquet", out_uri)

@@ -47,7 +47,7 @@ def test_pipeline_runs_in_the_images(images, tmp_path, tiny_sample, tiny_encoder
         catalog_uri=str(inputs / "sample" / "products.parquet"),
         judgments_uri=str(inputs / "sample" / "judgments.csv"),
         split_uri=str(inputs / "sample" / "split.json"),
-        log_shard_count=2,
+        extraction_engine="duckdb",
         shard_count=2,
         labeling_backend="triton_local",
         max_epochs=1,

@@ -21,7 +21,11 @@ BUILDS = {
     "dev": MANIFESTS / "overlays" / "dev",
     "prod": MANIFESTS / "overlays" / "prod",
 }
-CRD_SCHEMAS = {("kubeflow.org/v1beta1", "ScheduledWorkflow"): MANIFESTS / "schemas" / "scheduledworkflow_v1beta1.json"}
+CRD_SCHEMAS = {
+    ("kubeflow.org/v1beta1", "ScheduledWorkflow"): MANIFESTS / "schemas" / "scheduledworkflow_v1beta1.json",
+    ("sparkoperator.k8s.io/v1beta2", "SparkApplication"): MANIFESTS / "schemas" / "sparkapplication_v1beta2.json",
+}
+SPARK_APPLICATION = MANIFESTS / "spark" / "extract-logs.yaml"
 KINDS = {
     "ServiceAccount",
     "Role",
@@ -171,3 +175,22 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path):
     )
     with pytest.raises(KustomizeError, match="matches no object"):
         render(tmp_path)
+
+
+def test_the_spark_driver_may_run_its_executors_and_nothing_cluster_wide(build):
+    _, objects = build
+    roles = {r["metadata"]["name"]: r for r in by_kind(objects, "Role")}
+    driver = {resource for rule in roles["spark-driver"]["rules"] for resource in rule["resources"]}
+    assert driver == {"pods", "services", "configmaps", "persistentvolumeclaims"}
+    runner = roles["pipeline-runner"]["rules"]
+    assert {"apiGroups": ["sparkoperator.k8s.io"], "resources": ["sparkapplications"],
+            "verbs": ["create", "get", "list", "watch", "delete"]} in runner  # fmt: skip
+    binding = next(b for b in by_kind(objects, "RoleBinding") if b["roleRef"]["name"] == "spark-driver")
+    assert binding["subjects"][0]["name"] == "spark"
+    assert not [o for o in objects if o["kind"].startswith("Cluster")]
+
+
+def test_the_spark_application_template_is_valid():
+    import yaml
+
+    validate(yaml.safe_load(SPARK_APPLICATION.read_text()))

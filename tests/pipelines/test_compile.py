@@ -60,27 +60,14 @@ def test_labeling_fans_out_over_a_shard_count_parameter(compiled):
         assert "merge-shards" in tasks and "label" in tasks
 
 
-def test_extraction_fans_out_over_a_log_shard_count_parameter(compiled):
+def test_extraction_is_one_task_on_an_engine_parameter(compiled):
     for name in pipelines():
-        spec = compiled[name][0]
-        tasks = all_tasks(spec)
-        dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
-        shown = {key: task["taskInfo"]["name"] for dag in dags for key, task in dag["tasks"].items()}
-        after = {n: [shown[key] for key in t.get("dependentTasks", [])] for n, t in tasks.items()}  # by shown name
-        plan = tasks["plan-log-shards"]["inputs"]["parameters"]
-        assert plan["num_shards"]["componentInputParameter"] == "log_shard_count"
-        rounds = {"scan-log-shards": "list-log-scans", "find-duplicates-by-bucket": "gather-duplicate-events"}
-        rounds |= {"validate-log-shards": "list-log-validations", "find-bots-by-bucket": "gather-bot-users"}
-        rounds["aggregate-log-shards"] = "merge-log-shards"
-        for loop, reduce in rounds.items():
-            assert "parameterIterator" in tasks[loop] and "plan-log-shards" in after[loop]
-            assert loop in after[reduce], (loop, reduce)
-        # the second and third rounds read what the reduce before them found
-        assert "list-log-scans" in after["find-duplicates-by-bucket"]
-        assert "gather-duplicate-events" in after["validate-log-shards"]
-        assert "list-log-validations" in after["find-bots-by-bucket"]
-        assert "gather-bot-users" in after["aggregate-log-shards"]
-        assert "merge-log-shards" in after["split-shards"]
+        tasks = all_tasks(compiled[name][0])
+        given = ("simulate-logs", "locate-logs", "read-given-logs")
+        extraction = [key for key in tasks if "log" in key and key not in given]
+        assert extraction == ["extract-logs"], extraction
+        engine = tasks["extract-logs"]["inputs"]["parameters"]["engine"]
+        assert engine["componentInputParameter"] == "extraction_engine"
 
 
 def test_push_is_gated_on_the_blessing_and_never_cached(compiled):
@@ -137,7 +124,7 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         "triton_url",
         "catalog_uri",
         "serving_model_repository",
-        "log_shard_count",
+        "extraction_engine",
         "shard_count",
     ):
         assert name in params, name

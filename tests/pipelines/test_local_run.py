@@ -21,7 +21,7 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
     for item in overrides + [
         "simulator.num_requests=150",
         "simulator.channel_depth=5",
-        "simulator.num_days=3",  # two training days: one file for each of the 2 log shards
+        "simulator.num_days=3",  # two training days and a held-out one
         "simulator.num_derived_queries=60",
         "training.lists_per_batch=3",
         "training.items_per_list=6",
@@ -59,9 +59,9 @@ def check_run(run: Path) -> None:
     """Every record accounted for across the shards, a report, a blessing and the push."""
     shards = sorted(run.glob("*/pick-shard/shard"))
     assert len(shards) == 2
-    engagement = read_table(str(next(run.glob("merge-log-shards/engagement"))))
-    extraction = json.loads(next(run.glob("merge-log-shards/report")).read_text())
-    assert extraction["shards"] == 2 and len(list(run.glob("*/validate-log-shard/validated"))) == 2
+    engagement = read_table(str(next(run.glob("extract-logs/engagement"))))
+    extraction = json.loads(next(run.glob("extract-logs/report")).read_text())
+    assert extraction["rows_in"] == extraction["rows_accepted"] + extraction["rows_quarantined"]
     labels = read_table(str(next(run.glob("merge-shards/merged")) / "labels.parquet"))
     report = json.loads((next(run.glob("merge-shards/merged")) / "report.json").read_text())
     assert sum(read_table(str(s)).num_rows for s in shards) == engagement.num_rows
@@ -92,7 +92,7 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
         catalog_uri=str(tiny_sample["catalog"]),
         judgments_uri=str(tiny_sample["judgments"]),
         split_uri=str(tiny_sample["split"]),
-        log_shard_count=2,
+        extraction_engine="duckdb",
         shard_count=2,
         labeling_backend="inprocess",
         max_epochs=1,
