@@ -1,5 +1,5 @@
 """Upload a compiled pipeline to Kubeflow Pipelines as a new version and start a run
-(``make submit KFP_HOST=...``), or a recurring run with ``--schedule``.
+(``make submit KFP_HOST=...``), or a recurring run with ``--schedule`` or ``--schedule-file``.
 
     python -m pipelines.submit --host https://kfp.example.com \\
         --pipeline unified_supervision --param shard_count=8 --param triton_url=triton:8001
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,37 @@ def check_cron(expression: str) -> str:
     return expression
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring run: six-field cron, concurrency, catch-up, and its parameters as strings."""
+
+    cron: str
+    max_concurrency: int = 1
+    no_catchup: bool = True
+    parameters: tuple[str, ...] = ()
+
+
+def load_schedule(path: str | Path) -> Schedule:
+    """A schedule file (``pipelines/schedules/*.yaml``): ``cron``, ``max_concurrency``,
+    ``no_catchup`` and ``parameters`` (a mapping, given as ``--param`` strings)."""
+    path = Path(path)
+    if not path.exists():
+        raise SubmitError(f"{path}: no such schedule file")
+    data = parse_yaml(path.read_text()) or {}
+    known = {"cron", "max_concurrency", "no_catchup", "parameters"}
+    if not isinstance(data, dict) or "cron" not in data or set(data) - known:
+        raise SubmitError(f"{path}: expected the keys {', '.join(sorted(known))} (cron required)")
+    parameters = data.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise SubmitError(f"{path}: parameters must be a mapping of name: value")
+    return Schedule(
+        check_cron(str(data["cron"])),
+        int(data.get("max_concurrency", 1)),
+        bool(data.get("no_catchup", True)),
+        tuple(f"{name}={value if isinstance(value, str) else json.dumps(value)}" for name, value in parameters.items()),
+    )
+
+
 def ensure_version(client: Any, package: PipelinePackage) -> tuple[str, str]:
     """(pipeline_id, version_id) of the package on the server, uploading what is missing."""
     pipeline_id = client.get_pipeline_id(package.name)
@@ -144,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CRON",
         help="create a recurring run instead (six-field cron, seconds first)",
     )
+    parser.add_argument(
+        "--schedule-file",
+        metavar="YAML",
+        help="create the recurring run a schedule file describes (pipelines/schedules/); --param and --schedule win",
+    )
     parser.add_argument("--no-cache", action="store_true", help="disable caching for every task of this run")
     return parser
 
@@ -152,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         package = load_package(args.package or COMPILED / f"{args.pipeline}.yaml")
-        params = parse_params(args.param, package)
+        schedule = load_schedule(args.schedule_file) if args.schedule_file else None
         if args.schedule:
-            check_cron(args.schedule)
+            schedule = Schedule(check_cron(args.schedule), parameters=schedule.parameters if schedule else ())
+        params = parse_params([*(schedule.parameters if schedule else ()), *args.param], package)
     except SubmitError as err:
         print(f"submit: {err}", file=sys.stderr)
         return 2
@@ -174,9 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         service_account=args.service_account,
         enable_caching=False if args.no_cache else None,
     )
-    if args.schedule:
-        run = client.create_recurring_run(cron_expression=args.schedule, max_concurrency=1, no_catchup=True, **common)
-        print(f"recurring run {run.recurring_run_id} ({args.schedule}) of {package.version_name}")
+    if schedule:
+        run = client.create_recurring_run(
+            cron_expression=schedule.cron,
+            max_concurrency=schedule.max_concurrency,
+            no_catchup=schedule.no_catchup,
+            **common,
+        )
+        print(f"recurring run {run.recurring_run_id} ({schedule.cron}) of {package.version_name}")
     else:
         run = client.run_pipeline(**common)
         print(f"run {run.run_id} of {package.version_name}: {args.host.rstrip('/')}/#/runs/details/{run.run_id}")

@@ -1,6 +1,7 @@
 """Render the kustomize base and overlays and validate every object: built-in kinds with
-kubernetes-validate (strict, Kubernetes 1.30), the KFP ScheduledWorkflow with the JSON
-schema shipped in manifests/schemas; then check what the Triton service must guarantee."""
+kubernetes-validate (strict, Kubernetes 1.30), the Spark Operator's SparkApplication with the
+CRD schema shipped in manifests/schemas; then check what the Triton service must guarantee.
+(The nightly recurring run is made through the KFP API: tests/pipelines/test_submit.py.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ BUILDS = {
     "prod": MANIFESTS / "overlays" / "prod",
 }
 CRD_SCHEMAS = {
-    ("kubeflow.org/v1beta1", "ScheduledWorkflow"): MANIFESTS / "schemas" / "scheduledworkflow_v1beta1.json",
     ("sparkoperator.k8s.io/v1beta2", "SparkApplication"): MANIFESTS / "schemas" / "sparkapplication_v1beta2.json",
 }
 SPARK_APPLICATION = MANIFESTS / "spark" / "extract-logs.yaml"
@@ -34,7 +34,6 @@ KINDS = {
     "Service",
     "HorizontalPodAutoscaler",
     "PodDisruptionBudget",
-    "ScheduledWorkflow",
 }
 
 
@@ -62,15 +61,11 @@ def test_every_object_is_valid(build):
         validate(doc)
 
 
-def test_validation_rejects_unknown_fields_and_bad_crds():
+def test_validation_rejects_unknown_fields():
     deployment = by_kind(render(BUILDS["base"]), "Deployment")[0]
     deployment["spec"]["template"]["spec"]["containers"][0]["gpus"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(deployment)
-    schedule = by_kind(render(BUILDS["base"]), "ScheduledWorkflow")[0]
-    schedule["spec"]["trigger"]["cronSchedule"]["cron"] = "0 3 * * *"  # KFP wants six fields
-    with pytest.raises(jsonschema.ValidationError):
-        validate(schedule)
 
 
 def test_triton_deployment(build):
@@ -130,8 +125,6 @@ def test_runner_rbac_binds_the_runner_account_in_its_namespace(build):
     if name != "base":
         assert subject["namespace"] == binding["metadata"]["namespace"]
         assert {o["metadata"]["namespace"] for o in objects} == {binding["metadata"]["namespace"]}
-    schedule = by_kind(objects, "ScheduledWorkflow")[0]
-    assert schedule["spec"]["serviceAccount"] == subject["name"]
 
 
 def test_the_runner_reads_only_the_secret_and_config_map_it_needs(build):
@@ -146,8 +139,6 @@ def test_the_runner_reads_only_the_secret_and_config_map_it_needs(build):
 
 def test_overlays_differ_where_they_should():
     dev, prod = render(BUILDS["dev"]), render(BUILDS["prod"])
-    assert by_kind(dev, "ScheduledWorkflow")[0]["spec"]["enabled"] is False
-    assert by_kind(prod, "ScheduledWorkflow")[0]["spec"]["enabled"] is True
     assert by_kind(prod, "HorizontalPodAutoscaler")[0]["spec"]["minReplicas"] == 2
     assert by_kind(prod, "PodDisruptionBudget")[0]["spec"] == {
         "selector": {"matchLabels": {"app.kubernetes.io/name": "triton"}},

@@ -9,7 +9,6 @@ import yaml
 
 from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE
 from components._k8s import GCP_KEY_MOUNT, GCP_KEY_SECRET
-from manifests.render import render
 from pipelines.compile import COMPILED, compile_all, pipelines
 from unisup.config import load_config
 
@@ -166,14 +165,6 @@ def test_ablation_trains_presets_in_parallel_and_compares_them(compiled):
     assert tasks["compare-runs"]["dependentTasks"] == [loop_key]
     default = spec["root"]["inputDefinitions"]["parameters"]["presets"]["defaultValue"]
     assert {"unified", "engagement_only"} <= set(default)
-
-
-def test_recurring_run_parameters_exist_in_the_pipeline(compiled):
-    params = compiled["unified_supervision"][0]["root"]["inputDefinitions"]["parameters"]
-    for overlay in ("base", "overlays/dev", "overlays/prod"):
-        schedule = next(o for o in render(REPO / "manifests" / overlay) if o["kind"] == "ScheduledWorkflow")
-        for parameter in schedule["spec"]["workflow"]["parameters"]:
-            assert parameter["name"] in params, f"{overlay}: {parameter['name']} is not a pipeline parameter"
 
 
 def test_ci_workflow_tests_compiles_checks_and_publishes():
