@@ -4,7 +4,7 @@ Helpers take a task and return it, so a pipeline reads ``on_gpu(train_op(...))``
 only add settings to the compiled pipeline (kfp-kubernetes platform config and task
 resources); ``kfp.local`` ignores them. The pods' Kubernetes service account is a property
 of the run, not of a task: ``pipelines/submit.py`` (``--service-account``) and the
-ScheduledWorkflow in ``manifests/`` set it to :data:`RUNNER_SERVICE_ACCOUNT`.
+the recurring runs it creates set it to :data:`RUNNER_SERVICE_ACCOUNT`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ GPU_NODE_LABEL = "cloud.google.com/gke-accelerator"
 GCP_KEY_SECRET = "unisup-gcp-key"  # optional: only for clusters without workload identity
 GCP_KEY_MOUNT = "/var/secrets/google"
 TASK_TIMEOUT_S = 6 * 3600
+RETRIES = 3  # attempts after the first, for tasks that resume from their own work (checkpoints, shards)
+RETRY_BACKOFF = "60s"  # the first wait; it doubles per attempt, at most an hour
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,16 @@ def on_gpu(task: dsl.PipelineTask, resources: Resources = GPU, accelerator: str 
     kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL, label_value=accelerator)
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="8Gi")
+    return retried(task)
+
+
+def retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Retry a failed attempt (a preempted GPU node, a lost connection) with exponential backoff.
+    Only for tasks that resume: training from its checkpoints, labeling and indexing from their
+    finished shards, so a retry redoes no finished work."""
+    task.set_retry(
+        num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0, backoff_max_duration="3600s"
+    )
     return task
 
 
@@ -68,6 +80,7 @@ def with_gcp_key(task: dsl.PipelineTask, secret_name: str = GCP_KEY_SECRET) -> d
 
 
 def never_cached(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Run the task every time (side effects such as a push must not be skipped by a cache hit)."""
+    """Run the task every time: side effects such as a push, or reads of what can change
+    between runs (a listing of a logs prefix), must not be skipped by a cache hit."""
     task.set_caching_options(enable_caching=False)
     return task

@@ -12,6 +12,9 @@ from components.simulate_logs import simulate_logs
 from components.train_teacher import train_teacher
 
 LABEL_TABLES = ["labels.parquet", "quarantine.parquet"]
+# labeling shards in flight at once: each keeps labeling.concurrency requests on Triton, so at
+# most 4 x 8 = 32 by default, whatever shard_count is
+LABEL_PARALLELISM = 4
 
 
 def data_overrides(catalog_uri: str, judgments_uri: str, split_uri: str) -> list:
@@ -52,7 +55,7 @@ def labeled_engagement(
     with dsl.If(logs_uri == "", name="simulate-logs"):
         simulated = _k8s.on_cpu(simulate_logs(config=config, overrides=overrides), _k8s.LARGE)
     with dsl.Else(name="read-given-logs"):
-        located = _k8s.on_cpu(locate_logs(logs_uri=logs_uri))
+        located = _k8s.never_cached(_k8s.on_cpu(locate_logs(logs_uri=logs_uri)))
     extracted = _k8s.on_cpu(
         extract_logs(
             logs_uri=dsl.OneOf(simulated.outputs["logs_uri"], located.outputs["Output"]),
@@ -72,16 +75,18 @@ def labeled_engagement(
         f"labeling.escalate_rule={escalate_rule}",
     ]
     shards = _k8s.on_cpu(split_shards(table=engagement, key_column="query", num_shards=shard_count))
-    with dsl.ParallelFor(shards.outputs["Output"], name="label-shards") as index:
+    with dsl.ParallelFor(shards.outputs["Output"], name="label-shards", parallelism=LABEL_PARALLELISM) as index:
         shard = _k8s.on_cpu(pick_shard(shards=shards.outputs["shards"], index=index))
-        labeled = _k8s.on_cpu(
-            label(
-                pairs=shard.outputs["shard"],
-                teachers=teachers.outputs["teachers"],
-                config=config,
-                overrides=cascade,
-                backend=labeling_backend,
-                triton_url=triton_url,
+        labeled = _k8s.retried(
+            _k8s.on_cpu(
+                label(
+                    pairs=shard.outputs["shard"],
+                    teachers=teachers.outputs["teachers"],
+                    config=config,
+                    overrides=cascade,
+                    backend=labeling_backend,
+                    triton_url=triton_url,
+                )
             )
         )
     merged = _k8s.on_cpu(

@@ -175,3 +175,27 @@ def test_ci_workflow_tests_compiles_checks_and_publishes():
     assert "git diff --exit-code -- pipelines/compiled" in runs
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["with"]["path"] == "pipelines/compiled/*.yaml"
+
+
+def test_resumable_tasks_retry_with_backoff_and_labeling_is_bounded(compiled):
+    """Retries go to the tasks that resume from their own work, and to no task with side effects."""
+    spec = compiled["unified_supervision"][0]
+    tasks = all_tasks(spec)
+    retried = {name for name, task in tasks.items() if "retryPolicy" in task}
+    assert retried == {
+        "train-teacher",
+        "label",
+        "train",
+        "train-baseline",
+        "build-index",
+        "build-index-baseline",
+    }, retried
+    assert tasks["label"]["retryPolicy"] == {
+        "backoffDuration": "60s",
+        "backoffFactor": 2.0,
+        "backoffMaxDuration": "3600s",
+        "maxRetryCount": 3,
+    }
+    loops = [t for t in tasks.values() if "parameterIterator" in t]
+    assert [t["iteratorPolicy"]["parallelismLimit"] for t in loops] == [4]
+    assert tasks["locate-logs"]["cachingOptions"].get("enableCache") is not True  # its prefix can change
