@@ -27,19 +27,15 @@ COLUMNS = ["ndcg@10", "condensed_ndcg@10", "judged@10", "grade0_share@10", "reca
 
 
 def demo_arguments(profile: str = "local", max_steps: int | None = None) -> dict:
-    """Pipeline parameters of the demo: the sample, a local Triton, the profile's training budget
-    (epochs and steps; ``max_steps`` overrides the steps), and serving locations on the emulated GCS."""
-    from unisup.config import load_config
-
-    training = load_config(profile).training
+    """Pipeline parameters of the demo: the profile (its sample data and training budget;
+    ``max_steps`` caps the steps), a local Triton, and serving locations on the emulated GCS."""
     serving = f"gs://{BUCKET}/serving"
     return {
         "config": profile,
         "extraction_engine": "duckdb",
         "shard_count": 1,
         "labeling_backend": "triton_local",
-        "max_epochs": training.max_epochs,
-        "max_steps": training.max_steps if max_steps is None else max_steps,
+        **({"max_steps": max_steps} if max_steps is not None else {}),
         "serving_model_repository": f"{serving}/triton_models",
         "serving_index_root": f"{serving}/indexes",
         "experiment_config_root": f"{serving}/experiments",

@@ -23,7 +23,7 @@ def test_overrides_are_typed():
         ("channels.top_k=true", r"channels.top_k: expected an integer, got True"),
         ("data.split_fractions=0.5", r"data.split_fractions: expected a list"),
         ("nosection.x=1", r"nosection: unknown key; Config has"),
-        ("data.num_grades=", r"data.num_grades: expected an integer, got ''"),
+        ("data.num_grades=''", r"data.num_grades: expected an integer, got ''"),
         ("data.split_fractions=[0.5, 0.5", r"override 'data.split_fractions=\[0.5, 0.5': the value is not valid YAML"),
     ],
 )
@@ -32,9 +32,12 @@ def test_bad_keys_are_named(override, message):
         load_config("local", [override])
 
 
-def test_an_empty_override_sets_the_empty_string():
-    assert load_config("local").index.search_params != ""
-    assert load_config("local", ["index.search_params="]).index.search_params == ""
+def test_an_empty_override_keeps_the_profile_and_quotes_set_the_empty_string():
+    profile = load_config("cluster")
+    kept = load_config("cluster", ["data.catalog_uri=", "labeling.triton_url= "])
+    assert kept.data.catalog_uri == profile.data.catalog_uri.strip() != ""
+    assert kept.labeling.triton_url == profile.labeling.triton_url
+    assert load_config("local", ["index.search_params=''"]).index.search_params == ""
 
 
 def test_yaml_file_errors(tmp_path):

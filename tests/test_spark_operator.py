@@ -62,7 +62,7 @@ def test_the_template_in_manifests_has_the_shape_the_builder_gives():
     ("name", "overrides", "message"),
     [
         ("Bad_Name", [], "expected lowercase letters"),
-        ("ok", ["extraction.spark_image="], "a cluster needs a Spark image"),
+        ("ok", ["extraction.spark_image=''"], "a cluster needs a Spark image"),
     ],
 )
 def test_bad_names_and_a_missing_image_are_config_errors(name, overrides, message):

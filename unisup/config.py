@@ -595,12 +595,15 @@ def parse_yaml(text: str | bytes) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+KEEP = object()  # an override with nothing after "=": the profile's value stays
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r}: expected section.key=value")
     key, _, raw = item.partition("=")
     if not raw.strip():
-        return key.strip().split("."), ""  # key= sets the empty string
+        return key.strip().split("."), KEEP
     try:
         return key.strip().split("."), parse_yaml(raw)
     except yaml.YAMLError as err:
@@ -614,8 +617,9 @@ def _profile_text(name: str) -> str:
 def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a profile name (``local``/``cluster``) or a YAML file, then apply overrides.
 
-    ``overrides`` are ``section.key=value`` strings, the value parsed as YAML; an empty value is
-    the empty string.
+    ``overrides`` are ``section.key=value`` strings, the value parsed as YAML. Nothing after
+    ``=`` keeps the profile's value (a pipeline parameter left empty); ``key=''`` sets the empty
+    string.
     """
     if source is None or str(source) in PROFILES:
         name = str(source or "local")
@@ -633,6 +637,8 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
         raise ConfigError(f"{origin}: expected a mapping of sections at the top level")
     for item in overrides or []:
         keys, value = _parse_override(item)
+        if value is KEEP:
+            continue
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})

@@ -2,6 +2,8 @@
 and the compiled specs must carry what the project promises (sharding, the blessing gate,
 no cache on push, one image constant, GPU placement, parameters in the UI)."""
 
+import re
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import yaml
 from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE
 from components._k8s import GCP_KEY_MOUNT, GCP_KEY_SECRET
 from pipelines.compile import COMPILED, compile_all, pipelines
-from unisup.config import load_config
+from unisup.config import Config, load_config, parse_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,31 +105,60 @@ def test_every_task_mounts_the_optional_gcs_key_secret(compiled):
             assert volume["mountPath"] == GCP_KEY_MOUNT
 
 
-def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
+PARAMETER = re.compile(r"\{\{\$\.inputs\.parameters\['pipelinechannel--([\w-]+)'\]\}\}")
+
+
+def task_overrides(spec: dict) -> dict[str, list[str]]:
+    """Display name -> the override strings of that task, as compiled (with parameter placeholders)."""
+    found = {}
+    for name, task in all_tasks(spec).items():
+        value = task.get("inputs", {}).get("parameters", {}).get("overrides", {})
+        constant = value.get("runtimeValue", {}).get("constant")
+        if constant is not None:
+            found[name] = constant
+    return found
+
+
+def resolved(overrides: list[str], defaults: dict) -> list[str]:
+    """The overrides with each pipeline parameter replaced by its default (loop items dropped)."""
+    out = []
+    for item in overrides:
+        names = PARAMETER.findall(item)
+        if all(n in defaults for n in names):
+            out.append(PARAMETER.sub(lambda m: str(defaults[m.group(1)]), item))
+    return out
+
+
+def profile_keys(profile: str) -> dict[str, object]:
+    """section.key -> value of every key the shipped profile sets."""
+    text = resources.files("unisup").joinpath("profiles", f"{profile}.yaml").read_text()
+    return {f"{section}.{key}": value for section, keys in parse_yaml(text).items() for key, value in keys.items()}
+
+
+@pytest.mark.parametrize("profile", ["local", "quality", "cluster"])
+@pytest.mark.parametrize("pipeline", ["unified_supervision", "ablation"])
+def test_parameter_defaults_never_override_the_profile(compiled, pipeline, profile):
+    """A run started with only ``config`` set (the nightly run on ``cluster``) gets the profile's
+    data, serving locations, Triton address and budget, not the sample's."""
+    spec = compiled[pipeline][0]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    defaults = {name: p.get("defaultValue", "") for name, p in params.items()}
+    expected = load_config(profile)
+    keys = profile_keys(profile)
+    for task, overrides in task_overrides(spec).items():
+        cfg = load_config(profile, resolved(overrides, defaults))
+        for key in keys:
+            section, field = key.split(".")
+            got, want = getattr(getattr(cfg, section), field), getattr(getattr(expected, section), field)
+            assert got == want, f"{pipeline}/{task}: the default parameters change {key} of {profile}"
+    assert defaults["max_epochs"] == 0 and defaults["labeling_backend"] == defaults["triton_url"] == ""
+    train = all_tasks(spec)["train"]["inputs"]["parameters"]["max_epochs"]
+    assert train["componentInputParameter"].endswith("max_epochs")
+
+
+def test_numbers_default_to_the_configuration_defaults(compiled):
     params = compiled["unified_supervision"][0]["root"]["inputDefinitions"]["parameters"]
-    for name in (
-        "logs_uri",
-        "log_start_date",
-        "log_end_date",
-        "log_holdout_days",
-        "escalate_rule",
-        "max_prob_threshold",
-        "boundary_margin",
-        "fusion_preset",
-        "prior_weight",
-        "engagement_weight",
-        "max_epochs",
-        "max_steps",
-        "faiss_factory",
-        "gate_min_delta_ci_low",
-        "triton_url",
-        "catalog_uri",
-        "serving_model_repository",
-        "extraction_engine",
-        "shard_count",
-    ):
-        assert name in params, name
-    cfg = load_config("local")
+    cfg = Config()
     defaults = {
         "escalate_rule": cfg.labeling.escalate_rule,
         "max_prob_threshold": cfg.labeling.max_prob_threshold,
@@ -136,7 +167,6 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         "prior_weight": cfg.fusion.prior_weight,
         "engagement_weight": cfg.fusion.engagement_weight,
         "hard_negative_weight": cfg.fusion.hard_negative_weight,
-        "max_epochs": cfg.training.max_epochs,
         "max_steps": cfg.training.max_steps,
         "faiss_factory": cfg.index.factory,
         "faiss_search_params": cfg.index.search_params,
@@ -144,14 +174,41 @@ def test_tunables_are_pipeline_parameters_with_the_config_defaults(compiled):
         "gate_min_delta_ci_low": cfg.evaluation.gate_min_delta_ci_low,
         "gate_max_grade0_increase": cfg.evaluation.gate_max_grade0_increase,
         "gate_max_engagement_drop": cfg.evaluation.gate_max_engagement_drop,
-        "catalog_uri": cfg.data.catalog_uri,
-        "judgments_uri": cfg.data.judgments_uri,
-        "split_uri": cfg.data.split_uri,
         "experiment_id": cfg.promotion.experiment_id,
         "treatment_traffic": cfg.promotion.treatment_traffic,
     }
     for name, value in defaults.items():
         assert params[name]["defaultValue"] == value, f"{name}: pipeline default differs from the config's"
+
+
+STAGE_PARAMETERS = {
+    "fuse": {"catalog_uri", "judgments_uri", "split_uri", "fusion_preset", "prior_weight", "engagement_weight"}
+    | {"hard_negative_weight"},
+    "train": {"catalog_uri", "judgments_uri", "split_uri", "max_steps"},
+    "build-index": {"catalog_uri", "judgments_uri", "split_uri", "faiss_factory", "faiss_search_params"},
+}
+
+
+def test_each_training_task_reads_only_its_own_parameters(compiled):
+    """Its cache key holds nothing else: a changed gate, push target or index re-runs nothing upstream."""
+    spec = compiled["unified_supervision"][0]
+    overrides = task_overrides(spec)
+    for task, allowed in STAGE_PARAMETERS.items():
+        for name in (task, f"{task}-baseline"):
+            used = {p for item in overrides[name] for p in PARAMETER.findall(item)}
+            assert used <= allowed | {"baseline_preset"}, f"{name} reads {sorted(used - allowed)}"
+    gates = {p for item in overrides["evaluate"] for p in PARAMETER.findall(item)}
+    assert {"gate_metric", "baseline_preset"} <= gates and not any(p.startswith("serving") for p in gates)
+
+
+@pytest.mark.parametrize("pipeline", ["unified_supervision", "ablation"])
+def test_every_parameter_is_described_in_the_ui(compiled, pipeline):
+    spec = compiled[pipeline][0]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    missing = [name for name, p in params.items() if len(p.get("description", "")) < 10]
+    assert not missing, f"parameters without a description: {missing}"
+    description = spec["pipelineInfo"]["description"]
+    assert description.endswith(".") and len(description) > 40
 
 
 def test_ablation_trains_presets_in_parallel_and_compares_them(compiled):

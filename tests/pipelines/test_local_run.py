@@ -23,6 +23,7 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
         "simulator.channel_depth=5",
         "simulator.num_days=3",  # two training days and a held-out one
         "simulator.num_derived_queries=60",
+        "training.max_epochs=1",
         "training.lists_per_batch=3",
         "training.items_per_list=6",
         "training.validation_distractors=20",
@@ -55,8 +56,9 @@ def tiny_config(path, overrides: list[str], encoder: str, work) -> str:
     return str(path)
 
 
-def check_run(run: Path) -> None:
-    """Every record accounted for across the shards, a report, a blessing and the push."""
+def check_run(run: Path, judgments_uri: str) -> None:
+    """Every record accounted for across the shards, a report, a blessing and the push; the data
+    and the epochs those of the config file."""
     shards = sorted(run.glob("*/pick-shard/shard"))
     assert len(shards) == 2
     engagement = read_table(str(next(run.glob("extract-logs/engagement"))))
@@ -72,7 +74,11 @@ def check_run(run: Path) -> None:
     # the same page with an .html name for a browser; the run named by its resolved id
     page = next(run.glob("evaluate/report_html/report.html")).read_text()
     assert page == next(run.glob("evaluate/report")).read_text() and "<b>unified</b>" in page
-    run_id = json.loads(next(run.glob("evaluate/results_json")).read_text())["settings"]["run_id"]
+    settings = json.loads(next(run.glob("evaluate/results_json")).read_text())["settings"]
+    assert settings["judgments_uri"] == judgments_uri
+    trained = json.loads((run / "train" / "executor_output.json").read_text())["artifacts"]["model"]
+    assert trained["artifacts"][0]["metadata"]["max_epochs"] == 1
+    run_id = settings["run_id"]
     assert run_id and "{{" not in run_id and run_id in page
     blessing = json.loads(next(run.glob("evaluate/blessing")).read_text())
     assert blessing["blessed"] is True and blessing["gates"]["teacher_audit"]["passed"]
@@ -88,14 +94,10 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
     serving = tmp_path / "serving"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     unified_supervision(
+        # the data and the epochs come from the config file: those parameters are left empty
         config=config,
-        catalog_uri=str(tiny_sample["catalog"]),
-        judgments_uri=str(tiny_sample["judgments"]),
-        split_uri=str(tiny_sample["split"]),
-        extraction_engine="duckdb",
         shard_count=2,
         labeling_backend="inprocess",
-        max_epochs=1,
         max_steps=2,
         faiss_factory="Flat",
         faiss_search_params="",
@@ -108,5 +110,5 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
         control_model_uri=str(serving / "control" / "model"),
         control_index_uri=str(serving / "control" / "index"),
     )
-    check_run(next((tmp_path / "root").glob("unified-supervision-*")))
+    check_run(next((tmp_path / "root").glob("unified-supervision-*")), str(tiny_sample["judgments"]))
     assert list((serving / "models").rglob("model.py"))

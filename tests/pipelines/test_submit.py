@@ -124,8 +124,6 @@ def test_the_nightly_schedule_names_the_compiled_pipeline_and_its_parameters(mon
     )
     assert run["params"] == {
         "config": "cluster",
-        "triton_url": "triton:8001",
-        "labeling_backend": "triton",
         "log_end_date": "[[ScheduledTime.2006-01-02]]",
         "shard_count": 16,
     }
