@@ -36,6 +36,7 @@ def simulate_logs(
         cfg.data.num_grades,
         cfg.data.relevance_threshold,
         out_uri=logs.path,
+        progress=True,
     )
     logs.metadata.update(
         {

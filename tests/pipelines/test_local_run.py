@@ -9,6 +9,9 @@ import pytest
 import yaml
 from kfp import local
 
+from pipelines.compile import COMPILED
+from pipelines.demo import summary
+from pipelines.local_view import StageView, planned_tasks
 from pipelines.unified_supervision import unified_supervision
 from unisup.data.tables import read_table
 
@@ -89,10 +92,29 @@ def check_run(run: Path, judgments_uri: str) -> None:
     assert experiment["version"] == 1 and experiment["treatment_traffic"] == 0.1
 
 
-def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder_path):
+def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder_path, capfd):
     config = tiny_config(tmp_path / "tiny.yaml", tiny_overrides, str(tiny_encoder_path), tmp_path)
     serving = tmp_path / "serving"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    root = tmp_path / "root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    spec = next(d for d in yaml.safe_load_all((COMPILED / "unified_supervision.yaml").read_text()) if d)
+    stages = planned_tasks(spec, loop_iterations=2, skipped=("read-given-logs",))
+    capfd.readouterr()
+    with StageView(root, tmp_path / "run.log", stages, poll_secs=0.5) as view:
+        run_pipeline(config, serving)
+    screen = capfd.readouterr().out
+    run = next(root.glob("unified-supervision-*"))
+    check_run(run, str(tiny_sample["judgments"]))
+    assert list((serving / "models").rglob("model.py"))
+    # the screen: one line per stage, k of n, and none of the executors' output, which is in the log
+    assert len(stages) == 17 and len(view.finished) == 17
+    assert "[17/17] push" in screen and "[ 1/17] simulate-logs" in screen and "executor" not in screen.lower()
+    assert "executor" in (tmp_path / "run.log").read_text().lower()
+    text = summary(run)
+    assert "verdict: unified vs engagement_only, ndcg@10" in text and "BLESSED" in text
+
+
+def run_pipeline(config: str, serving: Path) -> None:
     unified_supervision(
         # the data and the epochs come from the config file: those parameters are left empty
         config=config,
@@ -110,5 +132,3 @@ def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder
         control_model_uri=str(serving / "control" / "model"),
         control_index_uri=str(serving / "control" / "index"),
     )
-    check_run(next((tmp_path / "root").glob("unified-supervision-*")), str(tiny_sample["judgments"]))
-    assert list((serving / "models").rglob("model.py"))

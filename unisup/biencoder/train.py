@@ -615,8 +615,8 @@ def train_biencoder(
             seconds += time.perf_counter() - started
             items_seen += n_items
             lists_seen += len(batch_lists)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state.epoch)
+            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state.epoch, refresh=False)
+            bar.update(1)  # one refresh per step: a log file gets one line, not two
             if rank == 0 and state.step % cfg.checkpoint_every == 0:
                 save_checkpoint(checkpoints, trainable, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
             if on_step is not None:

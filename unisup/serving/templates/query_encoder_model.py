@@ -53,6 +53,7 @@ class TritonPythonModel:
         try:
             outputs = self.service.embed_batches(arrays)
         except Exception as err:  # every request of the batch gets the error, the server keeps running
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(err).__name__}: {err}"))
-                    for _ in requests]
+            return [
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(err).__name__}: {err}")) for _ in requests
+            ]
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(embedding, out)]) for out in outputs]

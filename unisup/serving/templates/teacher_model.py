@@ -54,11 +54,17 @@ class TritonPythonModel:
 
     def execute(self, requests):
         query, item, probs = self.names
-        arrays = [(pb_utils.get_input_tensor_by_name(r, query).as_numpy(),
-                   pb_utils.get_input_tensor_by_name(r, item).as_numpy()) for r in requests]
+        arrays = [
+            (
+                pb_utils.get_input_tensor_by_name(r, query).as_numpy(),
+                pb_utils.get_input_tensor_by_name(r, item).as_numpy(),
+            )
+            for r in requests
+        ]
         try:
             outputs = self.service.score_batches(arrays)
         except Exception as err:  # every request of the batch gets the error, the server keeps running
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(err).__name__}: {err}"))
-                    for _ in requests]
+            return [
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(err).__name__}: {err}")) for _ in requests
+            ]
         return [pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(probs, out)]) for out in outputs]
