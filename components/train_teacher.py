@@ -1,7 +1,7 @@
 """KFP component of ``unisup train-teacher``: ordinal teachers -> Triton repository + quality audit."""
 
 from kfp import dsl
-from kfp.dsl import Metrics, Model, Output
+from kfp.dsl import ClassificationMetrics, Markdown, Metrics, Model, Output
 
 from components._image import TRAINER_IMAGE
 
@@ -10,17 +10,21 @@ from components._image import TRAINER_IMAGE
 def train_teacher(
     teachers: Output[Model],
     audit: Output[Metrics],
+    audit_report: Output[Markdown],
+    grade_confusion: Output[ClassificationMetrics],
     config: str = "local",
     overrides: list = [],
 ):
     """Fit or fine-tune every cascade stage on the judgments, export them as a Triton model repository
     (``teachers``), and audit stages and cascade against held-out human grades and the features-only
-    baseline (``audit``; its gate reaches the blessing through the evaluation)."""
+    baseline (``audit``: the JSON and its scalars; its gate reaches the blessing through the
+    evaluation). The UI shows the audit table (``audit_report``) and the cascade's grades against
+    the human ones on the held-out pairs (``grade_confusion``)."""
     import json
     from dataclasses import asdict
 
     from unisup.config import load_config
-    from unisup.teachers.audit import quality_audit
+    from unisup.teachers.audit import format_audit, quality_audit
     from unisup.teachers.backends import InProcessBackend
     from unisup.teachers.training import train_teachers
 
@@ -29,6 +33,10 @@ def train_teacher(
     result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size), repository=teachers.path)
     with open(audit.path, "w") as handle:
         json.dump(result, handle, indent=1)
+    with open(audit_report.path, "w") as handle:
+        handle.write(format_audit(result))
+    grades = [f"grade {g}" for g in range(cfg.data.num_grades)]
+    grade_confusion.log_confusion_matrix(grades, result["cascade"]["confusion"])
     teachers.metadata.update(
         {
             "config": config,

@@ -516,11 +516,18 @@ def with_gate(blessing: dict, name: str, gate: dict) -> dict:
 # ---------------------------------------------------------------- outputs
 
 
+HEADLINE_METRICS = ("ndcg", "condensed_ndcg", "judged", "grade0_share", "recall", "engagement_recall")
+
+
 def kfp_metrics(result: EvaluationResult) -> dict[str, float]:
-    """Flat scalar metrics for a KFP Metrics artifact: the candidate's values and its deltas (slice all)."""
+    """The headline scalars for a KFP Metrics artifact (the rest is in the report and the
+    results): the candidate's headline metrics at the first cutoff over all queries, their
+    deltas against each baseline, and the blessing."""
+    k = result.settings["evaluation"]["cutoffs"][0]
+    wanted = {f"{name}@{k}" for name in HEADLINE_METRICS}
     out = {}
     for row in result.table.to_pylist():
-        if row["slice"] != "all" or row["system"] != next(iter(result.systems)):
+        if row["slice"] != "all" or row["system"] != next(iter(result.systems)) or row["metric"] not in wanted:
             continue
         key = row["metric"] if row["baseline"] is None else f"{row['metric']}_delta_vs_{row['baseline']}"
         value = row["value"] if row["baseline"] is None else row["delta"]

@@ -57,13 +57,28 @@ def pairs_file(tiny_sample, tmp_path_factory) -> Path:
 def test_train_teacher_and_label_functions(component_overrides, pairs_file, tmp_path):
     teachers = dsl.Model(uri=str(tmp_path / "teachers"))
     audit = dsl.Metrics(uri=str(tmp_path / "audit.json"))
-    train_teacher.python_func(teachers=teachers, audit=audit, config="local", overrides=component_overrides)
+    report = dsl.Markdown(uri=str(tmp_path / "audit.md"))
+    confusion = dsl.ClassificationMetrics(uri=str(tmp_path / "confusion"))
+    train_teacher.python_func(
+        teachers=teachers,
+        audit=audit,
+        audit_report=report,
+        grade_confusion=confusion,
+        config="local",
+        overrides=component_overrides,
+    )
     assert (Path(teachers.path) / "fast" / "config.pbtxt").exists() and (
         Path(teachers.path) / "precise" / "1" / "model.py"
     ).exists()
     assert teachers.metadata["fast_steps"] == 2 and json.loads(teachers.metadata["stages"])[1]["name"] == "precise"
     assert set(json.loads(Path(audit.path).read_text())["stages"]) == {"fast", "precise"}
     assert "cascade_exact" in audit.metadata and "raters_qwk" in audit.metadata
+    # the UI's views: the audit table as Markdown, the cascade's grades against the human ones
+    assert "| cascade |" in Path(report.path).read_text()
+    pairs = json.loads(Path(audit.path).read_text())["pairs"]
+    matrix = confusion.metadata["confusionMatrix"]
+    assert len(matrix["annotationSpecs"]) == len(matrix["rows"]) == 4
+    assert sum(sum(row["row"]) for row in matrix["rows"]) == pairs
 
     labels, work = dsl.Dataset(uri=str(tmp_path / "labels.parquet")), dsl.Artifact(uri=str(tmp_path / "work"))
     metrics = dsl.Metrics(uri=str(tmp_path / "m"))

@@ -209,6 +209,8 @@ def audit_scores(
             "reached": dict(zip(names, cascade.pairs_per_stage)),
             "decided": dict(zip(names, np.bincount(cascade.decided_by, minlength=len(names)).tolist())),
             "agreement_with_last_stage": float(np.mean(cascade.grades == stage_probs[-1].argmax(axis=1))),
+            # rows: the human grade, columns: the cascade's
+            "confusion": np.bincount(truth * k + cascade.grades, minlength=k * k).reshape(k, k).tolist(),
         },
         "raters": rater_agreement(judgments, k),
         "rule": asdict(rule),
