@@ -16,21 +16,23 @@ def train_teacher(
     overrides: list = [],
 ):
     """Fit or fine-tune every cascade stage on the judgments, export them as a Triton model repository
-    (``teachers``), and audit stages and cascade against held-out human grades and the features-only
-    baseline (``audit``: the JSON and its scalars; its gate reaches the blessing through the
-    evaluation). The UI shows the audit table (``audit_report``) and the cascade's grades against
-    the human ones on the held-out pairs (``grade_confusion``)."""
+    (``teachers``, with a model card holding the audit), and audit stages and cascade against held-out
+    human grades and the features-only baseline (``audit``: the JSON and its scalars; its gate reaches
+    the blessing through the evaluation). The UI shows the audit table (``audit_report``) and the
+    cascade's grades against the human ones on the held-out pairs (``grade_confusion``)."""
     import json
     from dataclasses import asdict
 
     from unisup.config import load_config
     from unisup.teachers.audit import format_audit, quality_audit
     from unisup.teachers.backends import InProcessBackend
+    from unisup.teachers.export import write_model_card
     from unisup.teachers.training import train_teachers
 
     cfg = load_config(config, overrides)
     report = train_teachers(cfg.teachers, cfg.data, teachers.path, channels_cfg=cfg.channels)
     result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size), repository=teachers.path)
+    write_model_card(teachers.path, report, cfg.teachers, cfg.data, result)
     with open(audit.path, "w") as handle:
         json.dump(result, handle, indent=1)
     with open(audit_report.path, "w") as handle:

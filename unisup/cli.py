@@ -310,6 +310,7 @@ def _rollback(args: argparse.Namespace) -> int:
 def _train_teacher(args: argparse.Namespace) -> None:
     from unisup.teachers.audit import format_audit, quality_audit, write_audit
     from unisup.teachers.backends import InProcessBackend
+    from unisup.teachers.export import write_model_card
     from unisup.teachers.training import train_teachers
 
     cfg = _config(args)
@@ -337,6 +338,7 @@ def _train_teacher(args: argparse.Namespace) -> None:
                 cfg, InProcessBackend(repository, cfg.labeling.batch_size), repository=str(repository)
             )
         write_audit(audit, args.audit)
+        write_model_card(out, report, cfg.teachers, cfg.data, audit)
         print(format_audit(audit), end="")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unisup.biencoder.export import QueryEncoderService, decode_queries, export_query_encoder
-from unisup.biencoder.tower import Tower, save_biencoder
+from unisup.biencoder.tower import PROJECTION_FILE, Tower, save_biencoder
 from unisup.config import TrainingConfig
 
 QUERIES = ["red wine glass", "sofa bed", "usb c cable 2m", "kids desk lamp", "office chair"]
@@ -40,7 +40,7 @@ def test_repository_layout_and_versions(biencoder_dir, tmp_path):
         assert line in config
     for version in ("1", "2"):
         assert (tmp_path / "qenc" / version / "model.py").exists()
-        assert (tmp_path / "qenc" / version / "query_tower" / "projection.safetensors").exists()
+        assert (tmp_path / "qenc" / version / "query_tower" / PROJECTION_FILE).exists()
 
 
 def test_model_py_imports_outside_triton(biencoder_dir, tmp_path):

@@ -8,12 +8,19 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from unisup.biencoder.tower import FROZEN_ITEM_TOWER, item_fields, load_biencoder, off_the_shelf_biencoder
+from unisup.biencoder.tower import (
+    FROZEN_ITEM_TOWER,
+    PROJECTION_FILE,
+    item_fields,
+    load_biencoder,
+    off_the_shelf_biencoder,
+)
 from unisup.biencoder.train import group_lists, latest_checkpoint, record_path, train, train_biencoder
 from unisup.config import ConfigError, load_config
 from unisup.data.catalog import DEFAULT_FIELDS
@@ -331,7 +338,7 @@ def test_separate_towers_projection_and_moppr(setup, tmp_path):
     assert result.steps == 2
     query, item = load_biencoder(tmp_path / "sep")
     assert query is not item and query.dim == item.dim == 16
-    assert (tmp_path / "sep" / "item_tower" / "projection.safetensors").exists()
+    assert (tmp_path / "sep" / "item_tower" / PROJECTION_FILE).exists()
 
 
 def test_train_stage_exports_the_triton_query_encoder(setup, tiny_training_lists, tmp_path):
@@ -347,3 +354,33 @@ def test_train_stage_exports_the_triton_query_encoder(setup, tiny_training_lists
     )
     assert result.triton_model == "query_encoder/1"
     assert (tmp_path / "repo" / "query_encoder" / "1" / "query_tower" / "tower.json").exists()
+
+
+def test_the_trained_model_loads_in_sentence_transformers_and_its_card_holds_the_run(setup, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from unisup.model_card import front_matter
+
+    result = _run(setup, tmp_path, "card", max_epochs=2)
+    query, item = load_biencoder(tmp_path / "card")
+    texts = [ql.query for ql in group_lists(setup[2], setup[1].catalog["product_id"].to_pylist(), 2)]
+    model = SentenceTransformer(str(tmp_path / "card"), device="cpu")
+    assert np.abs(model.encode_query(texts) - query.encode(texts)).max() < 1e-5
+    assert np.abs(model.encode_document(texts) - item.encode(texts)).max() < 1e-5
+    card = front_matter((tmp_path / "card" / "README.md").read_text())
+    assert card["library_name"] == "sentence-transformers" and card["license"] == "apache-2.0"
+    assert "base_model" not in card  # the tiny encoder is not the packaged MiniLM
+    metrics = {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    k = setup[0].training.validation_k
+    assert metrics[f"best validation nDCG@{k}"] == pytest.approx(result.best_metric, abs=1e-6)
+    assert metrics[f"start validation nDCG@{k}"] == pytest.approx(result.start_metric, abs=1e-6)
+    best_epoch = next(h["epoch"] for h in result.history if h["step"] == result.best_step)
+    assert card["training"] == {
+        "seed": setup[0].training.seed,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "best_step": result.best_step,
+        "best_epoch": best_epoch,
+        "below_start": result.below_start,
+        "stopped_early": result.stopped_early,
+    }

@@ -3,13 +3,22 @@
 A tower is a Hugging Face encoder, mean pooling over the attention mask, an optional
 linear projection, and L2 normalization; scores are dot products of unit vectors.
 
-A bi-encoder folder holds ``biencoder.json`` plus one folder per distinct tower:
+A bi-encoder folder holds ``biencoder.json`` plus one folder per distinct tower, each tower
+also a sentence-transformers folder, and the root one sentence-transformers model whose
+Router sends queries to the query tower and documents to the item tower:
 
     model/
       biencoder.json        {"query_tower": "query_tower", "item_tower": "item_tower", ...}
-      query_tower/          HF save_pretrained (config, weights, tokenizer) + tower.json
-                            [+ projection.safetensors]
+      README.md             the model card (unisup.model_card)
+      modules.json, router_config.json, config_sentence_transformers.json
+      query_tower/          HF save_pretrained (config, weights, tokenizer) + tower.json,
+                            modules.json, sentence_bert_config.json, 1_Pooling/ (mean),
+                            [2_Dense/ (the bias-free projection, its only copy)], N_Normalize/
       item_tower/           same; absent when the towers share weights (both name one folder)
+
+``SentenceTransformer(model)`` gives ``encode_query`` / ``encode_document``;
+``SentenceTransformer(model / "query_tower")`` one tower. The Router reads the towers'
+folders, so no weight is stored twice.
 
 With a frozen item tower (``training.freeze_item_tower``) the manifest's ``frozen_item_tower``
 records the start encoder's fingerprint and the digest of its weights: the catalog's item
@@ -29,11 +38,27 @@ import torch
 from torch import nn
 
 from unisup.channels import encoder_cache_key, mean_pool
+from unisup.model_card import biencoder_card
 
 MANIFEST = "biencoder.json"
 FROZEN_ITEM_TOWER = "frozen_item_tower"
 TOWER_CONFIG = "tower.json"
-PROJECTION_FILE = "projection.safetensors"
+DENSE_FOLDER = "2_Dense"
+PROJECTION_FILE = f"{DENSE_FOLDER}/model.safetensors"
+ST_PACKAGE = "sentence_transformers"
+ST_MODULES = {
+    "transformer": f"{ST_PACKAGE}.base.modules.transformer.Transformer",
+    "pooling": f"{ST_PACKAGE}.sentence_transformer.modules.pooling.Pooling",
+    "dense": f"{ST_PACKAGE}.base.modules.dense.Dense",
+    "normalize": f"{ST_PACKAGE}.base.modules.normalize.Normalize",
+    "router": f"{ST_PACKAGE}.base.modules.router.Router",
+}
+ST_MODEL_CONFIG = {
+    "model_type": "SentenceTransformer",
+    "prompts": {"query": "", "document": ""},
+    "default_prompt_name": None,
+    "similarity_fn_name": "cosine",
+}
 
 
 class Tower(nn.Module):
@@ -111,8 +136,38 @@ class Tower(nn.Module):
             "projection_dim": self.projection.out_features if self.projection is not None else None,
         }
         (path / TOWER_CONFIG).write_text(json.dumps(config, indent=1))
+        modules = self._write_sentence_transformers_modules(path)
+        _write_json(path / "modules.json", modules)
+        _write_json(path / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
+        _write_json(path / "config_sentence_transformers.json", ST_MODEL_CONFIG)
         if self.projection is not None:
-            save_file({"weight": self.projection.weight.detach().cpu().contiguous()}, str(path / PROJECTION_FILE))
+            weight = self.projection.weight.detach().cpu().contiguous()
+            save_file({"linear.weight": weight}, str(path / PROJECTION_FILE))
+
+    def _write_sentence_transformers_modules(self, path: Path) -> list[dict]:
+        """The configs of the tower's sentence-transformers modules (Transformer at the root, mean
+        Pooling, the projection as a bias-free identity Dense, Normalize); returns modules.json."""
+        hidden = self.encoder.config.hidden_size
+        stages = [
+            ("transformer", "", None),
+            ("pooling", "1_Pooling", {"embedding_dimension": hidden, "pooling_mode": "mean"}),
+        ]
+        if self.projection is not None:
+            dense = {
+                "in_features": hidden,
+                "out_features": self.projection.out_features,
+                "bias": False,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+            stages.append(("dense", DENSE_FOLDER, dense))
+        stages.append(("normalize", f"{len(stages)}_Normalize", {}))
+        for _, folder, config in stages[1:]:
+            (path / folder).mkdir(exist_ok=True)
+            _write_json(path / folder / "config.json", config)
+        return [
+            {"idx": i, "name": str(i), "path": folder, "type": ST_MODULES[kind]}
+            for i, (kind, folder, _) in enumerate(stages)
+        ]
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> Tower:
@@ -129,8 +184,12 @@ class Tower(nn.Module):
             config["projection_dim"],
         )
         if tower.projection is not None:
-            tower.projection.weight.data.copy_(load_file(str(path / PROJECTION_FILE))["weight"])
+            tower.projection.weight.data.copy_(load_file(str(path / PROJECTION_FILE))["linear.weight"])
         return tower.to(device or "cpu").eval()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=1))
 
 
 def weights_digest(tower: Tower) -> str:
@@ -195,7 +254,28 @@ def save_biencoder(query_tower: Tower, item_tower: Tower, path: str | Path, meta
         **(metadata or {}),
     }
     (path / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    write_router(path, manifest["query_tower"], manifest["item_tower"])
+    (path / "README.md").write_text(biencoder_card(manifest))
     return path
+
+
+def write_router(path: Path, query_folder: str, item_folder: str) -> None:
+    """Make the bi-encoder folder one sentence-transformers model: a Router whose "query" route is
+    the query tower's modules and "document" route the item tower's, read from their folders."""
+    types, structure = {}, {}
+    for route, folder in (("query", query_folder), ("document", item_folder)):
+        modules = json.loads((path / folder / "modules.json").read_text())
+        ids = [f"{folder}/{m['path']}".rstrip("/") for m in modules]
+        types.update(zip(ids, (m["type"] for m in modules)))
+        structure[route] = ids
+    router = {
+        "types": types,
+        "structure": structure,
+        "parameters": {"default_route": "document", "allow_empty_key": True, "route_mappings": {}},
+    }
+    _write_json(path / "router_config.json", router)
+    _write_json(path / "modules.json", [{"idx": 0, "name": "0", "path": "", "type": ST_MODULES["router"]}])
+    _write_json(path / "config_sentence_transformers.json", ST_MODEL_CONFIG)
 
 
 def load_biencoder(path: str | Path, device: str | None = None) -> tuple[Tower, Tower]:
@@ -230,4 +310,4 @@ def off_the_shelf_biencoder(path: str | Path, encoder_path: str | Path | None = 
     from unisup.channels import packaged_minilm_path
 
     tower = Tower.from_pretrained(encoder_path or packaged_minilm_path(), max_length=max_length)
-    return save_biencoder(tower, tower, path, {"trained": False})
+    return save_biencoder(tower, tower, path, {"trained": False, "encoder_path": str(encoder_path or "")})

@@ -722,6 +722,7 @@ def train(
 
     from unisup.data.sample import load_dataset
     from unisup.data.tables import read_raw
+    from unisup.model_card import data_uris
     from unisup.schemas import RuleContext, validate
 
     check_settings(config.training)
@@ -741,7 +742,7 @@ def train(
             triton_repository,
             resume,
             progress,
-            metadata={"training_lists": lists_uri},
+            metadata={"training_lists": lists_uri, "data": data_uris(config.data)},
             embedding_cache_dir=config.channels.cache_dir or None,
             embedding_batch_size=config.channels.dense_batch_size,
         )

@@ -1,6 +1,7 @@
 """Export teachers into a Triton model repository (python backend).
 
     <repository>/
+      README.md                the model card (unisup.model_card); Triton ignores files at the root
       <stage>/
         config.pbtxt           inputs query/item (BYTES), output probs (FP32, K),
                                max_batch_size, dynamic_batching, instance_group,
@@ -21,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 from unisup import storage
-from unisup.config import ConfigError, TeachersConfig
+from unisup.config import ConfigError, DataConfig, TeachersConfig
 from unisup.serving import TEACHER_TEMPLATE, template
 
 VERSION = "1"
+MODEL_CARD = "README.md"
 
 
 def model_config(
@@ -90,3 +92,14 @@ def export_repository(
         if storage.is_gcs(str(repository)):
             storage.upload_dir(local, str(repository))
     return list(teachers)
+
+
+def write_model_card(
+    repository: str | Path, report: dict, cfg: TeachersConfig, data: DataConfig, audit: dict | None = None
+) -> None:
+    """Write the repository's model card from the training ``report`` of ``train_teachers`` and,
+    once run, the quality ``audit``."""
+    from unisup.model_card import data_uris, teachers_card
+
+    card = teachers_card(report["stages"], cfg, data_uris(data), report["escalation"], audit)
+    storage.write_text(storage.join(str(repository), MODEL_CARD), card)

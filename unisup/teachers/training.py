@@ -43,7 +43,7 @@ from unisup.data.sample import Dataset, load_dataset
 from unisup.errors import InputError
 from unisup.teachers.backends import Backend, InProcessBackend
 from unisup.teachers.cascade import calibrate_escalation
-from unisup.teachers.export import export_repository
+from unisup.teachers.export import export_repository, write_model_card
 from unisup.teachers.features import FeatureTeacher, PairFeaturizer, featurizer_for
 from unisup.teachers.model import OrdinalCrossEncoder, grade_probabilities
 
@@ -510,8 +510,8 @@ def train_teachers(
     dense channel's encoder and cache of ``channels_cfg``), then the others last first, so
     a distilled stage finds the stage it imitates trained and a stacked one its features. The escalation thresholds
     calibrated on validation are written beside the models (``escalation.json``), where
-    ``labeling.escalate_rule=calibrated`` reads them. Returns {"stages": {name: record},
-    "escalation": validation thresholds (or None), "repository": ...}.
+    ``labeling.escalate_rule=calibrated`` reads them, and the model card (``README.md``).
+    Returns {"stages": {name: record}, "escalation": validation thresholds (or None), "repository": ...}.
     """
     import tempfile
 
@@ -545,10 +545,12 @@ def train_teachers(
         export_repository(folders, out_dir, cfg, data_cfg.num_grades)
         if escalation:
             storage.write_text(storage.join(str(out_dir), ESCALATION_FILE), json.dumps(escalation, indent=1))
-    return {
+    report = {
         "repository": str(out_dir),
         "stages": {name: records[name] for name in folders},
         "escalation": escalation,
         "num_grades": data_cfg.num_grades,
         "seconds": round(sum(r["seconds"] for r in records.values()), 2),
     }
+    write_model_card(out_dir, report, cfg, data_cfg)
+    return report
