@@ -4,6 +4,7 @@ teachers' Triton repository. :func:`model_card` renders; the two builders say wh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -232,7 +233,7 @@ def teachers_card(stages: dict[str, dict], cfg, data: dict, escalation: dict | N
                 ["stage", "kind", "base model", "steps", "stop", "best epoch", "validation NLL", "temperature"], rows
             ),
         ),
-        ("Escalation", f"Calibrated on validation: `{escalation}`" if escalation else ""),
+        ("Escalation", f"Calibrated on validation: `{json.dumps(escalation)}`" if escalation else ""),
     ]
     if audit:
         from unisup.teachers.audit import BASELINE, format_audit

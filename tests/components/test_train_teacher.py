@@ -13,6 +13,7 @@ from kfp import dsl
 from components.label import label
 from components.train_teacher import train_teacher
 from unisup.data.tables import read_table
+from unisup.model_card import front_matter
 from unisup.schemas import validate
 
 
@@ -75,6 +76,11 @@ def test_train_teacher_and_label_functions(component_overrides, pairs_file, tmp_
     assert "cascade_exact" in audit.metadata and "raters_qwk" in audit.metadata
     # the UI's views: the audit table as Markdown, the cascade's grades against the human ones
     assert "| cascade |" in Path(report.path).read_text()
+    # the repository's model card holds the audit's figures
+    card = front_matter((Path(teachers.path) / "README.md").read_text())
+    figures = {m["name"]: m["value"] for m in card["model-index"][0]["results"][0]["metrics"]}
+    assert figures["cascade QWK"] == pytest.approx(audit.metadata["cascade_qwk"], abs=1e-6)
+    assert card["audit_passed"] == bool(audit.metadata["audit_passed"])
     pairs = json.loads(Path(audit.path).read_text())["pairs"]
     matrix = confusion.metadata["confusionMatrix"]
     assert len(matrix["annotationSpecs"]) == len(matrix["rows"]) == 4
