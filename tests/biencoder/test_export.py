@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from unisup.biencoder.export import QueryEncoderService, decode_queries, export_query_encoder
+from unisup.biencoder.export import QueryEncoderService, export_query_encoder
 from unisup.biencoder.tower import PROJECTION_FILE, Tower, save_biencoder
 from unisup.config import TrainingConfig
+from unisup.serving.codec import decode_texts
 
 QUERIES = ["red wine glass", "sofa bed", "usb c cable 2m", "kids desk lamp", "office chair"]
 
@@ -73,7 +74,7 @@ def test_service_embeds_the_whole_dynamic_batch_in_one_pass(biencoder_dir):
     assert [o.shape for o in outputs] == [(2, 8), (1, 8), (2, 8)]
     expected = original(QUERIES)
     np.testing.assert_allclose(np.concatenate(outputs), expected, atol=1e-6)
-    assert decode_queries(requests[0]) == QUERIES[:2]
+    assert decode_texts(requests[0]) == QUERIES[:2]
     assert service.embed_batches([np.zeros((0, 1), dtype=np.object_)])[0].shape == (0, 8)
 
 

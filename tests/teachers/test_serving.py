@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from unisup.serving import TEACHER_TEMPLATE, template
+from unisup.serving.codec import decode_texts, encode_texts
 from unisup.teachers.backends import InProcessBackend, TritonBackend
-from unisup.teachers.serving import TeacherService, decode_texts, encode_texts
+from unisup.teachers.serving import TeacherService
 
 TEMPLATE = template(TEACHER_TEMPLATE)
 

@@ -26,18 +26,12 @@ import numpy as np
 from unisup import storage
 from unisup.config import TrainingConfig
 from unisup.serving import QUERY_ENCODER_TEMPLATE, template
+from unisup.serving.codec import decode_texts
 
 MODEL_TEMPLATE = template(QUERY_ENCODER_TEMPLATE)
 QUERY_INPUT = "query"
 EMBEDDING_OUTPUT = "embedding"
 TOWER_FOLDER = "query_tower"
-
-
-def decode_queries(array: np.ndarray) -> list[str]:
-    """A BYTES tensor (np.object_ of bytes or str, any shape) as a flat list of str."""
-    return [
-        v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(array, dtype=np.object_).reshape(-1)
-    ]
 
 
 class QueryEncoderService:
@@ -57,7 +51,7 @@ class QueryEncoderService:
         computed in one forward pass over all requests."""
         queries, sizes = [], []
         for array in requests:
-            texts = decode_queries(array)
+            texts = decode_texts(array)
             queries.extend(texts)
             sizes.append(len(texts))
         if not queries:

@@ -17,7 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from unisup.teachers.serving import ITEM_INPUT, PROBS_OUTPUT, QUERY_INPUT, encode_texts
+from unisup.serving.codec import encode_texts
+from unisup.teachers.serving import ITEM_INPUT, PROBS_OUTPUT, QUERY_INPUT
 
 log = logging.getLogger(__name__)
 
