@@ -1,7 +1,8 @@
-"""The one versioned image constant every component runs in (built by `make images`)."""
+"""The versioned image constants every component and the Spark extraction run in (built by `make images`)."""
 
 IMAGE_VERSION = "0.1.0"
 REGISTRY = "ghcr.io/unisup"
 COMPONENTS_IMAGE = f"{REGISTRY}/components:{IMAGE_VERSION}"
 TRAINER_IMAGE = f"{REGISTRY}/trainer:{IMAGE_VERSION}"
 TRITON_IMAGE = f"{REGISTRY}/triton:{IMAGE_VERSION}"
+SPARK_IMAGE = f"{REGISTRY}/spark:{IMAGE_VERSION}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build and tag the images with the version in components/_image.py (make images).
-#   bash containers/build.sh           build components, trainer and triton from the public bases
+#   bash containers/build.sh           build components, trainer, triton and spark from the public bases
+#   bash containers/build.sh spark     build only the images named (components trainer triton spark)
 #   bash containers/build.sh --print   print the docker commands without running them
 #   PUSH=1 bash containers/build.sh    also push the tags
 #   LOCAL_BASE=1 bash containers/build.sh
@@ -8,7 +9,9 @@
 #       base made from Debian packages (containers/make_base_image.sh, made when missing),
 #       with this host's torch wheel, a CPU trainer (faiss-cpu), and a Triton image whose server
 #       is the tritonserver binary of nvidia-pytriton (TRITONSERVER=pytriton; CPU, python backend
-#       only) instead of the NGC base's. Never pushed.
+#       only) instead of the NGC base's, and a Spark image without the GCS connector. Never pushed.
+#   GCS_CONNECTOR_URL=https://... bash containers/build.sh spark
+#       put the GCS connector jar (gs:// for Spark) in the Spark image (see containers/Dockerfile.spark)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -20,18 +23,33 @@ LOCAL_BASE_IMAGE="${LOCAL_BASE_IMAGE:-unisup/base-local:bookworm}"
 mapfile -t TAGS < <("$PYTHON" -c '
 import runpy
 image = runpy.run_path("components/_image.py")
-for name in ("COMPONENTS_IMAGE", "TRAINER_IMAGE", "TRITON_IMAGE"):
+for name in ("COMPONENTS_IMAGE", "TRAINER_IMAGE", "TRITON_IMAGE", "SPARK_IMAGE"):
     print(image[name])
 ')
 declare -A DOCKERFILE=(
   [components]=containers/Dockerfile.components
   [trainer]=containers/Dockerfile.trainer
   [triton]=containers/Dockerfile.triton
+  [spark]=containers/Dockerfile.spark
 )
-ORDER=(components trainer triton)
+ORDER=(components trainer triton spark)
 BUILD_ARGS=()
 
+PRINT=0
 if [[ "${1:-}" == "--print" ]]; then
+  PRINT=1
+  shift
+fi
+# The images asked for (all by default), each by its name in ORDER.
+declare -A WANTED=()
+for name in "${@:-${ORDER[@]}}"; do
+  [[ -n "${DOCKERFILE[$name]:-}" ]] || { echo "build.sh: no image '$name' (expected: ${ORDER[*]})" >&2; exit 2; }
+  WANTED[$name]=1
+done
+NEEDS_TORCH=0
+for name in components trainer triton; do [[ -n "${WANTED[$name]:-}" ]] && NEEDS_TORCH=1; done
+
+if [[ "$PRINT" == 1 ]]; then
   RUN=(echo)
 else
   if ! command -v docker >/dev/null 2>&1; then
@@ -53,20 +71,27 @@ if [[ "$LOCAL_BASE" == "1" ]]; then
   if [[ -z "${RUN[*]}" ]]; then
     docker image inspect "$LOCAL_BASE_IMAGE" >/dev/null 2>&1 || bash containers/make_base_image.sh "$LOCAL_BASE_IMAGE"
     # The host's pip resolves torch==2.13.0 to its CPU build (a local wheel or the CPU index).
-    ls containers/wheels/torch-2.13.0*.whl >/dev/null 2>&1 \
+    [[ "$NEEDS_TORCH" == 0 ]] || ls containers/wheels/torch-2.13.0*.whl >/dev/null 2>&1 \
       || PIP_EXTRA_INDEX_URL="https://download.pytorch.org/whl/cpu" "$PYTHON" -m pip download -q --no-deps \
            --only-binary=:all: torch==2.13.0 -d containers/wheels
   fi
-  BUILD_ARGS=(--build-arg "BASE_IMAGE=$LOCAL_BASE_IMAGE" --build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
+  BUILD_ARGS=(--build-arg "BASE_IMAGE=$LOCAL_BASE_IMAGE")
 fi
 
 for i in "${!ORDER[@]}"; do
   name="${ORDER[$i]}"
   tag="${TAGS[$i]}"
+  [[ -n "${WANTED[$name]:-}" ]] || continue
   extra=()
+  if [[ "$LOCAL_BASE" == "1" && "$name" != "spark" ]]; then
+    extra=(--build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
+  fi
   if [[ "$LOCAL_BASE" == "1" ]]; then
-    [[ "$name" == "trainer" ]] && extra=(--build-arg "FAISS_GPU=")
-    [[ "$name" == "triton" ]] && extra=(--build-arg "TRITONSERVER=pytriton")
+    [[ "$name" == "trainer" ]] && extra+=(--build-arg "FAISS_GPU=")
+    [[ "$name" == "triton" ]] && extra+=(--build-arg "TRITONSERVER=pytriton")
+  fi
+  if [[ "$name" == "spark" && -n "${GCS_CONNECTOR_URL:-}" ]]; then
+    extra+=(--build-arg "GCS_CONNECTOR_URL=$GCS_CONNECTOR_URL" --build-arg "GCS_CONNECTOR_SHA256=${GCS_CONNECTOR_SHA256:-}")
   fi
   "${RUN[@]}" docker build --file "${DOCKERFILE[$name]}" --tag "$tag" "${BUILD_ARGS[@]}" "${extra[@]}" "$ROOT"
   if [[ "${PUSH:-0}" == "1" ]]; then

@@ -534,4 +534,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run as a file (the Spark image's mainApplicationFile): its folder, the package, would put
+    # config, logs, ... before other top-level modules of the same name.
+    import os
+
+    package = os.path.dirname(os.path.realpath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != package]
     sys.exit(main())

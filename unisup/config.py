@@ -460,11 +460,15 @@ class ExtractionConfig:
         "how the pipeline task runs the spark engine: in-process (Spark in the task, spark_master) or k8s-operator "
         "(a SparkApplication for the Spark Operator, which the task creates and waits for)",
     )
-    spark_image: str = _f("", "k8s-operator: the Spark image of driver and executors (Spark, Java 17, unisup[spark])")
+    spark_image: str = _f(
+        "ghcr.io/unisup/spark:0.1.0",
+        "k8s-operator: the Spark image of driver and executors (containers/Dockerfile.spark; SPARK_IMAGE of "
+        "components/_image.py)",
+    )
     spark_main_application_file: str = _f(
         "local:///opt/unisup/unisup/cli.py", "k8s-operator: the unisup CLI inside spark_image"
     )
-    spark_version: str = _f("4.0.1", "k8s-operator: the Spark version of spark_image")
+    spark_version: str = _f("4.3.0", "k8s-operator: the Spark version of spark_image (its pyspark)")
     spark_namespace: str = _f("default", "k8s-operator: the namespace of the SparkApplication")
     spark_service_account: str = _f("spark", "k8s-operator: the driver's service account (creates executor pods)")
     spark_executor_instances: int = _f(2, "k8s-operator: Spark executors")

@@ -1,5 +1,5 @@
 """The Dockerfiles: COPY sources exist, bases and packages are pinned and agree with
-pyproject, the images run as a non-root user, and build.sh tags with the image constant."""
+pyproject, the images run as a non-root user, and build.sh tags with the image constants."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from components._image import COMPONENTS_IMAGE, TRAINER_IMAGE, TRITON_IMAGE
+from components._image import COMPONENTS_IMAGE, SPARK_IMAGE, TRAINER_IMAGE, TRITON_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"
@@ -44,9 +44,13 @@ def pyproject_pins() -> dict[str, str]:
     return pins
 
 
-def test_the_three_images_have_dockerfiles():
+TAGS = {"components": COMPONENTS_IMAGE, "trainer": TRAINER_IMAGE, "triton": TRITON_IMAGE, "spark": SPARK_IMAGE}
+
+
+def test_the_four_images_have_dockerfiles():
     assert [p.name for p in DOCKERFILES] == [
         "Dockerfile.components",
+        "Dockerfile.spark",
         "Dockerfile.trainer",
         "Dockerfile.triton",
     ]
@@ -93,8 +97,10 @@ def test_package_pins_agree_with_pyproject(dockerfile):
             assert pins[key] == version, f"{dockerfile.name}: {name}=={version}, pyproject pins {pins[key]}"
         unpinned = re.findall(r"pip install(?:\s+--\S+(?:\s+\"?\$?\w+\"?)?)*\s+(?:-U|--upgrade)\b", args)
         assert not unpinned, f"{dockerfile.name}: pip install --upgrade is not reproducible"
-    # every other version comes from containers/requirements.lock (tests/containers/test_lock.py)
-    assert any("--requirement /tmp/requirements.lock" in args for args in installs), f"{dockerfile.name}: no lock"
+    # every other version comes from containers/requirements.lock (tests/containers/test_lock.py):
+    # all of it, or (the Spark image) the packages named, constrained to it
+    lock = ("--requirement /tmp/requirements.lock", "--constraint /tmp/requirements.lock")
+    assert any(flag in args for args in installs for flag in lock), f"{dockerfile.name}: no lock"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -104,17 +110,48 @@ def test_runs_as_non_root(dockerfile):
     assert users[-1].split(":")[0] not in ("root", "0"), f"{dockerfile.name} runs as root"
 
 
-def test_build_script_tags_with_the_image_constant():
+def _printed(*args: str, **env: str) -> list[str]:
     out = subprocess.run(
-        ["bash", str(CONTAINERS / "build.sh"), "--print"],
+        ["bash", str(CONTAINERS / "build.sh"), "--print", *args],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **env},
     )
-    lines = out.stdout.splitlines()
-    assert len(lines) == 3
-    for line, tag, dockerfile in zip(lines, (COMPONENTS_IMAGE, TRAINER_IMAGE, TRITON_IMAGE), DOCKERFILES, strict=True):
-        assert f"--tag {tag} " in line and f"--file containers/{dockerfile.name}" in line
+    return out.stdout.splitlines()
+
+
+def test_build_script_tags_with_the_image_constant():
+    lines = _printed()
+    assert len(lines) == 4
+    for line, (name, tag) in zip(lines, TAGS.items(), strict=True):
+        assert f"--tag {tag} " in line and f"--file containers/Dockerfile.{name} " in line
+
+
+def test_build_script_builds_the_images_named_with_their_own_build_arguments():
+    (spark,) = _printed("spark", LOCAL_BASE="1")
+    assert f"--tag {SPARK_IMAGE} " in spark and "BASE_IMAGE=unisup/base-local:bookworm" in spark
+    assert "TORCH_INDEX_URL" not in spark and "GCS_CONNECTOR_URL" not in spark
+    url = "https://repo1.maven.org/maven2/x.jar"
+    (spark,) = _printed("spark", GCS_CONNECTOR_URL=url)
+    assert f"--build-arg GCS_CONNECTOR_URL={url} " in spark
+    components, triton = _printed("triton", "components", LOCAL_BASE="1")
+    assert "TORCH_INDEX_URL=https://pypi.org/simple" in components and "TRITONSERVER=pytriton" in triton
+    wrong = subprocess.run(["bash", str(CONTAINERS / "build.sh"), "--print", "hive"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "no image 'hive'" in wrong.stderr
+
+
+def test_the_spark_image_gets_the_gcs_connector_only_when_asked():
+    rows = instructions(CONTAINERS / "Dockerfile.spark")
+    args = dict(a.split("=", 1) if "=" in a else (a, None) for word, a in rows if word == "ARG")
+    assert args["GCS_CONNECTOR_URL"] == "" and args["GCS_CONNECTOR_SHA256"] == ""
+    documented = re.findall(r"https://\S+\.jar", (CONTAINERS / "Dockerfile.spark").read_text())
+    assert documented and all(
+        u.startswith("https://repo1.maven.org/maven2/com/google/cloud/bigdataoss/gcs-connector/hadoop3-")
+        and u.endswith("-shaded.jar")
+        for u in documented
+    )
+    assert any(word == "ENTRYPOINT" and "/opt/unisup/entrypoint.sh" in a for word, a in rows)
 
 
 def test_build_script_fails_clearly_without_docker(tmp_path):
