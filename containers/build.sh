@@ -3,7 +3,7 @@
 #   bash containers/build.sh           build components, trainer, triton and spark from the public bases
 #   bash containers/build.sh spark     build only the images named (components trainer triton spark)
 #   bash containers/build.sh --print   print the docker commands without running them
-#   PUSH=1 bash containers/build.sh    also push the tags
+#   PUSH=1 bash containers/build.sh    also push the tags (refused for a tag the registry has)
 #   LOCAL_BASE=1 bash containers/build.sh
 #       for hosts that reach the package registries but no image registry: build on a Python
 #       base made from Debian packages (containers/make_base_image.sh, made when missing),
@@ -76,6 +76,20 @@ if [[ "$LOCAL_BASE" == "1" ]]; then
            --only-binary=:all: torch==2.13.0 -d containers/wheels
   fi
   BUILD_ARGS=(--build-arg "BASE_IMAGE=$LOCAL_BASE_IMAGE")
+fi
+
+# Tags are immutable: KFP's cache key holds the image reference, so a tag pushed again over
+# other contents would let cached task results of the old image stand for the new one. A push
+# refuses, before any build, a tag the registry already has: bump IMAGE_VERSION instead.
+if [[ "${PUSH:-0}" == "1" && -z "${RUN[*]}" ]]; then
+  for i in "${!ORDER[@]}"; do
+    [[ -n "${WANTED[${ORDER[$i]}]:-}" ]] || continue
+    if docker manifest inspect "${TAGS[$i]}" >/dev/null 2>&1; then
+      echo "build.sh: ${TAGS[$i]} is already in the registry; tags are never pushed twice:" \
+        "bump IMAGE_VERSION in components/_image.py" >&2
+      exit 2
+    fi
+  done
 fi
 
 for i in "${!ORDER[@]}"; do

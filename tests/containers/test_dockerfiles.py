@@ -163,3 +163,19 @@ def test_build_script_fails_clearly_without_docker(tmp_path):
     out = subprocess.run(["bash", str(CONTAINERS / "build.sh")], capture_output=True, text=True, env=env)
     assert out.returncode != 0
     assert "no 'docker' command" in out.stderr
+
+
+def test_a_push_refuses_a_tag_the_registry_already_has(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls"
+    docker = bindir / "docker"  # a registry that has every tag: manifest inspect succeeds
+    docker.write_text(f'#!/usr/bin/env bash\necho "$@" >> {calls}\nexit 0\n')
+    docker.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PUSH": "1", "LOCAL_BASE": "0"}
+    out = subprocess.run(["bash", str(CONTAINERS / "build.sh"), "trainer"], capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    assert f"{TAGS['trainer']} is already in the registry" in out.stderr and "IMAGE_VERSION" in out.stderr
+    made = calls.read_text().splitlines()
+    assert f"manifest inspect {TAGS['trainer']}" in made
+    assert not [c for c in made if c.startswith(("build", "push"))]
