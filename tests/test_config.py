@@ -14,6 +14,9 @@ def test_overrides_are_typed():
     cfg = load_config("local", ["data.num_grades=5", "channels.bm25_k1=2", "data.split_fractions=[0.6, 0.2, 0.2]"])
     assert cfg.data.num_grades == 5 and cfg.channels.bm25_k1 == 2.0 and cfg.data.split_fractions == [0.6, 0.2, 0.2]
 
+    # YAML 1.1 reads 3e-5 (no dot) as a string; a float key takes it as the number it means
+    assert load_config("local", ["training.learning_rate=3e-5"]).training.learning_rate == 3e-5
+
 
 @pytest.mark.parametrize(
     "override, message",
@@ -24,6 +27,7 @@ def test_overrides_are_typed():
         ("data.split_fractions=0.5", r"data.split_fractions: expected a list"),
         ("nosection.x=1", r"nosection: unknown key; Config has"),
         ("data.num_grades=''", r"data.num_grades: expected an integer, got ''"),
+        ("training.learning_rate=fast", r"training.learning_rate: expected float, got 'fast'"),
         ("data.split_fractions=[0.5, 0.5", r"override 'data.split_fractions=\[0.5, 0.5': the value is not valid YAML"),
     ],
 )
