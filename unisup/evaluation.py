@@ -37,7 +37,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -46,10 +46,10 @@ import pyarrow as pa
 from unisup import code_version, storage
 from unisup.config import Config, ConfigError, EvaluationConfig, to_dict
 from unisup.errors import InputError
+from unisup.evaluation_result import CANDIDATE, EvaluationResult
 from unisup.metrics import engagement_metrics, grade_distribution, metric_names, per_query_metrics_at
 from unisup.schemas import EVAL_RESULTS, validate
 
-CANDIDATE = "candidate"
 HUMAN = "human"
 ENGAGEMENT = "engagement"
 SLICES = ("all", "head", "tail")
@@ -214,26 +214,6 @@ def paired_bootstrap(
 
 
 # ---------------------------------------------------------------- evaluation
-
-
-@dataclass
-class EvaluationResult:
-    """Everything :func:`evaluate` measured."""
-
-    table: pa.Table
-    per_query: dict[str, dict[str, dict[str, float]]]
-    grade_distributions: dict[str, dict[str, float]]
-    slices: dict[str, dict[str, list[str]]]
-    blessing: dict
-    systems: dict[str, str]
-    settings: dict = field(default_factory=dict)
-
-    def value(self, metric: str, system: str = CANDIDATE, baseline: str | None = None, slice: str = "all") -> dict:
-        """The row of one (system, baseline, metric, slice) as a dict."""
-        for row in self.table.to_pylist():
-            if (row["system"], row["baseline"], row["metric"], row["slice"]) == (system, baseline, metric, slice):
-                return row
-        raise KeyError(f"no result for {system} vs {baseline}: {metric} ({slice})")
 
 
 def metrics_to_measure(cfg: EvaluationConfig, with_engagement: bool) -> set[str]:

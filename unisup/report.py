@@ -17,10 +17,8 @@ import html
 import io
 import math
 import re
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from unisup.evaluation import EvaluationResult
+from unisup.evaluation_result import EvaluationResult
 
 LOWER_IS_BETTER = ("grade0_share",)  # metric families where a negative delta is the better one
 TIE = 1e-9  # per-query deltas within this of zero are ties
