@@ -64,7 +64,7 @@ def test_pipeline_runs_in_the_images(images, tmp_path, tiny_sample, tiny_encoder
         control_index_uri=str(root / "control" / "index"),
     )
     run = next(root.glob("unified-supervision-*"))
-    check_run(run)
+    check_run(run, str(inputs / "sample" / "judgments.csv"))
     labeling = json.loads((next(run.glob("merge-shards/merged")) / "report.json").read_text())
     # each labeling shard was served by the tritonserver its own container started
     assert len(labeling["backend"]) == 2
