@@ -120,9 +120,9 @@ def test_labels_served_by_the_image_match_the_in_process_ones(teachers, triton_c
     a, b = read_labels(str(tmp_path / "served")), read_labels(str(tmp_path / "local"))
     assert a["grade"].to_pylist() == b["grade"].to_pylist() and a["stage"].to_pylist() == b["stage"].to_pylist()
     # The same code in the image's process differs from this one in the last bits of a few
-    # queries' features (measured: every pair of 2 of the 10 queries moves by 4e-4 to 8e-4, the
-    # rest agree to 1e-5), which the tiny teacher's standardized features magnify. So: most
-    # pairs to 1e-5, every pair to 2e-3, and the grades and stages exactly.
+    # queries' features (measured: the pairs of two of the queries move by 4e-4 to 8e-4, every
+    # other pair agrees to 1e-5), which the tiny teacher's standardized features magnify. So:
+    # most pairs to 1e-5, every pair to 2e-3, and the grades and stages exactly.
     difference = np.abs(np.array(a["probs"].to_pylist()) - np.array(b["probs"].to_pylist())).max(axis=1)
     assert np.median(difference) <= 1e-5 and difference.max() <= 2e-3, difference
     assert json.loads((tmp_path / "served" / "report.json").read_text())["fallback"] == ""
