@@ -80,13 +80,13 @@ fi
 
 # Tags are immutable: KFP's cache key holds the image reference, so a tag pushed again over
 # other contents would let cached task results of the old image stand for the new one. A push
-# refuses, before any build, a tag the registry already has: bump IMAGE_VERSION instead.
+# refuses, before any build, a tag the registry already has: a changed image is a new version.
 if [[ "${PUSH:-0}" == "1" && -z "${RUN[*]}" ]]; then
   for i in "${!ORDER[@]}"; do
     [[ -n "${WANTED[${ORDER[$i]}]:-}" ]] || continue
     if docker manifest inspect "${TAGS[$i]}" >/dev/null 2>&1; then
       echo "build.sh: ${TAGS[$i]} is already in the registry; tags are never pushed twice:" \
-        "bump IMAGE_VERSION in components/_image.py" >&2
+        "release a new version (__version__ in unisup/__init__.py, which the tags take)" >&2
       exit 2
     fi
   done

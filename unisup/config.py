@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from unisup import __version__
 from unisup.errors import UnisupError
 
 PROFILES = ("local", "quality", "cluster")
@@ -462,7 +463,7 @@ class ExtractionConfig:
         "(a SparkApplication for the Spark Operator, which the task creates and waits for)",
     )
     spark_image: str = _f(
-        "ghcr.io/unisup/spark:0.1.0",
+        f"ghcr.io/unisup/spark:{__version__}",
         "k8s-operator: the Spark image of driver and executors (containers/Dockerfile.spark; SPARK_IMAGE of "
         "components/_image.py)",
     )
