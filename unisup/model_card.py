@@ -1,10 +1,10 @@
 """Model cards: a README.md with a Hugging Face style YAML front matter (library, licence, base
 model, tags, the recorded figures as ``model-index``), for the exported bi-encoder and the
-teachers' Triton repository. :func:`model_card` renders; the two builders say what goes in."""
+teachers' Triton repository. :func:`model_card` renders; :func:`biencoder_card` and
+``unisup.teachers.export.teachers_card`` say what goes in."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
@@ -78,7 +78,7 @@ def model_index(name: str, task: str, dataset: str, metrics: list[tuple[str, str
     ]
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
     def cell(value) -> str:
         return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
 
@@ -142,7 +142,7 @@ def biencoder_card(manifest: dict) -> str:
                 f"nDCG@{k} at the start {_fmt(training['start_metric'])}, best {_fmt(training['best_metric'])} "
                 f"at step {training['best_step']} (epoch {best_epoch}); below the start: "
                 f"{'yes' if training['below_start'] else 'no'}.\n\n"
-                + _table(
+                + markdown_table(
                     ["epoch", "step", f"nDCG@{k}"],
                     [[h["epoch"], h["step"], h.get(metric)] for h in training["history"]],
                 ),
@@ -179,78 +179,3 @@ scores = queries @ items.T
 ```
 
 Each tower alone: `SentenceTransformer("path/to/model/query_tower")`."""
-
-
-def teachers_card(stages: dict[str, dict], cfg, data: dict, escalation: dict | None, audit: dict | None) -> str:
-    """The card of a teachers' Triton repository: per stage its training record (``stages``, as
-    ``train_teachers`` returns them), the configuration ``cfg`` (TeachersConfig), the data URIs,
-    the escalation calibrated on validation and, when run, the quality audit."""
-    kinds = {s.name: s for s in cfg.stages}
-    encoders = {name: kinds[name].base_model for name in stages if kinds[name].kind != "ordinal_features"}
-    rows = [
-        [
-            name,
-            kinds[name].kind,
-            "-" if name not in encoders else base_model_text(encoders[name]).split(" (")[0],
-            f"{r['steps']}/{r['planned_steps']}",
-            r["stop_reason"],
-            r["best_epoch"],
-            r["validation_nll_calibrated"],
-            r["temperature"],
-        ]
-        for name, r in stages.items()
-    ]
-    front = {
-        "library_name": "pytorch",
-        "license": LICENSE,
-        **({"base_model": MINILM} if any(is_packaged_minilm(p) for p in encoders.values()) else {}),
-        "tags": ["cross-encoder", "ordinal-regression", "relevance-judgment", "triton", "product-search"],
-        "pipeline_tag": "text-classification",
-        "training": {
-            "seed": cfg.seed,
-            "stages": {n: {"steps": r["steps"], "best_epoch": r["best_epoch"]} for n, r in stages.items()},
-        },
-    }
-    base = "\n".join(f"- {name}: {base_model_text(path)}" for name, path in encoders.items())
-    budgets = "\n".join(
-        f"- {name}: epochs {kinds[name].epochs}, max_steps {kinds[name].max_steps}, batch size {kinds[name].batch_size}"
-        for name in encoders
-    )
-    sections = [
-        (
-            "Models",
-            "Ordinal teachers grading (query, item) pairs, one Triton model (python backend) per stage; "
-            f"the cascade escalates uncertain pairs to later stages.\n\nBase models:\n{base or '- none'}",
-        ),
-        (
-            "Training data",
-            data_text(data, [f"- seed {cfg.seed}, at most {cfg.max_train_pairs or 'all'} training pairs"]),
-        ),
-        (
-            "Training",
-            (f"Budgets:\n{budgets}\n\n" if budgets else "")
-            + _table(
-                ["stage", "kind", "base model", "steps", "stop", "best epoch", "validation NLL", "temperature"], rows
-            ),
-        ),
-        ("Escalation", f"Calibrated on validation: `{json.dumps(escalation)}`" if escalation else ""),
-    ]
-    if audit:
-        from unisup.teachers.audit import BASELINE, format_audit
-
-        labelers = [*audit["stages"].items(), ("cascade", audit["cascade"])]
-        labelers += [(BASELINE, audit[BASELINE])] if BASELINE in audit else []
-        front["model-index"] = model_index(
-            "unisup-teachers",
-            "text-classification",
-            f"{audit['split']} split",
-            [
-                (key.replace("@", "_at_"), f"{who} {label}", stats.get(key))
-                for who, stats in labelers
-                for key, label in (("qwk", "QWK"), ("condensed_ndcg@10", "condensed nDCG@10"))
-            ],
-        )
-        if "gate" in audit:
-            front["audit_passed"] = audit["gate"]["passed"]
-        sections.append(("Quality audit", format_audit(audit)))
-    return model_card("unisup teachers", front, sections)
