@@ -56,7 +56,7 @@ def evaluate_biencoder(
 ) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Mean metrics of a bi-encoder folder (the split's queries over the full catalog), and its top-100 rankings."""
     from unisup.biencoder.tower import frozen_item_encoder, item_fields, load_biencoder
-    from unisup.channels import cached_encode, top_k_inner_product
+    from unisup.channels import top_k_inner_product
     from unisup.data.catalog import item_texts
     from unisup.metrics import mean_metrics, per_query_metrics
 
@@ -65,7 +65,7 @@ def evaluate_biencoder(
     texts = item_texts(dataset.catalog, item_fields(model_dir))
     frozen = frozen_item_encoder(model_dir, item_tower)  # the start encoder: its cached catalog embeddings
     if frozen is not None:
-        items = cached_encode(frozen, texts, cfg.channels.cache_dir or None)
+        items = frozen.catalog_vectors(texts, cfg.channels.cache_dir or None)
     else:
         items = item_tower.encode(texts, batch_size=128, progress=True)
     qrels = dataset.qrels(split)

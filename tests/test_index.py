@@ -247,13 +247,11 @@ def test_build_index_writes_to_gcs(tiny_model, tiny_sample, tmp_path, gcs_emulat
     assert len(ItemIndex.load(uri).item_ids) == catalog.num_rows
 
 
-@pytest.fixture(scope="module")
-def frozen_model(tiny_overrides, tiny_encoder_path, tiny_training_lists, tmp_path_factory):
-    """A bi-encoder trained for 2 steps with the frozen item tower; the catalog embeddings
-    it cached, and its config."""
+def _train_frozen(tiny_overrides, tiny_encoder_path, tiny_training_lists, tmp, extra=()):
+    """A bi-encoder trained for 2 steps with the frozen item tower in ``tmp/model``; the catalog
+    embeddings it cached, and its config."""
     from unisup.biencoder.train import train
 
-    tmp = tmp_path_factory.mktemp("frozen")
     cache = tmp / "embedding-cache"
     overrides = [
         f"training.encoder_path={tiny_encoder_path}",
@@ -264,11 +262,43 @@ def frozen_model(tiny_overrides, tiny_encoder_path, tiny_training_lists, tmp_pat
         f"index.work_dir={tmp / 'shards'}",
         "index.factory=Flat",
         'index.search_params=""',
+        *extra,
     ]
     config = load_config("local", tiny_overrides + overrides)
     assert config.training.freeze_item_tower  # the default
     train(str(tiny_training_lists), str(tmp / "model"), config, work_dir=str(tmp / "work"), progress=False)
     return tmp / "model", cache, config
+
+
+@pytest.fixture(scope="module")
+def frozen_model(tiny_overrides, tiny_encoder_path, tiny_training_lists, tmp_path_factory):
+    return _train_frozen(tiny_overrides, tiny_encoder_path, tiny_training_lists, tmp_path_factory.mktemp("frozen"))
+
+
+def test_an_item_adapter_is_applied_to_the_cached_catalog_embeddings(
+    tiny_overrides, tiny_encoder_path, tiny_training_lists, tiny_sample, tmp_path
+):
+    """The index of a frozen item tower with a trained adapter reads the start encoder's cached
+    vectors and maps them by the adapter: the vectors the whole item tower gives."""
+    from unisup.biencoder.tower import load_biencoder
+    from unisup.data.catalog import item_texts
+
+    adapter = ["training.item_adapter=true", "training.adapter_learning_rate=0.05"]
+    model, cache, config = _train_frozen(tiny_overrides, tiny_encoder_path, tiny_training_lists, tmp_path, adapter)
+    catalog = load_catalog(str(tiny_sample["catalog"])).accepted
+    meta = build_index(
+        str(model), catalog, str(tmp_path / "index"), config.index, progress=False, embedding_cache_dir=cache
+    ).metadata
+    assert meta["item_embeddings"] == "frozen start encoder: from the embedding cache"
+    _, item_tower = load_biencoder(model)
+    expected = item_tower.encode(item_texts(catalog, tuple(config.training.item_fields)), batch_size=64)
+    np.testing.assert_allclose(_vectors(tmp_path / "index"), expected, atol=1e-5)
+    assert (
+        np.abs(
+            expected - item_tower.encode(item_texts(catalog, tuple(config.training.item_fields)), with_head=False)
+        ).max()
+        > 1e-4
+    )
 
 
 def _vectors(index_dir):

@@ -111,6 +111,12 @@ class TrainingConfig:
         True, "one encoder for queries and items (else two separate copies); unused when freeze_item_tower"
     )
     projection_dim: int = _f(0, "linear projection after pooling; 0 = none (needs freeze_item_tower: false)")
+    item_adapter: bool = _f(
+        False,
+        "with freeze_item_tower: train a square projection (identity at the start) over the frozen item "
+        "tower's cached embeddings; the index applies it to the cached catalog, so nothing is re-embedded",
+    )
+    adapter_learning_rate: float = _f(1e-3, "AdamW learning rate of the item adapter (no weight decay)")
     query_max_length: int = _f(16, "max tokens of a query")
     item_max_length: int = _f(64, "max tokens of an item text")
     item_fields: list[str] = _f(

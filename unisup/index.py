@@ -259,7 +259,7 @@ def build_index(
     and write the index folder to ``out_uri`` (local or gs://). The index settings are
     checked before anything is embedded."""
     from unisup.biencoder.tower import frozen_item_encoder, item_fields, load_biencoder
-    from unisup.channels import cached_encode, embedding_cache_path
+    from unisup.channels import embedding_cache_path
     from unisup.data.catalog import item_texts
 
     fingerprint = storage.content_digest(model_path)
@@ -276,7 +276,7 @@ def build_index(
                 and embedding_cache_path(frozen.fingerprint, texts, embedding_cache_dir).exists()
             )
             item_embeddings = f"frozen start encoder: {'from the embedding cache' if cached else 'embedded'}"
-            vectors = cached_encode(frozen, texts, embedding_cache_dir, progress)
+            vectors = frozen.catalog_vectors(texts, embedding_cache_dir, progress)
         else:
             item_embeddings = "embedded by the item tower"
             shard_dir = Path(cfg.work_dir) / f"{fingerprint[:16]}-{_texts_digest(texts)}-{cfg.shard_size}"

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from unisup.biencoder.tower import PROJECTION_FILE, Tower, load_biencoder, off_the_shelf_biencoder, save_biencoder
 from unisup.data.catalog import item_texts
@@ -47,6 +48,19 @@ def test_a_tower_folder_is_a_sentence_transformer_with_the_same_embeddings(
         assert dense["bias"] is False and dense["activation_function"] == "torch.nn.modules.linear.Identity"
         assert (tmp_path / "tower" / PROJECTION_FILE).exists()
     np.testing.assert_array_equal(Tower.load(tmp_path / "tower").encode(texts), tower.encode(texts))
+
+
+def test_the_head_applies_to_cached_pooled_vectors_as_the_tower_does(tiny_encoder_path, texts):
+    """An identity adapter leaves the vectors as they are; a changed one gives, over the pooled
+    vectors alone (the cache's), what the whole tower gives."""
+    tower = Tower.from_pretrained(tiny_encoder_path, max_length=24)
+    pooled = tower.encode(texts, with_head=False)
+    np.testing.assert_allclose(tower.add_identity_adapter().encode(texts), pooled, atol=1e-6)
+    tower.projection.weight.data.add_(0.3 * torch.randn(32, 32, generator=torch.Generator().manual_seed(0)))
+    adapted = tower.encode(texts)
+    assert np.abs(adapted - pooled).max() > 1e-2
+    np.testing.assert_allclose(tower.apply_head(pooled), adapted, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(adapted, axis=1), 1.0, atol=1e-5)
 
 
 def test_the_biencoder_folder_routes_queries_and_documents(tiny_encoder_path, texts, tmp_path):

@@ -119,6 +119,24 @@ def test_frozen_item_tower_trains_only_the_query_tower(setup, tiny_encoder_path,
     assert item_fields(off_the_shelf_biencoder(tmp_path / "untrained", tiny_encoder_path)) == DEFAULT_FIELDS
 
 
+def test_the_item_adapter_starts_as_the_identity_and_trains_over_the_frozen_encoder(setup, tiny_encoder_path, tmp_path):
+    plain = _run(setup, tmp_path, "plain")
+    adapted = _run(setup, tmp_path, "adapted", item_adapter=True, adapter_learning_rate=0.01)
+    assert adapted.start_metric == pytest.approx(plain.start_metric, abs=1e-9)  # the identity at the start
+    initial = load_file(str(tiny_encoder_path / "model.safetensors"))
+    assert not _changed(initial, _weights(tmp_path / "adapted", "item_tower"))  # the encoder stays the start's
+    adapter = load_file(str(tmp_path / "adapted" / "item_tower" / PROJECTION_FILE))["linear.weight"]
+    assert adapter.shape == (32, 32) and not torch.allclose(adapter, torch.eye(32), atol=1e-4)
+    record = json.loads((tmp_path / "adapted" / "biencoder.json").read_text())[FROZEN_ITEM_TOWER]
+    assert record["item_adapter"] is True
+    assert (
+        record["weights_digest"]
+        == json.loads((tmp_path / "plain" / "biencoder.json").read_text())[FROZEN_ITEM_TOWER]["weights_digest"]
+    )
+    _, item = load_biencoder(tmp_path / "adapted")
+    assert item.dim == 32 and item.projection is not None
+
+
 def test_trained_item_tower_is_shared_and_changes(setup, tiny_encoder_path, tmp_path):
     result = _run(setup, tmp_path, "shared", freeze_item_tower=False, max_steps=2)
     assert result.steps == 2
@@ -289,10 +307,14 @@ def test_an_empty_lists_table_is_an_input_error(setup, tmp_path):
         ("training.lists_per_batch=0", "training.lists_per_batch must be >= 1, got 0"),
         ("training.validation_k=0", "training.validation_k must be >= 1, got 0"),
         ("training.projection_dim=16", "training.projection_dim needs training.freeze_item_tower=false"),
+        (
+            "training.freeze_item_tower=false training.item_adapter=true",
+            "training.item_adapter needs training.freeze_item_tower=true",
+        ),
     ],
 )
 def test_bad_training_settings_are_config_errors_before_any_input_is_read(tmp_path, override, message):
-    config = load_config("local", [f"data.catalog_uri={tmp_path / 'absent.parquet'}", override])
+    config = load_config("local", [f"data.catalog_uri={tmp_path / 'absent.parquet'}", *override.split()])
     with pytest.raises(ConfigError, match=message):
         train(str(tmp_path / "absent-lists"), str(tmp_path / "model"), config, progress=False)
     assert not list(tmp_path.iterdir())

@@ -23,7 +23,9 @@ folders, so no weight is stored twice.
 With a frozen item tower (``training.freeze_item_tower``) the manifest's ``frozen_item_tower``
 records the start encoder's fingerprint and the digest of its weights: the catalog's item
 embeddings are then the start encoder's, shared through the content-keyed embedding cache
-(:func:`unisup.channels.cached_encode`) by training, the dense channel and the index.
+(:func:`unisup.channels.cached_encode`) by training, the dense channel and the index. With
+``training.item_adapter`` the frozen tower has a trained square projection (its head, in
+``2_Dense/``), which training and the index apply to the cached vectors.
 """
 
 from __future__ import annotations
@@ -61,6 +63,15 @@ ST_MODEL_CONFIG = {
 }
 
 
+def project(projection: nn.Linear | None, pooled: torch.Tensor) -> torch.Tensor:
+    """Projection and L2 normalization of unit pooled vectors (identity without a projection).
+    Normalizing before a linear map does not change the direction after it, so this applies as
+    well to cached encoder vectors."""
+    if projection is None:
+        return pooled
+    return nn.functional.normalize(projection(pooled), dim=-1)
+
+
 class Tower(nn.Module):
     """Encoder + mean pooling + optional projection + L2 normalization."""
 
@@ -84,6 +95,15 @@ class Tower(nn.Module):
             AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)), max_length, projection_dim
         )
 
+    def add_identity_adapter(self) -> Tower:
+        """Give the tower a square projection initialized to the identity (its vectors unchanged
+        until it is trained): the item adapter of a frozen item tower."""
+        hidden = self.encoder.config.hidden_size
+        self.projection = nn.Linear(hidden, hidden, bias=False)
+        with torch.no_grad():
+            self.projection.weight.copy_(torch.eye(hidden))
+        return self
+
     @property
     def dim(self) -> int:
         return self.projection.out_features if self.projection is not None else self.encoder.config.hidden_size
@@ -93,30 +113,51 @@ class Tower(nn.Module):
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        """The encoder's unit-norm mean-pooled vectors, before the projection."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        pooled = mean_pool(hidden, attention_mask)
-        if self.projection is not None:
-            pooled = self.projection(pooled)
-        return nn.functional.normalize(pooled, dim=-1)
+        return nn.functional.normalize(mean_pool(hidden, attention_mask), dim=-1)
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """:func:`project` with this tower's projection: ``head(pool(x)) == forward(x)``."""
+        return project(self.projection, pooled)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(input_ids, attention_mask, **extra))
+
+    @torch.inference_mode()
+    def apply_head(self, pooled: np.ndarray) -> np.ndarray:
+        """:meth:`head` on float32 unit vectors (e.g. the cached embeddings of the frozen encoder)."""
+        if self.projection is None:
+            return pooled
+        weight = self.projection.weight.detach().float().cpu().numpy()
+        out = pooled @ weight.T
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
     @torch.inference_mode()
     def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False, desc: str = "encoding"
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        progress: bool = False,
+        desc: str = "encoding",
+        with_head: bool = True,
     ) -> np.ndarray:
-        """Unit-norm float32 embeddings, batched by length to limit padding."""
+        """Unit-norm float32 embeddings, batched by length to limit padding; ``with_head=False``
+        stops before the projection (the encoder's pooled vectors)."""
         from tqdm.auto import tqdm
 
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
         texts = list(texts)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        out = np.zeros((len(texts), self.dim if with_head else self.encoder.config.hidden_size), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, unit="batch"):
             idx = order[start : start + batch_size]
             batch = {k: v.to(device) for k, v in self.tokenize([texts[i] for i in idx]).items()}
-            out[idx] = self(**batch).float().cpu().numpy()
+            vectors = self(**batch) if with_head else self.pool(**batch)
+            out[idx] = vectors.float().cpu().numpy()
         self.train(was_training)
         return out
 
@@ -192,19 +233,23 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1))
 
 
-def weights_digest(tower: Tower) -> str:
-    """A content hash of a tower's weights (names, dtypes, shapes and values)."""
+def encoder_digest(tower: Tower) -> str:
+    """A content hash of a tower's encoder weights (names, dtypes, shapes and values), the
+    projection left out: what stays the start encoder's in a frozen item tower."""
     digest = hashlib.sha256()
     for name, tensor in sorted(tower.state_dict().items()):
+        if name.startswith("projection."):
+            continue
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
 class FrozenItemEncoder:
-    """A frozen item tower as an encoder for :func:`unisup.channels.cached_encode`: keyed as the
-    start encoder it is (folder fingerprint and max tokens), the key the dense channel gives the
-    same encoder, and encoded in batches of a fixed size (batch composition moves the last bits)."""
+    """The frozen encoder of an item tower as an encoder for :func:`unisup.channels.cached_encode`:
+    keyed as the start encoder it is (folder fingerprint and max tokens), the key the dense channel
+    gives the same encoder, and encoded in batches of a fixed size (batch composition moves the
+    last bits). Its vectors stop before the tower's head; :meth:`catalog_vectors` applies it."""
 
     def __init__(self, tower: Tower, start_fingerprint: str, batch_size: int):
         self.tower = tower
@@ -216,25 +261,35 @@ class FrozenItemEncoder:
         return encoder_cache_key(self.start_fingerprint, self.tower.max_length)
 
     def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        return self.tower.encode(texts, batch_size=self.batch_size, progress=progress, desc="frozen item tower")
+        return self.tower.encode(
+            texts, batch_size=self.batch_size, progress=progress, desc="frozen item tower", with_head=False
+        )
+
+    def catalog_vectors(self, texts: Sequence[str], cache_dir: str | Path | None, progress: bool = False) -> np.ndarray:
+        """The item tower's vectors of ``texts``: the cached frozen-encoder vectors through its head
+        (the item adapter when it has one)."""
+        from unisup.channels import cached_encode
+
+        return self.tower.apply_head(cached_encode(self, list(texts), cache_dir, progress))
 
     def record(self) -> dict:
         """The manifest entry (``frozen_item_tower``) of this tower."""
         return {
             "start_fingerprint": self.start_fingerprint,
-            "weights_digest": weights_digest(self.tower),
+            "weights_digest": encoder_digest(self.tower),
             "max_length": self.tower.max_length,
             "batch_size": self.batch_size,
+            "item_adapter": self.tower.projection is not None,
         }
 
 
 def frozen_item_encoder(path: str | Path, item_tower: Tower) -> FrozenItemEncoder | None:
     """The item tower of a bi-encoder folder as a :class:`FrozenItemEncoder` when the manifest
-    records it as the frozen start encoder and its weights are still that encoder's; else None."""
+    records its encoder as the frozen start encoder and the weights are still that encoder's; else None."""
     record = json.loads((Path(path) / MANIFEST).read_text()).get(FROZEN_ITEM_TOWER)
     if not record:
         return None
-    if record["weights_digest"] != weights_digest(item_tower) or record["max_length"] != item_tower.max_length:
+    if record["weights_digest"] != encoder_digest(item_tower) or record["max_length"] != item_tower.max_length:
         return None
     return FrozenItemEncoder(item_tower, record["start_fingerprint"], record["batch_size"])
 

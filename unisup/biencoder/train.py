@@ -63,7 +63,7 @@ from unisup.biencoder.losses import (
     listwise_softmax_cross_entropy,
     moppr_hierarchical_loss,
 )
-from unisup.biencoder.tower import FROZEN_ITEM_TOWER, FrozenItemEncoder, Tower, save_biencoder
+from unisup.biencoder.tower import FROZEN_ITEM_TOWER, FrozenItemEncoder, Tower, project, save_biencoder
 from unisup.config import Config, ConfigError, TrainingConfig
 from unisup.errors import ArtifactMismatch, InputError
 from unisup.schemas import DataValidationError
@@ -155,14 +155,39 @@ class BiEncoder(nn.Module):
 
     @property
     def trainable(self) -> nn.Module:
-        """What the optimizer updates and a checkpoint holds: the query tower alone when the
-        item tower is frozen, else both towers."""
-        return self.query_tower if self.item_frozen else self
+        """What the optimizer updates and a checkpoint holds: with a frozen item tower the query
+        tower and the item adapter (:class:`CachedItemTraining`), else both towers."""
+        return CachedItemTraining(self.query_tower, self.item_tower.projection) if self.item_frozen else self
 
     def forward(
         self, queries: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.query_tower(**queries), self.item_tower(**items)
+
+
+class CachedItemTraining(nn.Module):
+    """The trainable part of a bi-encoder with a frozen item tower: the query tower encodes the
+    queries, and the item adapter (the frozen tower's projection, if any) maps the items' cached
+    frozen-encoder vectors."""
+
+    def __init__(self, query_tower: Tower, item_adapter: nn.Linear | None):
+        super().__init__()
+        self.query_tower = query_tower
+        self.item_adapter = item_adapter
+
+    def forward(
+        self, queries: dict[str, torch.Tensor], item_vectors: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.query_tower(**queries), project(self.item_adapter, item_vectors)
+
+    def parameter_groups(self, cfg: TrainingConfig) -> list[dict]:
+        """AdamW groups: the query tower at the learning rate; the adapter at its own, undecayed."""
+        groups = [{"params": list(self.query_tower.parameters())}]
+        if self.item_adapter is not None:
+            groups.append(
+                {"params": list(self.item_adapter.parameters()), "lr": cfg.adapter_learning_rate, "weight_decay": 0.0}
+            )
+        return groups
 
 
 def start_encoder_path(cfg: TrainingConfig) -> Path:
@@ -174,12 +199,15 @@ def start_encoder_path(cfg: TrainingConfig) -> Path:
 
 def build_biencoder(cfg: TrainingConfig) -> BiEncoder:
     """Towers on the start encoder: a trainable query tower and the frozen start encoder as
-    item tower (``freeze_item_tower``), else shared or separate trainable towers."""
+    item tower (``freeze_item_tower``; with ``item_adapter`` a trainable identity-initialized
+    projection on top), else shared or separate trainable towers."""
     path = start_encoder_path(cfg)
     projection = cfg.projection_dim or None
     if cfg.freeze_item_tower:
         query = Tower.from_pretrained(path, cfg.query_max_length, seed=cfg.seed)
         item = Tower.from_pretrained(path, cfg.item_max_length, seed=cfg.seed).requires_grad_(False)
+        if cfg.item_adapter:
+            item.add_identity_adapter()
         return BiEncoder(query, item, item_frozen=True)
     if cfg.shared_towers:
         tower = Tower.from_pretrained(path, max(cfg.query_max_length, cfg.item_max_length), projection, seed=cfg.seed)
@@ -208,8 +236,8 @@ def batch_loss(
     item_vectors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The configured loss of one batch of lists; returns (loss, number of items). With
-    ``item_vectors`` (the frozen item tower's catalog embeddings, on ``device``) only the
-    queries are encoded, by ``model`` (then the query tower)."""
+    ``item_vectors`` (the frozen item encoder's catalog embeddings, on ``device``) only the
+    queries are encoded, by ``model`` (then a :class:`CachedItemTraining`)."""
     owner = np.concatenate([np.full(len(p), b) for b, p in enumerate(positions)])
     items = np.concatenate([ql.items[p] for ql, p in zip(lists, positions)])
 
@@ -220,7 +248,7 @@ def batch_loss(
     use_amp = cfg.amp and device.type == "cuda"
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         if item_vectors is not None:
-            query_vecs, item_vecs = model(**queries), item_vectors[torch.as_tensor(items, device=device)]
+            query_vecs, item_vecs = model(queries, item_vectors[torch.as_tensor(items, device=device)])
         else:
             item_batch = _tokenize(towers.item_tower, [item_texts[i] for i in items], cfg.item_max_length, device)
             query_vecs, item_vecs = model(queries, item_batch)
@@ -283,13 +311,13 @@ def validate_ndcg(
     catalog_vectors: np.ndarray | None = None,
 ) -> float:
     """Mean nDCG@k of the validation queries, retrieving over ``candidates`` (embedded by
-    the item tower, or rows of ``catalog_vectors`` when it is frozen)."""
+    the item tower, or rows of ``catalog_vectors`` through its head when it is frozen)."""
     from unisup.channels import top_k_inner_product
     from unisup.metrics import per_query_metrics
 
     queries = sorted(qrels)
     if catalog_vectors is not None:
-        item_vecs = catalog_vectors[candidates]
+        item_vecs = towers.item_tower.apply_head(catalog_vectors[candidates])
     else:
         item_vecs = _encode(
             towers.item_tower, [item_texts[i] for i in candidates], cfg.item_max_length, cfg.encode_batch_size
@@ -474,6 +502,10 @@ def check_settings(cfg: TrainingConfig) -> None:
         raise ConfigError("training.device is cuda, but no CUDA device is available")
     if cfg.loss not in LOSSES:
         raise ConfigError(f"training.loss must be one of {', '.join(LOSSES)}, got {cfg.loss!r}")
+    if cfg.item_adapter and not cfg.freeze_item_tower:
+        raise ConfigError(
+            "training.item_adapter needs training.freeze_item_tower=true (a trained item tower needs no adapter)"
+        )
     if cfg.freeze_item_tower and cfg.projection_dim:
         raise ConfigError(
             "training.projection_dim needs training.freeze_item_tower=false (the frozen item tower has no projection)"
@@ -508,21 +540,13 @@ def train_biencoder(
     every optimizer step. A frozen item tower embeds the catalog in batches of
     ``embedding_batch_size`` through the cache in ``embedding_cache_dir`` (none: no cache).
     """
-    from tqdm.auto import tqdm
-
-    from unisup.channels import cached_encode, model_fingerprint
+    from unisup.channels import model_fingerprint
     from unisup.data.catalog import item_texts as catalog_texts
 
     check_settings(cfg)
-    rank, world, local_rank = _distributed()
-    device = _device(cfg, local_rank)
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    rank, world, device = _setup_distributed(cfg)
     out_dir = Path(out_dir)
     work = Path(work_dir) if work_dir else out_dir.parent / f"{out_dir.name}.work"
-    checkpoints = work / "checkpoints"
     catalog_ids = catalog["product_id"].to_pylist()
     texts = catalog_texts(catalog, tuple(cfg.item_fields))
     query_lists = group_lists(lists, catalog_ids, relevance_threshold)
@@ -532,47 +556,27 @@ def train_biencoder(
     fingerprint = config_fingerprint(
         cfg, lists, catalog_ids, texts, validation_qrels, relevance_threshold, start_encoder
     )
-    checkpoint = latest_checkpoint(checkpoints) if resume else None
+    checkpoint = latest_checkpoint(work / "checkpoints") if resume else None
     saved = _load(checkpoint, fingerprint, device) if checkpoint is not None else None
     if saved is None and rank == 0:
         _clear(work)
-    batches_per_epoch = -(-len(query_lists) // cfg.lists_per_batch)
-    total_steps = cfg.max_epochs * batches_per_epoch
+    total_steps = cfg.max_epochs * -(-len(query_lists) // cfg.lists_per_batch)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
     towers = build_biencoder(cfg).to(device)
     towers.train()
-    trainable = towers.trainable
     catalog_vectors, frozen_record = None, {}
     if towers.item_frozen:
         frozen = FrozenItemEncoder(towers.item_tower, start_encoder, embedding_batch_size)
-        if rank == 0:
-            catalog_vectors = cached_encode(frozen, texts, embedding_cache_dir, progress)
-        if world > 1:
-            torch.distributed.barrier()  # rank 0 has filled the cache; the other ranks read it
-            if rank > 0:
-                catalog_vectors = cached_encode(frozen, texts, embedding_cache_dir)
+        catalog_vectors = _frozen_encoder_vectors(frozen, texts, embedding_cache_dir, rank, world, progress)
         frozen_record = {FROZEN_ITEM_TOWER: frozen.record()}
-    item_vectors = torch.as_tensor(catalog_vectors, device=device) if catalog_vectors is not None else None
-    model: nn.Module = trainable
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            trainable, device_ids=[local_rank] if device.type == "cuda" else None
-        )
-    optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    warmup = max(1, int(cfg.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    )
-    state = LoopState()
+    run = _Run(cfg, towers, towers.trainable, query_lists, texts, device, rank, world, work, fingerprint, total_steps)
+    run.item_vectors = torch.as_tensor(catalog_vectors, device=device) if catalog_vectors is not None else None
     if saved is not None:
-        trainable.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = LoopState(**saved["state"])
-        log.info("resumed from %s (step %d)", checkpoint, state.step)
-    resumed_from = state.step
+        run.restore(saved)
+        log.info("resumed from %s (step %d)", checkpoint, run.state.step)
+    resumed_from = run.state.step
     candidates = validation_candidates(catalog_ids, validation_qrels, cfg.validation_distractors, cfg.seed)
     validate = functools.partial(
         validate_ndcg,
@@ -585,77 +589,201 @@ def train_biencoder(
         relevance_threshold,
         catalog_vectors,
     )
-    if rank == 0 and validation_qrels and state.start_metric is None:
-        state.start_metric = validate()
-        state.history.append({"epoch": 0, "step": 0, f"validation_ndcg@{cfg.validation_k}": state.start_metric})
-        log.info("start: validation nDCG@%d %.4f", cfg.validation_k, state.start_metric)
-    best_path = work / "best.pt"
-    items_seen, lists_seen, seconds = 0, 0, 0.0
-    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step", disable=not progress or rank > 0)
-    while state.step < total_steps and state.epoch < cfg.max_epochs and not state.stopped_early:
-        batches = epoch_batches(len(query_lists), cfg.lists_per_batch, cfg.seed, state.epoch)
-        while state.batch_in_epoch < len(batches) and state.step < total_steps:
-            started = time.perf_counter()
-            chosen = batches[state.batch_in_epoch][rank::world]
-            batch_lists = [query_lists[i] for i in chosen]
-            positions = [
-                sample_list(query_lists[i], cfg.items_per_list, np.random.default_rng([cfg.seed, state.epoch, int(i)]))
-                for i in chosen
-            ]
-            torch.manual_seed(cfg.seed * 1_000_003 + state.step * 101 + rank)
-            loss, n_items = batch_loss(model, towers, batch_lists, positions, texts, cfg, device, item_vectors)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            state.step += 1
-            state.batch_in_epoch += 1
-            seconds += time.perf_counter() - started
-            items_seen += n_items
-            lists_seen += len(batch_lists)
-            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=state.epoch, refresh=False)
-            bar.update(1)  # one refresh per step: a log file gets one line, not two
-            if rank == 0 and state.step % cfg.checkpoint_every == 0:
-                save_checkpoint(checkpoints, trainable, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
-            if on_step is not None:
-                on_step(state.step, float(loss.item()))
-        _end_epoch(state, validate if validation_qrels else None, trainable, cfg, best_path, fingerprint, rank, world)
-    bar.close()
+    if not validation_qrels:
+        validate = None
+    run.validate_start(validate)
+    run.loop(validate, progress, on_step)
+    result = run.result(out_dir, resumed_from)
     if rank == 0:
-        save_checkpoint(checkpoints, trainable, optimizer, scheduler, state, fingerprint, cfg.keep_checkpoints)
-    below_start = state.start_metric is not None and state.best_metric < state.start_metric
-    if rank == 0 and below_start:
-        log.warning(
-            "below the start: the trained model's best validation nDCG@%d %.4f is below the start encoder's %.4f",
-            cfg.validation_k,
-            state.best_metric,
-            state.start_metric,
-        )
-    result = TrainResult(
-        model_dir=str(out_dir),
-        steps=state.step,
-        epochs=state.epoch,
-        start_metric=state.start_metric,
-        best_metric=state.best_metric,
-        best_step=state.best_step,
-        below_start=below_start,
-        stopped_early=state.stopped_early,
-        resumed_from_step=resumed_from,
-        history=state.history,
-        train_seconds=seconds,
-        lists_per_second=lists_seen * world / seconds if seconds else 0.0,
-        items_per_second=items_seen * world / seconds if seconds else 0.0,
-        parameters=dataclasses.asdict(cfg),
-    )
-    if rank == 0:
-        if state.best_step > 0:
-            trainable.load_state_dict(_load(best_path, fingerprint, device))
+        run.load_best()
         _export(towers, out_dir, cfg, result, triton_repository, {**frozen_record, **(metadata or {})})
     if world > 1:
         torch.distributed.barrier()
     return result
+
+
+def _setup_distributed(cfg: TrainingConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; joins the process group under ``torchrun``."""
+    rank, world, local_rank = _distributed()
+    device = _device(cfg, local_rank)
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _frozen_encoder_vectors(
+    frozen: FrozenItemEncoder, texts: list[str], cache_dir, rank: int, world: int, progress: bool
+) -> np.ndarray:
+    """The frozen item encoder's catalog vectors through the embedding cache: rank 0 fills it,
+    the other ranks read it."""
+    from unisup.channels import cached_encode
+
+    vectors = cached_encode(frozen, texts, cache_dir, progress) if rank == 0 else None
+    if world > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            vectors = cached_encode(frozen, texts, cache_dir)
+    return vectors
+
+
+def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup: int, total_steps: int):
+    """Linear warmup over ``warmup`` steps, then linear decay to 0 at ``total_steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    )
+
+
+class _Run:
+    """One training run's moving parts: model, optimizer, schedule, loop state; its steps and epochs."""
+
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        towers: BiEncoder,
+        trainable: nn.Module,
+        query_lists: list[QueryList],
+        texts: list[str],
+        device: torch.device,
+        rank: int,
+        world: int,
+        work: Path,
+        fingerprint: str,
+        total_steps: int,
+    ):
+        self.cfg, self.towers, self.trainable = cfg, towers, trainable
+        self.query_lists, self.texts, self.device = query_lists, texts, device
+        self.rank, self.world, self.fingerprint, self.total_steps = rank, world, fingerprint, total_steps
+        self.checkpoints, self.best_path = work / "checkpoints", work / "best.pt"
+        self.model: nn.Module = trainable
+        if world > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                trainable, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        groups = (
+            trainable.parameter_groups(cfg) if isinstance(trainable, CachedItemTraining) else trainable.parameters()
+        )
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = warmup_linear_decay(
+            self.optimizer, max(1, int(cfg.warmup_fraction * total_steps)), total_steps
+        )
+        self.state = LoopState()
+        self.item_vectors: torch.Tensor | None = None
+        self.items_seen, self.lists_seen, self.seconds = 0, 0, 0.0
+
+    def restore(self, saved: dict) -> None:
+        self.trainable.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = LoopState(**saved["state"])
+
+    def validate_start(self, validate: Callable[[], float] | None) -> None:
+        """Score the start (epoch 0) once per run, on rank 0."""
+        if self.rank == 0 and validate is not None and self.state.start_metric is None:
+            self.state.start_metric = validate()
+            k = self.cfg.validation_k
+            self.state.history.append({"epoch": 0, "step": 0, f"validation_ndcg@{k}": self.state.start_metric})
+            log.info("start: validation nDCG@%d %.4f", k, self.state.start_metric)
+
+    def loop(
+        self, validate: Callable[[], float] | None, progress: bool, on_step: Callable[[int, float], None] | None
+    ) -> None:
+        """Epochs of steps until the budget, ``max_epochs`` or early stopping; a checkpoint every
+        ``checkpoint_every`` steps and at the end."""
+        from tqdm.auto import tqdm
+
+        cfg, state = self.cfg, self.state
+        bar = tqdm(
+            total=self.total_steps,
+            initial=state.step,
+            desc="training",
+            unit="step",
+            disable=not progress or self.rank > 0,
+        )
+        while state.step < self.total_steps and state.epoch < cfg.max_epochs and not state.stopped_early:
+            batches = epoch_batches(len(self.query_lists), cfg.lists_per_batch, cfg.seed, state.epoch)
+            while state.batch_in_epoch < len(batches) and state.step < self.total_steps:
+                loss = self.step(batches[state.batch_in_epoch][self.rank :: self.world])
+                bar.set_postfix(loss=f"{loss:.4f}", epoch=state.epoch, refresh=False)
+                bar.update(1)  # one refresh per step: a log file gets one line, not two
+                if self.rank == 0 and state.step % cfg.checkpoint_every == 0:
+                    self.checkpoint()
+                if on_step is not None:
+                    on_step(state.step, loss)
+            _end_epoch(state, validate, self.trainable, cfg, self.best_path, self.fingerprint, self.rank, self.world)
+        bar.close()
+        if self.rank == 0:
+            self.checkpoint()
+
+    def step(self, chosen: np.ndarray) -> float:
+        """One optimizer step on the lists ``chosen`` (this rank's share of the batch); returns the loss."""
+        cfg, state = self.cfg, self.state
+        started = time.perf_counter()
+        batch_lists = [self.query_lists[i] for i in chosen]
+        positions = [
+            sample_list(self.query_lists[i], cfg.items_per_list, np.random.default_rng([cfg.seed, state.epoch, int(i)]))
+            for i in chosen
+        ]
+        torch.manual_seed(cfg.seed * 1_000_003 + state.step * 101 + self.rank)
+        loss, n_items = batch_loss(
+            self.model, self.towers, batch_lists, positions, self.texts, cfg, self.device, self.item_vectors
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.trainable.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        state.step += 1
+        state.batch_in_epoch += 1
+        self.seconds += time.perf_counter() - started
+        self.items_seen += n_items
+        self.lists_seen += len(batch_lists)
+        return float(loss.item())
+
+    def checkpoint(self) -> None:
+        save_checkpoint(
+            self.checkpoints,
+            self.trainable,
+            self.optimizer,
+            self.scheduler,
+            self.state,
+            self.fingerprint,
+            self.cfg.keep_checkpoints,
+        )
+
+    def load_best(self) -> None:
+        """The best epoch's weights back into the towers (when an epoch was validated)."""
+        if self.state.best_step > 0:
+            self.trainable.load_state_dict(_load(self.best_path, self.fingerprint, self.device))
+
+    def result(self, out_dir: Path, resumed_from: int) -> TrainResult:
+        state, seconds = self.state, self.seconds
+        below_start = state.start_metric is not None and state.best_metric < state.start_metric
+        if self.rank == 0 and below_start:
+            log.warning(
+                "below the start: the trained model's best validation nDCG@%d %.4f is below the start encoder's %.4f",
+                self.cfg.validation_k,
+                state.best_metric,
+                state.start_metric,
+            )
+        return TrainResult(
+            model_dir=str(out_dir),
+            steps=state.step,
+            epochs=state.epoch,
+            start_metric=state.start_metric,
+            best_metric=state.best_metric,
+            best_step=state.best_step,
+            below_start=below_start,
+            stopped_early=state.stopped_early,
+            resumed_from_step=resumed_from,
+            history=state.history,
+            train_seconds=seconds,
+            lists_per_second=self.lists_seen * self.world / seconds if seconds else 0.0,
+            items_per_second=self.items_seen * self.world / seconds if seconds else 0.0,
+            parameters=dataclasses.asdict(self.cfg),
+        )
 
 
 def _end_epoch(
