@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SKIP = {"__init__", "__main__", "harness"}
+SKIP = {"__init__", "__main__", "harness", "sweeps"}
 
 
 def available() -> list[str]:

@@ -108,6 +108,17 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture
+def kfp_local(tmp_path) -> Path:
+    """``kfp.local`` started with the subprocess runner in this environment (no venv per task);
+    returns the pipeline root, where every task's outputs go."""
+    from kfp import local
+
+    root = tmp_path / "kfp-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator():
     """gcp-storage-emulator in-process on a free port; yields the bucket name.

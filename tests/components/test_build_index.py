@@ -2,7 +2,6 @@
 
 import json
 
-import kfp.local
 import pytest
 from kfp import dsl
 
@@ -55,8 +54,7 @@ def test_build_index_function(tiny_model, tiny_overrides, tmp_path):
     }
 
 
-def test_build_index_component_in_kfp_local(tiny_model, tiny_overrides, tmp_path):
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
+def test_build_index_component_in_kfp_local(tiny_model, tiny_overrides, tmp_path, kfp_local):
 
     @dsl.pipeline(name="build-index-only")
     def pipeline(overrides: list):
@@ -64,7 +62,7 @@ def test_build_index_component_in_kfp_local(tiny_model, tiny_overrides, tmp_path
         build_index(model=model.output, overrides=overrides)
 
     pipeline(overrides=_overrides(tiny_overrides, tmp_path))
-    [folder] = list(tmp_path.glob("build-index-only-*/build-index/index"))
+    [folder] = list(kfp_local.glob("build-index-only-*/build-index/index"))
     meta = json.loads((folder / "index.json").read_text())
     assert meta["factory"] == "HNSW16" and meta["dimension"] == 32 and meta["metric"] == "inner_product"
     assert 0 < meta["recall@10"] <= 1.0 and meta["build_seconds"] >= 0

@@ -2,7 +2,7 @@
 
 import json
 
-from kfp import dsl, local
+from kfp import dsl
 from kfp.dsl import Artifact
 
 from components._image import COMPONENTS_IMAGE
@@ -61,9 +61,8 @@ def recorded_results(results: dsl.Output[Artifact], source: str, preset: str):
     results.metadata["overrides"] = json.dumps([f"fusion.preset={preset}"])
 
 
-def test_compare_collects_a_parallel_for_through_kfp_local(tmp_path):
+def test_compare_collects_a_parallel_for_through_kfp_local(tmp_path, kfp_local):
     sources = {p: write_results(tmp_path / f"{p}.json", v) for p, v in (("unified", 0.5), ("relevance_only", 0.45))}
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
 
     @dsl.pipeline(name="compare-local")
     def pipeline(presets: list):
@@ -72,5 +71,5 @@ def test_compare_collects_a_parallel_for_through_kfp_local(tmp_path):
         compare_runs(results=dsl.Collected(made.outputs["results"]))
 
     pipeline(presets=list(sources))
-    table = read_table(str(next((tmp_path / "root").rglob("compare-runs/table"))))
+    table = read_table(str(next(kfp_local.rglob("compare-runs/table"))))
     assert sorted(table["system"].to_pylist()) == ["bm25", "relevance_only", "unified"]

@@ -2,7 +2,6 @@
 
 import json
 
-import kfp.local
 import pytest
 from kfp import dsl
 
@@ -77,9 +76,8 @@ def test_evaluate_function_refuses_a_random_model_against_bm25(
     assert json.loads(out["results"].metadata["evaluation"])["n_bootstrap"] == 200
 
 
-def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_overrides, tmp_path):
+def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_overrides, tmp_path, kfp_local):
     model, index = model_and_index
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     serving = tmp_path / "serving"
     common = tiny_overrides + ["evaluation.n_bootstrap=200", "evaluation.baseline_channels=[]"]
     push_overrides = tiny_overrides + [  # the push is given the catalog the index was built on
@@ -122,13 +120,12 @@ def test_blessed_evaluation_gates_the_push_in_kfp_local(model_and_index, tiny_ov
         json.loads((serving / "config" / "experiments" / "unisup-retrieval" / "current.json").read_text())["version"]
         == 1
     )
-    [report] = [p for p in (tmp_path / "root").glob("evaluate-then-push-*/evaluate/report")][:1]
+    [report] = [p for p in kfp_local.glob("evaluate-then-push-*/evaluate/report")][:1]
     assert report.read_text().startswith("<!DOCTYPE html>")
     assert (report.parent / "report_html" / "report.html").read_text() == report.read_text()
     # the run id placeholder resolves to each run's id: the two runs name two ids
     settings = [
-        json.loads(p.read_text())["settings"]
-        for p in (tmp_path / "root").glob("evaluate-then-push-*/evaluate/results_json")
+        json.loads(p.read_text())["settings"] for p in kfp_local.glob("evaluate-then-push-*/evaluate/results_json")
     ]
     run_ids = {s["run_id"] for s in settings}
     assert len(settings) == 2 == len(run_ids) and not run_ids & {"", dsl.PIPELINE_JOB_ID_PLACEHOLDER}

@@ -4,7 +4,7 @@ DuckDB and on Spark local; and it runs as one task through kfp.local."""
 import json
 
 import pytest
-from kfp import dsl, local
+from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Metrics
 
 from components.extract_logs import extract_logs
@@ -74,10 +74,9 @@ def extraction_only(logs_uri: str, overrides: list):
     extract_logs(logs_uri=logs_uri, config="local", overrides=overrides)
 
 
-def test_one_task_through_kfp_local(small_logs, tiny_overrides, tmp_path):
+def test_one_task_through_kfp_local(small_logs, tiny_overrides, tmp_path, kfp_local):
     logs, summary = small_logs
-    root = tmp_path / "root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    root = kfp_local
     extraction_only(logs_uri=str(logs), overrides=tiny_overrides + ["extraction.holdout_days=1"])
     assert len(list(root.rglob("*/executor_output.json"))) == 1
     report = json.loads(next(root.rglob("extract-logs/report")).read_text())

@@ -2,7 +2,6 @@
 
 import json
 
-import kfp.local
 from kfp import dsl
 
 from components.fuse import fuse
@@ -40,8 +39,7 @@ def test_fuse_function(tiny_fusion_inputs, tiny_overrides, tmp_path):
     assert quarantine.metadata["quarantined_engagement"] == counts["quarantined"]
 
 
-def test_fuse_component_in_kfp_local(tiny_fusion_inputs, tiny_overrides, tmp_path):
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
+def test_fuse_component_in_kfp_local(tiny_fusion_inputs, tiny_overrides, kfp_local):
 
     @dsl.pipeline(name="fuse-only")
     def pipeline(overrides: list):
@@ -50,7 +48,7 @@ def test_fuse_component_in_kfp_local(tiny_fusion_inputs, tiny_overrides, tmp_pat
         fuse(labels=labels.output, engagement=engagement.output, overrides=overrides)
 
     run = pipeline(overrides=tiny_overrides)
-    task_outputs = list((tmp_path).glob("fuse-only-*/fuse/training_lists"))
+    task_outputs = list(kfp_local.glob("fuse-only-*/fuse/training_lists"))
     assert run is not None and len(task_outputs) == 1
     table = validate(read_table(str(task_outputs[0])), "training_lists").accepted
     assert {"impression", "under_impression", "random"} <= set(table["source"].to_pylist())

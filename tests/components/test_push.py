@@ -3,7 +3,6 @@
 import dataclasses
 import json
 
-import kfp.local
 import pytest
 from kfp import dsl
 
@@ -75,8 +74,7 @@ def test_push_function_promotes_and_refuses_unblessed(candidate, tiny_overrides,
     assert not (tmp_path / "serving" / "triton" / "query_encoder" / "2").exists()
 
 
-def test_push_component_in_kfp_local(candidate, tiny_overrides, tmp_path):
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+def test_push_component_in_kfp_local(candidate, tiny_overrides, tmp_path, kfp_local):
     serving = tmp_path / "serving"
 
     @dsl.pipeline(name="push-only")
@@ -92,6 +90,6 @@ def test_push_component_in_kfp_local(candidate, tiny_overrides, tmp_path):
     pipeline(overrides=_overrides(tiny_overrides, serving))
     versions = sorted(p.name for p in (serving / "config" / "experiments" / "unisup-retrieval").glob("v*.json"))
     assert versions == ["v0001.json", "v0002.json"]
-    [first, second] = sorted(tmp_path.glob("root/push-only-*/push/experiment_config"))
+    [first, second] = sorted(kfp_local.glob("push-only-*/push/experiment_config"))
     assert [json.loads(p.read_text())["version"] for p in (first, second)] == [1, 2]
     assert json.loads(second.read_text())["treatment_index_uri"].endswith("indexes/query_encoder/2")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from kfp import dsl, local
+from kfp import dsl
 from kfp.dsl import Artifact, Dataset
 
 from components.shards import merge_shards, pick_shard, split_shards
@@ -70,10 +70,9 @@ def fan_out(table_uri: str, num_shards: int):
         pick_shard(shards=split.outputs["shards"], index=index)
 
 
-def test_fan_out_through_kfp_local(tmp_path, pairs):
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+def test_fan_out_through_kfp_local(tmp_path, pairs, kfp_local):
     fan_out(table_uri=str(pairs), num_shards=2)
-    picked = sorted((tmp_path / "root").rglob("pick-shard*/shard"))
+    picked = sorted(kfp_local.rglob("pick-shard*/shard"))
     assert len(picked) == 2
     rows = [read_table(str(p)).num_rows for p in picked]
     assert sum(rows) == 60 and all(rows)

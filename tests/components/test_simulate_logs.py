@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from kfp import dsl, local
+from kfp import dsl
 
 from components.locate_logs import locate_logs
 from components.simulate_logs import simulate_logs
@@ -37,8 +37,7 @@ def test_simulate_then_locate_functions(tmp_path, tiny_overrides):
         locate_logs.python_func(logs_uri=str(tmp_path / "empty"), metrics=found)
 
 
-def test_simulate_and_locate_through_kfp_local(tmp_path, tiny_overrides):
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+def test_simulate_and_locate_through_kfp_local(tmp_path, tiny_overrides, kfp_local):
 
     @dsl.pipeline(name="simulate-locate")
     def pipeline(overrides: list):
@@ -46,8 +45,8 @@ def test_simulate_and_locate_through_kfp_local(tmp_path, tiny_overrides):
         locate_logs(logs_uri=simulated.outputs["logs_uri"])
 
     pipeline(overrides=tiny_overrides + SMALL)
-    output = json.loads(next((tmp_path / "root").rglob("locate-logs/executor_output.json")).read_text())
-    logs = next((tmp_path / "root").rglob("simulate-logs/logs"))
+    output = json.loads(next(kfp_local.rglob("locate-logs/executor_output.json")).read_text())
+    logs = next(kfp_local.rglob("simulate-logs/logs"))
     assert output["parameterValues"]["Output"] == str(logs)
     assert output["artifacts"]["metrics"]["artifacts"][0]["metadata"]["days"] == 2
     assert len(list(logs.rglob("date=*/part-*.parquet"))) == 2

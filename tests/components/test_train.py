@@ -1,6 +1,5 @@
 """The train component: its function directly, and through kfp.local."""
 
-import kfp.local
 from kfp import dsl
 
 from components.train import train
@@ -38,8 +37,7 @@ def test_train_function(tiny_training_lists, tiny_overrides, tiny_encoder_path, 
     assert (tmp_path / "qenc" / "query_encoder" / "config.pbtxt").exists()
 
 
-def test_train_component_in_kfp_local(tiny_training_lists, tiny_overrides, tiny_encoder_path, tmp_path):
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
+def test_train_component_in_kfp_local(tiny_training_lists, tiny_overrides, tiny_encoder_path, tmp_path, kfp_local):
 
     @dsl.pipeline(name="train-only")
     def pipeline(overrides: list):
@@ -47,8 +45,8 @@ def test_train_component_in_kfp_local(tiny_training_lists, tiny_overrides, tiny_
         train(training_lists=lists.output, overrides=overrides)
 
     pipeline(overrides=tiny_overrides + TINY + [f"training.encoder_path={tiny_encoder_path}"])
-    models = list(tmp_path.glob("train-only-*/train/model"))
+    models = list(kfp_local.glob("train-only-*/train/model"))
     assert len(models) == 1
     query, item = load_biencoder(models[0])
     assert query is not item and query.encode(["lamp"]).shape == (1, 32)  # frozen item tower: its own copy
-    assert list(tmp_path.glob("train-only-*/train/query_encoder/query_encoder/1/model.py"))
+    assert list(kfp_local.glob("train-only-*/train/query_encoder/query_encoder/1/model.py"))

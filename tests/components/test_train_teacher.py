@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import kfp.local
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -104,8 +103,7 @@ def test_train_teacher_and_label_functions(component_overrides, pairs_file, tmp_
     assert metrics.metadata["fast_pairs"] == 40 >= metrics.metadata["precise_pairs"]
 
 
-def test_components_chained_in_kfp_local(component_overrides, pairs_file, tmp_path):
-    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
+def test_components_chained_in_kfp_local(component_overrides, pairs_file, tmp_path, kfp_local):
 
     @dsl.pipeline(name="teachers-only")
     def pipeline(overrides: list):
@@ -114,7 +112,7 @@ def test_components_chained_in_kfp_local(component_overrides, pairs_file, tmp_pa
         label(pairs=pairs.output, teachers=trained.outputs["teachers"], overrides=overrides)
 
     pipeline(overrides=component_overrides)
-    outputs = list(tmp_path.glob("teachers-only-*/label/labels"))
+    outputs = list(kfp_local.glob("teachers-only-*/label/labels"))
     assert len(outputs) == 1
     table = validate(read_table(str(outputs[0])), "labels").accepted
     assert table.num_rows == 40 and set(table["stage"].to_pylist()) <= {"fast", "precise"}

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kfp import local
 
 from pipelines.compile import COMPILED
 from pipelines.demo import summary
@@ -92,11 +91,10 @@ def check_run(run: Path, judgments_uri: str) -> None:
     assert experiment["version"] == 1 and experiment["treatment_traffic"] == 0.1
 
 
-def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder_path, capfd):
+def test_pipeline_end_to_end(tmp_path, tiny_sample, tiny_overrides, tiny_encoder_path, capfd, kfp_local):
     config = tiny_config(tmp_path / "tiny.yaml", tiny_overrides, str(tiny_encoder_path), tmp_path)
     serving = tmp_path / "serving"
-    root = tmp_path / "root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    root = kfp_local
     spec = next(d for d in yaml.safe_load_all((COMPILED / "unified_supervision.yaml").read_text()) if d)
     stages = planned_tasks(spec, loop_iterations=2, skipped=("read-given-logs",))
     capfd.readouterr()
