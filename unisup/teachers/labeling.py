@@ -42,8 +42,8 @@ from unisup.schemas import (
     validate,
 )
 from unisup.teachers.backends import Backend, InProcessBackend, TritonBackend
-from unisup.teachers.cascade import EscalationRule, calibrated_rule, run_cascade
-from unisup.teachers.training import ESCALATION_FILE, stage_item_texts
+from unisup.teachers.cascade import ESCALATION_FILE, EscalationRule, calibrated_rule, run_cascade
+from unisup.teachers.stages import stage_item_texts
 
 log = logging.getLogger(__name__)
 

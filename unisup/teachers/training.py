@@ -38,42 +38,21 @@ from scipy.optimize import minimize_scalar
 
 from unisup import storage
 from unisup.config import ChannelsConfig, ConfigError, DataConfig, TeachersConfig, TeacherStageConfig
-from unisup.data.catalog import item_records, item_texts
+from unisup.data.catalog import item_texts
 from unisup.data.sample import Dataset, load_dataset
 from unisup.errors import InputError
+from unisup.teachers.agreement import agreement, condensed_ndcg
 from unisup.teachers.backends import Backend, InProcessBackend
-from unisup.teachers.cascade import calibrate_escalation
+from unisup.teachers.cascade import ESCALATION_FILE, calibrate_escalation
 from unisup.teachers.export import export_repository, write_model_card
 from unisup.teachers.features import FeatureTeacher, PairFeaturizer, featurizer_for
-from unisup.teachers.model import OrdinalCrossEncoder, grade_probabilities
+from unisup.teachers.model import OrdinalCrossEncoder
+from unisup.teachers.ordinal import grade_probabilities, ordinal_loss
+from unisup.teachers.stages import FEATURES_KIND, KINDS, stage_item_texts
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
-ESCALATION_FILE = "escalation.json"  # in the repository: the thresholds calibrated on validation
-FEATURES_KIND = "ordinal_features"
-KINDS = ("ordinal_cross_encoder", FEATURES_KIND, "served")
-
-
-def reads_records(stage: TeacherStageConfig) -> bool:
-    """Whether the stage reads JSON item records (feature stages and stacked cross-encoders)."""
-    return stage.kind == FEATURES_KIND or bool(stage.stack_on)
-
-
-def stage_item_texts(catalog: pa.Table, stage: TeacherStageConfig, item_ids: list[str] | None = None) -> dict[str, str]:
-    """{item_id: what the stage reads} for the catalog rows (or only ``item_ids``): the item text,
-    or the JSON item record for a stage that :func:`reads_records`."""
-    if item_ids is not None:
-        import pyarrow.compute as pc
-
-        catalog = catalog.filter(
-            pc.is_in(catalog["product_id"], value_set=pa.array(sorted(set(item_ids)), pa.string()))
-        )
-    if reads_records(stage):
-        texts = item_records(catalog, attributes=stage.attributes)
-    else:
-        texts = item_texts(catalog, fields=tuple(stage.item_fields), attributes=stage.attributes)
-    return dict(zip(catalog["product_id"].to_pylist(), texts))
 
 
 def judged_pairs(dataset: Dataset, split: str, limit: int = 0, seed: int = 0):
@@ -111,14 +90,6 @@ def class_weights(grades: np.ndarray, num_grades: int, power: float) -> np.ndarr
     counts = np.bincount(grades, minlength=num_grades).astype(np.float64)
     weights = np.where(counts > 0, (len(grades) / (num_grades * np.maximum(counts, 1))) ** power, 0.0)
     return weights / (weights[grades].mean() if len(grades) else 1.0)
-
-
-def ordinal_loss(cumulative_logits: torch.Tensor, grades: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted binary cross-entropy of the K-1 cumulative targets [grade > k]."""
-    ks = torch.arange(cumulative_logits.shape[1], device=grades.device)
-    targets = (grades[:, None] > ks[None, :]).float()
-    per_pair = torch.nn.functional.binary_cross_entropy_with_logits(cumulative_logits, targets, reduction="none").sum(1)
-    return (per_pair * weights).sum() / weights.sum()
 
 
 def distillation_loss(cumulative_logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -382,8 +353,6 @@ def train_stage(
 def audit_figures(queries, items, grades: np.ndarray, cumulative_logits: np.ndarray, num_grades: int) -> float:
     """QWK + condensed nDCG@10 of the grades the logits give: the audit's two figures, which select
     the epoch of a stacked stage on validation."""
-    from unisup.teachers.audit import agreement, condensed_ndcg
-
     probs = grade_probabilities(torch.from_numpy(cumulative_logits)).numpy()
     judged = pa.table({"query": list(queries), "product_id": list(items), "rating": grades.tolist()})
     qwk = agreement(probs.argmax(axis=1), grades, num_grades)["qwk"] or 0.0
