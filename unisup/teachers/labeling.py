@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from unisup import storage
-from unisup.config import Config, ConfigError, TeacherStageConfig
+from unisup.config import Config, ConfigError, LabelingConfig, TeacherStageConfig
 from unisup.data.sample import load_catalog
 from unisup.data.tables import parse_csv, read_table, write_table
 from unisup.errors import InputError, ServingError
@@ -83,19 +83,18 @@ def escalation_rule(cfg: Config, repository: str | None = None) -> EscalationRul
     return calibrated_rule(json.loads(storage.read_text(uri)), cfg.data.relevance_threshold)
 
 
+def triton_backend(lab: LabelingConfig, url: str) -> TritonBackend:
+    """A backend on the Triton server at ``url`` with the labeling batch, concurrency, timeout and retry settings."""
+    return TritonBackend(
+        url, lab.batch_size, lab.concurrency, lab.timeout_s, lab.retries, lab.backoff_s, lab.ready_timeout_s
+    )
+
+
 def make_backend(cfg: Config, repository: str | None = None) -> Backend:
     """The configured backend; in-process teachers come from ``repository`` (default: teachers.repository_uri)."""
     lab = cfg.labeling
     if lab.backend == "triton":
-        return TritonBackend(
-            lab.triton_url,
-            lab.batch_size,
-            lab.concurrency,
-            lab.timeout_s,
-            lab.retries,
-            lab.backoff_s,
-            lab.ready_timeout_s,
-        )
+        return triton_backend(lab, lab.triton_url)
     if lab.backend == "inprocess":
         return InProcessBackend(repository or cfg.teachers.repository_uri, lab.batch_size)
     raise ConfigError(f"labeling.backend must be inprocess, triton or triton_local, got {lab.backend!r}")
@@ -140,15 +139,7 @@ def serving_backend(cfg: Config, repository: str | None = None) -> Iterator[Back
         yield fallback
         return
     try:
-        backend = TritonBackend(
-            running.grpc_url,
-            lab.batch_size,
-            lab.concurrency,
-            lab.timeout_s,
-            lab.retries,
-            lab.backoff_s,
-            lab.ready_timeout_s,
-        )
+        backend = triton_backend(lab, running.grpc_url)
         backend.name = f"triton_local (tritonserver at {running.grpc_url})"
         yield backend
     finally:
