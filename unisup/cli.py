@@ -196,20 +196,9 @@ def add_channels_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _data_simulate_logs(args: argparse.Namespace) -> None:
-    from unisup.data.sample import load_dataset
-    from unisup.simulator import check_settings, simulate_logs
+    from unisup.simulator import simulate_configured_logs
 
-    cfg = _config(args)
-    check_settings(cfg.simulator)  # before the catalog is loaded and embedded
-    summary = simulate_logs(
-        load_dataset(cfg.data),
-        cfg.simulator,
-        cfg.channels,
-        cfg.data.num_grades,
-        cfg.data.relevance_threshold,
-        out_uri=args.out,
-        progress=True,
-    )
+    summary = simulate_configured_logs(_config(args), args.out, progress=True)
     print(f"simulated {summary['requests']} requests, {summary['rows']} rows -> {summary['logs_uri']}")
     print(json.dumps({k: summary[k] for k in ("impressions", "clicks", "conversions", "malformed", "bias")}, indent=1))
 

@@ -48,9 +48,9 @@ from unisup.channels import (
     facet_tokens,
     mine_product_types,
 )
-from unisup.config import ChannelsConfig, ConfigError, SimulatorConfig, to_dict
+from unisup.config import ChannelsConfig, Config, ConfigError, SimulatorConfig, to_dict
 from unisup.data.catalog import item_texts
-from unisup.data.sample import Dataset
+from unisup.data.sample import Dataset, load_dataset
 from unisup.data.tables import write_table
 from unisup.errors import ArtifactMismatch
 from unisup.metrics import mean_metrics, per_query_metrics
@@ -767,6 +767,21 @@ def simulate_logs(
         params_uri, json.dumps({"fingerprint": fingerprint, "parameters": parameters, "summary": summary}, indent=1)
     )
     return summary
+
+
+def simulate_configured_logs(cfg: Config, out_uri: str | None = None, progress: bool = False) -> dict:
+    """:func:`simulate_logs` over the dataset, channels and grades of ``cfg``, its simulator settings
+    checked before the catalog is loaded and embedded."""
+    check_settings(cfg.simulator)
+    return simulate_logs(
+        load_dataset(cfg.data),
+        cfg.simulator,
+        cfg.channels,
+        cfg.data.num_grades,
+        cfg.data.relevance_threshold,
+        out_uri=out_uri,
+        progress=progress,
+    )
 
 
 def bias_report(
