@@ -27,7 +27,8 @@ from unisup.teachers.audit import format_audit, held_out_scores, quality_audit, 
 from unisup.teachers.backends import InProcessBackend, TritonBackend
 from unisup.teachers.cascade import EscalationRule, decide
 from unisup.teachers.labeling import escalation_rule
-from unisup.teachers.training import stage_item_texts, train_teachers
+from unisup.teachers.stages import stage_item_texts
+from unisup.teachers.training import train_teachers
 from unisup.teachers.triton_server import triton_server
 
 RESULTS = Path(__file__).resolve().parent / "results"

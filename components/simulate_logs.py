@@ -23,21 +23,10 @@ def simulate_logs(
     from collections import namedtuple
 
     from unisup.config import load_config, to_dict
-    from unisup.data.sample import load_dataset
-    from unisup.simulator import check_settings
-    from unisup.simulator import simulate_logs as run_simulate_logs
+    from unisup.simulator import simulate_configured_logs
 
     cfg = load_config(config, overrides)
-    check_settings(cfg.simulator)
-    summary = run_simulate_logs(
-        load_dataset(cfg.data),
-        cfg.simulator,
-        cfg.channels,
-        cfg.data.num_grades,
-        cfg.data.relevance_threshold,
-        out_uri=logs.path,
-        progress=True,
-    )
+    summary = simulate_configured_logs(cfg, logs.path, progress=True)
     logs.metadata.update(
         {
             "config": config,

@@ -31,6 +31,8 @@ from unisup.config import Config
 DEFAULTS = Config()
 
 
+# Longer than 80 lines by design: KFP takes the pipeline's parameters from this signature and
+# their descriptions (shown in the UI) from the docstring; the body only wires the stages.
 @dsl.pipeline(name="unified-supervision")
 def unified_supervision(
     config: str = "local",

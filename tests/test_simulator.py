@@ -11,10 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from unisup import storage
-from unisup.config import load_config
+from unisup.config import ConfigError, load_config
 from unisup.data.sample import load_dataset
 from unisup.schemas import RAW_LOGS, RuleContext, validate
-from unisup.simulator import CHANNELS, MALFORMED, day_partition, oracle_grade, simulate_logs
+from unisup.simulator import (
+    CHANNELS,
+    MALFORMED,
+    day_partition,
+    oracle_grade,
+    simulate_configured_logs,
+    simulate_logs,
+)
 
 SMALL = [
     "simulator.num_requests=600",
@@ -160,3 +167,10 @@ def test_bad_sizes_are_one_line_errors_and_nothing_is_written(tiny_overrides, tm
 def test_a_day_without_bot_requests(tiny_overrides, tmp_path):
     _, summary = _run(tiny_overrides, tmp_path, ["simulator.bot_share=0"])
     assert summary["bot_requests"] == 0 and summary["requests"] == 600
+
+
+def test_configured_run_checks_the_settings_before_reading_the_catalog(tiny_overrides, tmp_path):
+    cfg = load_config("local", tiny_overrides + SMALL + ["simulator.num_days=-2", f"data.catalog_uri={tmp_path}/none"])
+    with pytest.raises(ConfigError, match="simulator.num_days=-2"):
+        simulate_configured_logs(cfg, str(tmp_path / "logs"))
+    assert not (tmp_path / "logs").exists()

@@ -11,13 +11,10 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 
 from unisup.config import describe, load_config, to_dict
 from unisup.errors import UnisupError
 from unisup.schemas import ARTIFACTS
-
-Handler = Callable[[argparse.Namespace], int | None]
 
 
 def _config(args: argparse.Namespace):
@@ -48,6 +45,17 @@ def _config_show(args: argparse.Namespace) -> None:
 def _config_keys(args: argparse.Namespace) -> None:
     for key, default, help_text in describe():
         print(f"{key:36} {default:40} {help_text}")
+
+
+def add_config_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup config show | keys``."""
+    config = subparsers.add_parser("config", help="show the configuration or list its keys")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    p = config_sub.add_parser("show", help="print the resolved configuration as YAML")
+    _common(p)
+    p.set_defaults(handler=_config_show)
+    p = config_sub.add_parser("keys", help="list every key with its default and help")
+    p.set_defaults(handler=_config_keys)
 
 
 # ---------------------------------------------------------------- data
@@ -110,6 +118,46 @@ def _data_import(args: argparse.Namespace) -> None:
     print(f"{args.dataset}: {catalog.num_rows} products, {judgments.num_rows} judgments -> {args.out}")
 
 
+def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup data split | validate | download | import | simulate-logs``."""
+    data = subparsers.add_parser("data", help="dataset utilities: split, validate, download, import, simulate-logs")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    p = data_sub.add_parser("split", help="make the seeded train/validation/test split of the judged queries")
+    _common(p)
+    p.add_argument("--out", help="where to write the split JSON [data.split_uri]")
+    p.set_defaults(handler=_data_split)
+    p = data_sub.add_parser("validate", help="validate a file against an artifact schema")
+    _common(p)
+    p.add_argument("artifact", choices=sorted(ARTIFACTS))
+    p.add_argument("uri", help="Parquet or CSV file, local or gs://")
+    p.add_argument("--quarantine", help="quarantine bad rows to this Parquet file instead of failing")
+    p.set_defaults(handler=_data_validate)
+    p = data_sub.add_parser("download", help="download WANDS or ESCI (needs internet; not run in tests)")
+    p.add_argument("dataset", choices=["wands", "esci"])
+    p.add_argument("--dest", default="data/external", help="target folder [data/external/]")
+    p.set_defaults(handler=_data_download)
+    p = data_sub.add_parser("import", help="map a WANDS or ESCI folder into catalog + judgments Parquet")
+    _common(p)
+    p.add_argument("dataset", choices=["wands", "esci"])
+    p.add_argument("source", help="folder with the dataset's files")
+    p.add_argument("--out", required=True, help="output folder (local or gs://)")
+    p.add_argument("--locale", default="us", help="ESCI product locale [us]")
+    p.set_defaults(handler=_data_import)
+    p = data_sub.add_parser(
+        "simulate-logs",
+        help="SIMULATOR: write synthetic sponsored-search logs "
+        "(queries, 3 retrieval channels, ad auction, users, bots)",
+        description="Simulate sponsored-search request logs over the catalog: query stream (training queries "
+        "of the split and catalog-derived queries; never validation/test queries), BM25 + dense + attribute "
+        "retrieval, an ad auction with budgets and pacing, position-biased clicks driven by relevance and "
+        "non-relevance factors, conversions, bots and malformed rows. Writes date-partitioned Parquet and "
+        "_simulation.json (parameters + bias report). Resumable.",
+    )
+    _common(p)
+    p.add_argument("--out", help="output folder or gs:// prefix [simulator.out_uri]")
+    p.set_defaults(handler=_data_simulate_logs)
+
+
 # ---------------------------------------------------------------- channels
 
 
@@ -134,24 +182,23 @@ def _channels(args: argparse.Namespace) -> None:
         storage.write_text(args.json, json.dumps(payload, indent=1))
 
 
+def add_channels_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup channels``."""
+    p = subparsers.add_parser("channels", help="evaluate the retrieval channels (BM25, MiniLM, RRF) on judged queries")
+    _common(p)
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("-k", type=int, default=10, help="cutoff of the metrics [10]")
+    p.add_argument("--json", help="also write the figures as JSON here")
+    p.set_defaults(handler=_channels)
+
+
 # ---------------------------------------------------------------- logs
 
 
 def _data_simulate_logs(args: argparse.Namespace) -> None:
-    from unisup.data.sample import load_dataset
-    from unisup.simulator import check_settings, simulate_logs
+    from unisup.simulator import simulate_configured_logs
 
-    cfg = _config(args)
-    check_settings(cfg.simulator)  # before the catalog is loaded and embedded
-    summary = simulate_logs(
-        load_dataset(cfg.data),
-        cfg.simulator,
-        cfg.channels,
-        cfg.data.num_grades,
-        cfg.data.relevance_threshold,
-        out_uri=args.out,
-        progress=True,
-    )
+    summary = simulate_configured_logs(_config(args), args.out, progress=True)
     print(f"simulated {summary['requests']} requests, {summary['rows']} rows -> {summary['logs_uri']}")
     print(json.dumps({k: summary[k] for k in ("impressions", "clicks", "conversions", "malformed", "bias")}, indent=1))
 
@@ -183,6 +230,29 @@ def _extract_logs(args: argparse.Namespace) -> None:
         print(f"held out {first} .. {last}: {held_out['pairs']} (query, item) pairs -> {held_out['engagement_uri']}")
 
 
+def add_extract_logs_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup extract-logs``."""
+    p = subparsers.add_parser(
+        "extract-logs",
+        help="validate raw logs (quarantine), filter bots, aggregate per (query, item) engagement",
+        description="Read date-partitioned raw logs (local or gs://) for a window with DuckDB, quarantine rows "
+        "that break the raw_logs rules, drop bot users, estimate position propensities and write the engagement "
+        "table.",
+    )
+    _common(p)
+    p.add_argument("--logs", help="raw logs folder or gs:// prefix [extraction.logs_uri]")
+    p.add_argument("--out", help="engagement Parquet [extraction.out_uri]")
+    p.add_argument("--quarantine", help="quarantine Parquet [beside --out]")
+    p.add_argument("--report", help="JSON report [beside --out]")
+    p.add_argument("--start", help="first day YYYY-MM-DD [extraction.start_date, else first partition]")
+    p.add_argument("--end", help="last day YYYY-MM-DD, inclusive [extraction.end_date, else last partition]")
+    p.add_argument(
+        "--holdout-out",
+        help="engagement of the window's last extraction.holdout_days days, for evaluation [beside --out]",
+    )
+    p.set_defaults(handler=_extract_logs)
+
+
 # ---------------------------------------------------------------- fusion and training
 
 
@@ -201,6 +271,18 @@ def _fuse(args: argparse.Namespace) -> None:
             f" + quarantined {counts['quarantined']}"
         )
     print(f"quarantine -> {report['quarantine_uri']}")
+
+
+def add_fuse_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup fuse``."""
+    p = subparsers.add_parser("fuse", help="multichannel prior + fused targets -> per-query training lists")
+    _common(p)
+    p.add_argument("--labels", required=True, help="teacher labels (labels schema), Parquet or CSV, local or gs://")
+    p.add_argument("--engagement", required=True, help="engagement table (engagement schema)")
+    p.add_argument("--out", required=True, help="training lists Parquet")
+    p.add_argument("--report", help="JSON report (lists, items per source, target stats, parameters)")
+    p.add_argument("--quarantine", help="Parquet of the rejected label and engagement rows [beside --out]")
+    p.set_defaults(handler=_fuse)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -230,6 +312,21 @@ def _train(args: argparse.Namespace) -> None:
         storage.write_text(args.json, json.dumps(result.to_dict(), indent=1))
 
 
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup train``."""
+    p = subparsers.add_parser(
+        "train", help="train the bi-encoder on training lists; export both towers and the Triton query encoder"
+    )
+    _common(p)
+    p.add_argument("--lists", required=True, help="training lists Parquet (from `unisup fuse`)")
+    p.add_argument("--out", required=True, help="bi-encoder folder (local or gs://)")
+    p.add_argument("--triton-repository", help="also export the query tower into this Triton model repository")
+    p.add_argument("--work-dir", help="checkpoints folder [<out>.work beside --out]")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--json", help="write the training result (history, throughput) as JSON here")
+    p.set_defaults(handler=_train)
+
+
 # ---------------------------------------------------------------- index, evaluation, promotion
 
 
@@ -242,6 +339,15 @@ def _build_index(args: argparse.Namespace) -> None:
         f"{meta['build_seconds']:.2f} s (embedding {meta['embed_seconds']:.1f} s); recall@10 {meta['recall@10']:.4f}, "
         f"recall@100 {meta['recall@100']:.4f} vs exact search on {meta['recall_queries']} -> {args.out}"
     )
+
+
+def add_build_index_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup build-index``."""
+    p = subparsers.add_parser("build-index", help="embed the catalog with the item tower and build the FAISS index")
+    _common(p)
+    p.add_argument("--model", required=True, help="bi-encoder folder (local or gs://)")
+    p.add_argument("--out", required=True, help="index folder (local or gs://)")
+    p.set_defaults(handler=_build_index)
 
 
 def _parse_baseline(text: str) -> tuple[str, str, str]:
@@ -282,6 +388,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup evaluate``."""
+    p = subparsers.add_parser(
+        "evaluate", help="candidate vs baselines on judged queries and engagement; report and blessing"
+    )
+    _common(p)
+    p.add_argument("--model", required=True, help="candidate bi-encoder folder")
+    p.add_argument("--index", required=True, help="candidate index folder")
+    p.add_argument(
+        "--out", required=True, help="output folder: results.parquet, results.json, report.html, blessing.json"
+    )
+    p.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        type=_parse_baseline,
+        metavar="NAME=MODEL,INDEX",
+        help="a bi-encoder baseline (repeatable); channel baselines come from evaluation.baseline_channels",
+    )
+    p.add_argument("--judgments", help="judgments file [data.judgments_uri]")
+    p.add_argument("--split", choices=["train", "validation", "test"], help="judged split [evaluation.split]")
+    p.add_argument("--teacher-audit", help="audit.json of `unisup train-teacher --audit`: teachers gate the blessing")
+    p.add_argument("--engagement", help="held-out engagement table (engagement schema)")
+    p.set_defaults(handler=_evaluate)
+
+
 def _push(args: argparse.Namespace) -> int:
     from unisup.promotion import push
 
@@ -293,6 +425,16 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_push_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup push``."""
+    p = subparsers.add_parser("push", help="promote a blessed candidate and write the next A/B experiment config")
+    _common(p)
+    p.add_argument("--blessing", required=True, help="blessing.json from `unisup evaluate`")
+    p.add_argument("--model", required=True, help="bi-encoder folder of the candidate")
+    p.add_argument("--index", required=True, help="index folder of the candidate")
+    p.set_defaults(handler=_push)
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from unisup.promotion import rollback
 
@@ -302,6 +444,14 @@ def _rollback(args: argparse.Namespace) -> int:
         f"(rolled back v{result.config['rolled_back_version']:04d}) -> {result.config_uri}"
     )
     return 0
+
+
+def add_rollback_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup rollback``."""
+    p = subparsers.add_parser("rollback", help="restore the previous A/B experiment config as a new version")
+    _common(p)
+    p.add_argument("--experiment", help="experiment id [promotion.experiment_id]")
+    p.set_defaults(handler=_rollback)
 
 
 # ---------------------------------------------------------------- teachers
@@ -342,6 +492,17 @@ def _train_teacher(args: argparse.Namespace) -> None:
         print(format_audit(audit), end="")
 
 
+def add_train_teacher_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup train-teacher``."""
+    p = subparsers.add_parser(
+        "train-teacher", help="fine-tune the cascade's ordinal teachers and export them to a Triton repository"
+    )
+    _common(p)
+    p.add_argument("--out", help="Triton model repository to write [teachers.repository_uri]")
+    p.add_argument("--audit", help="also write the quality audit (JSON, plus .md) here")
+    p.set_defaults(handler=_train_teacher)
+
+
 def _label(args: argparse.Namespace) -> None:
     from unisup import storage
     from unisup.teachers.labeling import label_pairs, serving_backend
@@ -362,159 +523,39 @@ def _label(args: argparse.Namespace) -> None:
         )
 
 
+def add_label_parser(subparsers: argparse._SubParsersAction) -> None:
+    """``unisup label``."""
+    p = subparsers.add_parser("label", help="label (query, item) pairs with the teacher cascade, in resumable shards")
+    _common(p)
+    p.add_argument("pairs", help="Parquet or CSV with query and item_id (or product_id) columns")
+    p.add_argument("--out", required=True, help="output folder: labels.parquet, quarantine.parquet, report.json")
+    p.add_argument("--teachers", help="Triton repository of the in-process backend [teachers.repository_uri]")
+    p.set_defaults(handler=_label)
+
+
 # ---------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``unisup`` parser: each subcommand is added beside its handler."""
     parser = argparse.ArgumentParser(
         prog="unisup",
         description="Unified supervision for first-stage sponsored-search retrieval. One subcommand per stage.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    config = sub.add_parser("config", help="show the configuration or list its keys")
-    config_sub = config.add_subparsers(dest="action", required=True)
-    p = config_sub.add_parser("show", help="print the resolved configuration as YAML")
-    _common(p)
-    p.set_defaults(handler=_config_show)
-    p = config_sub.add_parser("keys", help="list every key with its default and help")
-    p.set_defaults(handler=_config_keys)
-
-    data = sub.add_parser("data", help="dataset utilities: split, validate, download, import, simulate-logs")
-    data_sub = data.add_subparsers(dest="action", required=True)
-    p = data_sub.add_parser("split", help="make the seeded train/validation/test split of the judged queries")
-    _common(p)
-    p.add_argument("--out", help="where to write the split JSON [data.split_uri]")
-    p.set_defaults(handler=_data_split)
-    p = data_sub.add_parser("validate", help="validate a file against an artifact schema")
-    _common(p)
-    p.add_argument("artifact", choices=sorted(ARTIFACTS))
-    p.add_argument("uri", help="Parquet or CSV file, local or gs://")
-    p.add_argument("--quarantine", help="quarantine bad rows to this Parquet file instead of failing")
-    p.set_defaults(handler=_data_validate)
-    p = data_sub.add_parser("download", help="download WANDS or ESCI (needs internet; not run in tests)")
-    p.add_argument("dataset", choices=["wands", "esci"])
-    p.add_argument("--dest", default="data/external", help="target folder [data/external/]")
-    p.set_defaults(handler=_data_download)
-    p = data_sub.add_parser("import", help="map a WANDS or ESCI folder into catalog + judgments Parquet")
-    _common(p)
-    p.add_argument("dataset", choices=["wands", "esci"])
-    p.add_argument("source", help="folder with the dataset's files")
-    p.add_argument("--out", required=True, help="output folder (local or gs://)")
-    p.add_argument("--locale", default="us", help="ESCI product locale [us]")
-    p.set_defaults(handler=_data_import)
-    p = data_sub.add_parser(
-        "simulate-logs",
-        help="SIMULATOR: write synthetic sponsored-search logs "
-        "(queries, 3 retrieval channels, ad auction, users, bots)",
-        description="Simulate sponsored-search request logs over the catalog: query stream (training queries "
-        "of the split and catalog-derived queries; never validation/test queries), BM25 + dense + attribute "
-        "retrieval, an ad auction with budgets and pacing, position-biased clicks driven by relevance and "
-        "non-relevance factors, conversions, bots and malformed rows. Writes date-partitioned Parquet and "
-        "_simulation.json (parameters + bias report). Resumable.",
-    )
-    _common(p)
-    p.add_argument("--out", help="output folder or gs:// prefix [simulator.out_uri]")
-    p.set_defaults(handler=_data_simulate_logs)
-
-    p = sub.add_parser(
-        "extract-logs",
-        help="validate raw logs (quarantine), filter bots, aggregate per (query, item) engagement",
-        description="Read date-partitioned raw logs (local or gs://) for a window with DuckDB, quarantine rows "
-        "that break the raw_logs rules, drop bot users, estimate position propensities and write the engagement "
-        "table.",
-    )
-    _common(p)
-    p.add_argument("--logs", help="raw logs folder or gs:// prefix [extraction.logs_uri]")
-    p.add_argument("--out", help="engagement Parquet [extraction.out_uri]")
-    p.add_argument("--quarantine", help="quarantine Parquet [beside --out]")
-    p.add_argument("--report", help="JSON report [beside --out]")
-    p.add_argument("--start", help="first day YYYY-MM-DD [extraction.start_date, else first partition]")
-    p.add_argument("--end", help="last day YYYY-MM-DD, inclusive [extraction.end_date, else last partition]")
-    p.add_argument(
-        "--holdout-out",
-        help="engagement of the window's last extraction.holdout_days days, for evaluation [beside --out]",
-    )
-    p.set_defaults(handler=_extract_logs)
-    p = sub.add_parser("channels", help="evaluate the retrieval channels (BM25, MiniLM, RRF) on judged queries")
-    _common(p)
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("-k", type=int, default=10, help="cutoff of the metrics [10]")
-    p.add_argument("--json", help="also write the figures as JSON here")
-    p.set_defaults(handler=_channels)
-    p = sub.add_parser("fuse", help="multichannel prior + fused targets -> per-query training lists")
-    _common(p)
-    p.add_argument("--labels", required=True, help="teacher labels (labels schema), Parquet or CSV, local or gs://")
-    p.add_argument("--engagement", required=True, help="engagement table (engagement schema)")
-    p.add_argument("--out", required=True, help="training lists Parquet")
-    p.add_argument("--report", help="JSON report (lists, items per source, target stats, parameters)")
-    p.add_argument("--quarantine", help="Parquet of the rejected label and engagement rows [beside --out]")
-    p.set_defaults(handler=_fuse)
-
-    p = sub.add_parser(
-        "train", help="train the bi-encoder on training lists; export both towers and the Triton query encoder"
-    )
-    _common(p)
-    p.add_argument("--lists", required=True, help="training lists Parquet (from `unisup fuse`)")
-    p.add_argument("--out", required=True, help="bi-encoder folder (local or gs://)")
-    p.add_argument("--triton-repository", help="also export the query tower into this Triton model repository")
-    p.add_argument("--work-dir", help="checkpoints folder [<out>.work beside --out]")
-    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    p.add_argument("--json", help="write the training result (history, throughput) as JSON here")
-    p.set_defaults(handler=_train)
-
-    p = sub.add_parser("build-index", help="embed the catalog with the item tower and build the FAISS index")
-    _common(p)
-    p.add_argument("--model", required=True, help="bi-encoder folder (local or gs://)")
-    p.add_argument("--out", required=True, help="index folder (local or gs://)")
-    p.set_defaults(handler=_build_index)
-
-    p = sub.add_parser("evaluate", help="candidate vs baselines on judged queries and engagement; report and blessing")
-    _common(p)
-    p.add_argument("--model", required=True, help="candidate bi-encoder folder")
-    p.add_argument("--index", required=True, help="candidate index folder")
-    p.add_argument(
-        "--out", required=True, help="output folder: results.parquet, results.json, report.html, blessing.json"
-    )
-    p.add_argument(
-        "--baseline",
-        action="append",
-        default=[],
-        type=_parse_baseline,
-        metavar="NAME=MODEL,INDEX",
-        help="a bi-encoder baseline (repeatable); channel baselines come from evaluation.baseline_channels",
-    )
-    p.add_argument("--judgments", help="judgments file [data.judgments_uri]")
-    p.add_argument("--split", choices=["train", "validation", "test"], help="judged split [evaluation.split]")
-    p.add_argument("--teacher-audit", help="audit.json of `unisup train-teacher --audit`: teachers gate the blessing")
-    p.add_argument("--engagement", help="held-out engagement table (engagement schema)")
-    p.set_defaults(handler=_evaluate)
-
-    p = sub.add_parser("push", help="promote a blessed candidate and write the next A/B experiment config")
-    _common(p)
-    p.add_argument("--blessing", required=True, help="blessing.json from `unisup evaluate`")
-    p.add_argument("--model", required=True, help="bi-encoder folder of the candidate")
-    p.add_argument("--index", required=True, help="index folder of the candidate")
-    p.set_defaults(handler=_push)
-
-    p = sub.add_parser("rollback", help="restore the previous A/B experiment config as a new version")
-    _common(p)
-    p.add_argument("--experiment", help="experiment id [promotion.experiment_id]")
-    p.set_defaults(handler=_rollback)
-    p = sub.add_parser(
-        "train-teacher", help="fine-tune the cascade's ordinal teachers and export them to a Triton repository"
-    )
-    _common(p)
-    p.add_argument("--out", help="Triton model repository to write [teachers.repository_uri]")
-    p.add_argument("--audit", help="also write the quality audit (JSON, plus .md) here")
-    p.set_defaults(handler=_train_teacher)
-    p = sub.add_parser("label", help="label (query, item) pairs with the teacher cascade, in resumable shards")
-    _common(p)
-    p.add_argument("pairs", help="Parquet or CSV with query and item_id (or product_id) columns")
-    p.add_argument("--out", required=True, help="output folder: labels.parquet, quarantine.parquet, report.json")
-    p.add_argument("--teachers", help="Triton repository of the in-process backend [teachers.repository_uri]")
-    p.set_defaults(handler=_label)
+    add_config_parser(sub)
+    add_data_parser(sub)
+    add_extract_logs_parser(sub)
+    add_channels_parser(sub)
+    add_fuse_parser(sub)
+    add_train_parser(sub)
+    add_build_index_parser(sub)
+    add_evaluate_parser(sub)
+    add_push_parser(sub)
+    add_rollback_parser(sub)
+    add_train_teacher_parser(sub)
+    add_label_parser(sub)
     return parser
 
 

@@ -589,6 +589,37 @@ def write_outputs(result: EvaluationResult, uris: Mapping[str, str]) -> None:
     storage.write_text(uris["blessing"], json.dumps(_nan_to_none(bound_blessing(result, uris["json"])), indent=1))
 
 
+def checked_model_digests(indexes: Sequence[tuple[str, str]], catalog: dict) -> dict[str, str]:
+    """The content digest of each model of the (model, index) pairs, once each index is checked to
+    be built by its model on the ``catalog`` (:class:`ArtifactMismatch` otherwise)."""
+    from unisup.index import check_index_matches
+
+    model_digests: dict[str, str] = {}
+    for model, index in indexes:
+        model_digests.setdefault(model, storage.content_digest(model))
+        check_index_matches(index, model, model_digests[model], catalog)
+    return model_digests
+
+
+def held_out_engagement(engagement_uri: str | None, max_queries: int) -> EngagementTargets | None:
+    """The targets of a held-out engagement table; None without one, or when it holds no click."""
+    if not engagement_uri:
+        return None
+    from unisup.data.tables import read_artifact
+
+    targets = engagement_targets(read_artifact(engagement_uri, "engagement").accepted, max_queries)
+    return targets if targets.clicked else None  # an empty hold-out judges nothing
+
+
+def baseline_systems(dataset, cfg: Config, model_baselines: Sequence[tuple[str, str, str]]) -> list[RankingSystem]:
+    """The ``(name, model, index)`` bi-encoder baselines, then the channels of ``evaluation.baseline_channels``."""
+    baselines = [biencoder_system(name, model, index) for name, model, index in model_baselines]
+    if cfg.evaluation.baseline_channels:
+        channels = _channels(dataset, cfg, cfg.evaluation.baseline_channels)
+        baselines += [channel_system(name, channels[name]) for name in cfg.evaluation.baseline_channels]
+    return baselines
+
+
 def run_evaluation(
     cfg: Config,
     candidate_model: str,
@@ -612,8 +643,7 @@ def run_evaluation(
     from dataclasses import replace
 
     from unisup.data.sample import load_dataset
-    from unisup.data.tables import read_artifact
-    from unisup.index import catalog_record, check_index_matches
+    from unisup.index import catalog_record
 
     data_cfg = replace(cfg.data, judgments_uri=judgments_uri) if judgments_uri else cfg.data
     dataset = load_dataset(data_cfg)
@@ -622,22 +652,13 @@ def run_evaluation(
     if not qrels:
         raise InputError(f"{data_cfg.judgments_uri}: no judged queries in the {split!r} split of {data_cfg.split_uri}")
     catalog = catalog_record(data_cfg.catalog_uri, dataset.catalog.num_rows)
-    model_digests = {}
-    for model, index in [(candidate_model, candidate_index), *((m, i) for _, m, i in model_baselines)]:
-        model_digests.setdefault(model, storage.content_digest(model))
-        check_index_matches(index, model, model_digests[model], catalog)
+    indexes = [(candidate_model, candidate_index), *((model, index) for _, model, index in model_baselines)]
+    model_digests = checked_model_digests(indexes, catalog)
     audit = json.loads(storage.read_text(teacher_audit_uri)) if teacher_audit_uri else None
-    engagement = None
-    if engagement_uri:
-        table = read_artifact(engagement_uri, "engagement").accepted
-        targets = engagement_targets(table, cfg.evaluation.max_engagement_queries)
-        engagement = targets if targets.clicked else None  # an empty hold-out judges nothing
+    engagement = held_out_engagement(engagement_uri, cfg.evaluation.max_engagement_queries)
     names = [name for name, _, _ in model_baselines] + list(cfg.evaluation.baseline_channels)
     check_gate_settings(cfg.evaluation, metrics_to_measure(cfg.evaluation, engagement is not None), names)
-    baselines = [biencoder_system(name, model, index) for name, model, index in model_baselines]
-    if cfg.evaluation.baseline_channels:
-        channels = _channels(dataset, cfg, cfg.evaluation.baseline_channels)
-        baselines += [channel_system(name, channels[name]) for name in cfg.evaluation.baseline_channels]
+    baselines = baseline_systems(dataset, cfg, model_baselines)
     result = evaluate(
         biencoder_system(CANDIDATE, candidate_model, candidate_index),
         baselines,

@@ -43,13 +43,14 @@ from unisup.channels import (
     BM25Channel,
     DenseChannel,
     DenseEncoder,
+    Ranking,
     catalog_facets,
     facet_tokens,
     mine_product_types,
 )
-from unisup.config import ChannelsConfig, ConfigError, SimulatorConfig, to_dict
+from unisup.config import ChannelsConfig, Config, ConfigError, SimulatorConfig, to_dict
 from unisup.data.catalog import item_texts
-from unisup.data.sample import Dataset
+from unisup.data.sample import Dataset, load_dataset
 from unisup.data.tables import write_table
 from unisup.errors import ArtifactMismatch
 from unisup.metrics import mean_metrics, per_query_metrics
@@ -242,20 +243,20 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def build_world(
-    dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig, num_grades: int, progress: bool = False
-) -> World:
-    """Items, campaigns, the query stream's queries and every query's candidates."""
-    start = time.perf_counter()
-    rng = np.random.default_rng([cfg.seed, 0])
-    catalog = dataset.catalog
-    ids = catalog["product_id"].to_pylist()
-    titles = catalog["title"].to_pylist()
-    brands = catalog["brand"].to_pylist() if "brand" in catalog.column_names else [None] * len(ids)
-    n_items = len(ids)
+@dataclass
+class _ItemTraits:
+    """Per catalog item: what users react to besides relevance, and the price."""
 
-    types = mine_product_types(titles, brands, cfg.product_types)
-    facets = catalog_facets(catalog, types, cfg.attribute_keys)
+    popularity: np.ndarray
+    discount: np.ndarray
+    badge: np.ndarray
+    title_appeal: np.ndarray
+    price: np.ndarray
+
+
+def _item_traits(catalog: pa.Table, cfg: SimulatorConfig, rng: np.random.Generator) -> _ItemTraits:
+    """Random popularity, discounts, promotion badges and title appeal; the catalog price (20 where unknown)."""
+    n_items = catalog.num_rows
     popularity = rng.normal(size=n_items)
     discount = np.where(rng.random(n_items) < cfg.discount_share, rng.uniform(0.05, 0.5, n_items), 0.0)
     badge = (rng.random(n_items) < cfg.badge_share).astype(float)
@@ -265,10 +266,15 @@ def build_world(
         if "price" in catalog.column_names
         else np.full(n_items, np.nan)
     )
-    price = np.where(np.isfinite(price), price, 20.0)
+    return _ItemTraits(popularity, discount, badge, title_appeal, np.where(np.isfinite(price), price, 20.0))
 
-    # Advertisers are brands; each splits its items into campaigns.
-    campaign = np.zeros(n_items, dtype=np.int64)
+
+def _campaigns(
+    brands: list[str | None], price: np.ndarray, cfg: SimulatorConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Advertisers are brands; each splits its items into campaigns. Returns each item's campaign and
+    bid, and each campaign's daily budget."""
+    campaign = np.zeros(len(brands), dtype=np.int64)
     by_brand: dict[str, list[int]] = {}
     for i, brand in enumerate(brands):
         by_brand.setdefault(brand or "(no brand)", []).append(i)
@@ -281,24 +287,40 @@ def build_world(
     campaign_bid = cfg.bid_mean * np.exp(cfg.bid_sigma * rng.normal(size=next_campaign))
     bid = (
         campaign_bid[campaign]
-        * np.exp(0.2 * rng.normal(size=n_items))
+        * np.exp(0.2 * rng.normal(size=len(brands)))
         * (1 + 0.1 * np.log1p(price) / np.log1p(price).max())
     )
     daily_budget = cfg.daily_budget_mean * np.exp(cfg.daily_budget_sigma * rng.normal(size=next_campaign))
+    return campaign, bid, daily_budget
 
-    # Queries: the training queries of the split, plus queries derived from the catalog.
+
+def _query_stream(
+    dataset: Dataset, facets: list[dict[str, list[str]]], cfg: SimulatorConfig, rng: np.random.Generator
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The training queries of the split, then queries derived from the catalog: the queries, whether
+    each is judged, and their Zipf traffic weights (``judged_query_share`` on the training ones)."""
     held_out = {" ".join(q.lower().split()) for s in ("validation", "test") for q in dataset.split[s]}
     train = sorted(q for q in dataset.split["train"] if " ".join(q.lower().split()) not in held_out)
-    derived = [q for q in derived_queries(facets, cfg.num_derived_queries, held_out | {q.lower() for q in train}, rng)]
-    queries = train + derived
+    derived = derived_queries(facets, cfg.num_derived_queries, held_out | {q.lower() for q in train}, rng)
     judged = np.array([True] * len(train) + [False] * len(derived))
     share = cfg.judged_query_share if train and derived else (1.0 if train else 0.0)
     query_weight = np.concatenate(
         [share * _zipf(len(train), cfg.zipf_exponent, rng), (1 - share) * _zipf(len(derived), cfg.zipf_exponent, rng)]
     )
+    return train + derived, judged, query_weight
 
-    # Production retrieval, once per distinct query.
-    texts = item_texts(catalog)
+
+def _production_rankings(
+    catalog: pa.Table,
+    facets: list[dict[str, list[str]]],
+    popularity: np.ndarray,
+    queries: list[str],
+    cfg: SimulatorConfig,
+    channels: ChannelsConfig,
+    progress: bool,
+) -> list[list[Ranking]]:
+    """Per production channel (BM25, dense, attribute), each query's top ``channel_depth`` items."""
+    ids, texts = catalog["product_id"].to_pylist(), item_texts(catalog)
     encoder = DenseEncoder(
         channels.dense_model or None, max_length=channels.dense_max_length, batch_size=channels.dense_batch_size
     )
@@ -307,17 +329,31 @@ def build_world(
         DenseChannel(ids, texts, encoder, cache_dir=channels.cache_dir, progress=progress),
         AttributeChannel(ids, facets, cfg.attribute_weights, popularity=popularity),
     ]
-    row_of = {item: i for i, item in enumerate(ids)}
-    per_channel = [channel.search(queries, cfg.channel_depth) for channel in production]
+    return [channel.search(queries, cfg.channel_depth) for channel in production]
 
+
+def _candidates(
+    dataset: Dataset,
+    queries: list[str],
+    per_channel: list[list[Ranking]],
+    facets: list[dict[str, list[str]]],
+    traits: _ItemTraits,
+    cfg: SimulatorConfig,
+    num_grades: int,
+    rng: np.random.Generator,
+) -> list[QueryCandidates]:
+    """Each query's candidates (the union of the channels' rankings) with their true grades, click and
+    conversion probabilities and noisy predicted CTR."""
+    ids, titles = dataset.catalog["product_id"].to_pylist(), dataset.catalog["title"].to_pylist()
+    row_of = {item: i for i, item in enumerate(ids)}
     qrels = dataset.qrels("train")
     w = cfg.click_weights
     c = cfg.conversion_weights
     item_base = (
-        w.get("popularity", 0) * popularity
-        + w.get("discount", 0) * discount
-        + w.get("badge", 0) * badge
-        + w.get("title", 0) * title_appeal
+        w.get("popularity", 0) * traits.popularity
+        + w.get("discount", 0) * traits.discount
+        + w.get("badge", 0) * traits.badge
+        + w.get("title", 0) * traits.title_appeal
     )
     candidates = []
     for qi, query in enumerate(queries):
@@ -338,15 +374,34 @@ def build_world(
         relevance = grades / max(num_grades - 1, 1)
         attract = _sigmoid(w.get("intercept", 0) + w.get("relevance", 0) * relevance + item_base[items])
         convert = _sigmoid(
-            c.get("intercept", 0) + c.get("relevance", 0) * relevance + c.get("discount", 0) * discount[items]
+            c.get("intercept", 0) + c.get("relevance", 0) * relevance + c.get("discount", 0) * traits.discount[items]
         )
         pctr = attract * np.exp(cfg.pctr_noise * rng.normal(size=len(items)))
         candidates.append(QueryCandidates(items, rank_matrix, grades, attract, convert, pctr))
+    return candidates
 
+
+def build_world(
+    dataset: Dataset, cfg: SimulatorConfig, channels: ChannelsConfig, num_grades: int, progress: bool = False
+) -> World:
+    """Items, campaigns, the query stream's queries and every query's candidates."""
+    start = time.perf_counter()
+    rng = np.random.default_rng([cfg.seed, 0])
+    catalog = dataset.catalog
+    ids = catalog["product_id"].to_pylist()
+    titles = catalog["title"].to_pylist()
+    brands = catalog["brand"].to_pylist() if "brand" in catalog.column_names else [None] * len(ids)
+    types = mine_product_types(titles, brands, cfg.product_types)
+    facets = catalog_facets(catalog, types, cfg.attribute_keys)
+    traits = _item_traits(catalog, cfg, rng)
+    campaign, bid, daily_budget = _campaigns(brands, traits.price, cfg, rng)
+    queries, judged, query_weight = _query_stream(dataset, facets, cfg, rng)
+    per_channel = _production_rankings(catalog, facets, traits.popularity, queries, cfg, channels, progress)
+    candidates = _candidates(dataset, queries, per_channel, facets, traits, cfg, num_grades, rng)
     user_weight = np.exp(rng.normal(size=max(cfg.num_users, 1)))
     return World(
         ids,
-        price,
+        traits.price,
         bid,
         campaign,
         daily_budget,
@@ -416,6 +471,62 @@ def _day_requests(world: World, cfg: SimulatorConfig, n: int, day_start_us: int,
     )
 
 
+class _Marketplace:
+    """One day of the ad marketplace: campaign spend against the daily budgets, pacing, and one
+    generalized second-price auction per request."""
+
+    def __init__(self, world: World, cfg: SimulatorConfig):
+        n_campaigns = len(world.daily_budget)
+        self.world, self.cfg = world, cfg
+        self.spend = np.zeros(n_campaigns)
+        self.pace = np.ones(n_campaigns)
+        self.exhausted = np.zeros(n_campaigns, dtype=bool)
+        self.examination = (1.0 / np.arange(1, cfg.num_slots + 1)) ** cfg.position_bias
+        self.next_check = 1
+
+    def update_pacing(self, elapsed: float) -> None:
+        """At each of the day's PACING_STEPS, throttle the campaigns spending ahead of the clock
+        (``elapsed``: the share of the day gone) and relax the others."""
+        if self.cfg.pacing and elapsed * PACING_STEPS >= self.next_check:
+            ahead = self.spend / self.world.daily_budget > elapsed
+            self.pace = np.clip(np.where(ahead, self.pace * 0.7, self.pace * 1.3), 0.05, 1.0)
+            self.next_check = int(elapsed * PACING_STEPS) + 1
+
+    def serve(
+        self, cand: QueryCandidates, bot: bool, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Auction one request's candidates into the slots, draw clicks and conversions, charge the
+        clicks. Returns the shown candidates in slot order, and per candidate its position (0: not
+        shown), click and conversion."""
+        cfg, world = self.cfg, self.world
+        n = len(cand.items)
+        camp = world.campaign[cand.items]
+        active = ~self.exhausted[camp]
+        if cfg.pacing:
+            active &= rng.random(n) < self.pace[camp]
+        pctr = cand.pctr * np.exp(cfg.auction_jitter * rng.normal(size=n))
+        score = world.bid[cand.items] * pctr
+        eligible = np.flatnonzero(active & (score >= cfg.reserve_price))
+        ranked = eligible[np.argsort(-score[eligible], kind="stable")]
+        shown = ranked[: cfg.num_slots]
+        position = np.zeros(n, dtype=np.int16)
+        position[shown] = np.arange(1, len(shown) + 1)
+        click = np.zeros(n, dtype=bool)
+        if bot:
+            click[shown] = rng.random(len(shown)) < cfg.bot_click_rate
+        else:
+            click[shown] = rng.random(len(shown)) < self.examination[: len(shown)] * cand.attractiveness[shown]
+        conversion = click & (rng.random(n) < cand.conversion)
+        if click.any():
+            # Generalized second price: pay what keeps the slot, never more than the bid.
+            next_score = np.append(score[ranked[1 : cfg.num_slots + 1]], cfg.reserve_price)[: len(shown)]
+            cost = np.minimum(next_score / pctr[shown], world.bid[cand.items[shown]])
+            clicked = click[shown]
+            np.add.at(self.spend, camp[shown][clicked], cost[clicked])
+            self.exhausted |= self.spend >= world.daily_budget
+        return shown, position, click, conversion
+
+
 def simulate_day(
     world: World, cfg: SimulatorConfig, day: int, n_requests: int, max_position: int = 10
 ) -> tuple[pa.Table, dict]:
@@ -425,69 +536,33 @@ def simulate_day(
     date = dt.date.fromisoformat(cfg.start_date) + dt.timedelta(days=day)
     day_start_us = int(dt.datetime(date.year, date.month, date.day, tzinfo=dt.UTC).timestamp() * 1_000_000)
     requests = _day_requests(world, cfg, n_requests, day_start_us, rng)
-    n_campaigns = len(world.daily_budget)
-    spend = np.zeros(n_campaigns)
-    pace = np.ones(n_campaigns)
-    exhausted = np.zeros(n_campaigns, dtype=bool)
-    exam = (1.0 / np.arange(1, cfg.num_slots + 1)) ** cfg.position_bias
-    next_check = 1
+    market = _Marketplace(world, cfg)
     parts: dict[str, list[np.ndarray]] = {
         k: [] for k in ("request", "item", "position", "click", "conversion", "ranks")
     }
-    judged_pairs: dict[str, dict[str, list[int]]] = {}
+    judged_pairs: dict[str, dict[str, list[int]]] = {}  # judged query -> item -> [impressions, clicks]
     for r in range(n_requests):
-        elapsed = (requests.timestamp_us[r] - day_start_us) / 1e6 / SECONDS_PER_DAY
-        if cfg.pacing and elapsed * PACING_STEPS >= next_check:
-            ahead = spend / world.daily_budget > elapsed
-            pace = np.clip(np.where(ahead, pace * 0.7, pace * 1.3), 0.05, 1.0)
-            next_check = int(elapsed * PACING_STEPS) + 1
+        market.update_pacing((requests.timestamp_us[r] - day_start_us) / 1e6 / SECONDS_PER_DAY)
         cand = world.candidates[requests.query[r]]
-        n = len(cand.items)
-        camp = world.campaign[cand.items]
-        active = ~exhausted[camp]
-        if cfg.pacing:
-            active &= rng.random(n) < pace[camp]
-        pctr = cand.pctr * np.exp(cfg.auction_jitter * rng.normal(size=n))
-        score = world.bid[cand.items] * pctr
-        eligible = np.flatnonzero(active & (score >= cfg.reserve_price))
-        ranked = eligible[np.argsort(-score[eligible], kind="stable")]
-        shown = ranked[: cfg.num_slots]
-        position = np.zeros(n, dtype=np.int16)
-        position[shown] = np.arange(1, len(shown) + 1)
-        click = np.zeros(n, dtype=bool)
-        if requests.bot[r]:
-            click[shown] = rng.random(len(shown)) < cfg.bot_click_rate
-        else:
-            click[shown] = rng.random(len(shown)) < exam[: len(shown)] * cand.attractiveness[shown]
-        conversion = click & (rng.random(n) < cand.conversion)
-        if click.any():
-            # Generalized second price: pay what keeps the slot, never more than the bid.
-            next_score = np.append(score[ranked[1 : cfg.num_slots + 1]], cfg.reserve_price)[: len(shown)]
-            cost = np.minimum(next_score / pctr[shown], world.bid[cand.items[shown]])
-            clicked = click[shown]
-            np.add.at(spend, camp[shown][clicked], cost[clicked])
-            exhausted |= spend >= world.daily_budget
-        parts["request"].append(np.full(n, r, dtype=np.int64))
-        parts["item"].append(cand.items)
-        parts["position"].append(position)
-        parts["click"].append(click)
-        parts["conversion"].append(conversion)
-        parts["ranks"].append(cand.ranks)
+        shown, position, click, conversion = market.serve(cand, requests.bot[r], rng)
+        served = {
+            "request": np.full(len(cand.items), r, dtype=np.int64),
+            "item": cand.items,
+            "position": position,
+            "click": click,
+            "conversion": conversion,
+            "ranks": cand.ranks,
+        }
+        for key, values in served.items():
+            parts[key].append(values)
         if world.judged[requests.query[r]]:
             pairs = judged_pairs.setdefault(world.queries[requests.query[r]], {})
             for i in shown:
                 counts = pairs.setdefault(world.item_ids[cand.items[i]], [0, 0])
                 counts[0] += 1
                 counts[1] += int(click[i])
-    table, malformed = _day_table(
-        world,
-        cfg,
-        date,
-        requests,
-        {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()},
-        rng,
-        max_position,
-    )
+    rows = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    table, malformed = _day_table(world, cfg, date, requests, rows, rng, max_position)
     stats = {
         "date": date.isoformat(),
         "requests": n_requests,
@@ -496,11 +571,65 @@ def simulate_day(
         "impressions": int(sum(int((p > 0).sum()) for p in parts["position"])),
         "clicks": int(sum(int(c.sum()) for c in parts["click"])),
         "conversions": int(sum(int(c.sum()) for c in parts["conversion"])),
-        "campaigns_exhausted": int(exhausted.sum()),
+        "campaigns_exhausted": int(market.exhausted.sum()),
         "malformed": malformed,
         "judged_pairs": judged_pairs,
     }
     return table, stats
+
+
+def _malform(columns: dict, max_position: int, cfg: SimulatorConfig, rng: np.random.Generator) -> dict[str, int]:
+    """Break a ``malformed_rate`` share of the rows of ``columns`` in place, each in one of the
+    MALFORMED ways; returns how many rows each way broke."""
+    event_id, item_id = columns["event_id"], columns["item_id"]
+    position, impression, timestamp = columns["position"], columns["impression"], columns["timestamp"]
+    click, conversion = columns["click"], columns["conversion"]
+    n = len(event_id)
+    malformed = {reason: 0 for reason in MALFORMED}
+    if cfg.malformed_rate <= 0 or n <= 1:
+        return malformed
+    hit = np.flatnonzero(rng.random(n) < cfg.malformed_rate)
+    hit = hit[(hit > 0) & ~np.isin(hit - 1, hit)]  # a duplicate copies a clean previous row
+    for row, kind in zip(hit.tolist(), rng.integers(0, len(MALFORMED), size=len(hit)).tolist(), strict=False):
+        reason = MALFORMED[kind]
+        malformed[reason] += 1
+        if reason == "missing event_id":
+            event_id[row] = None
+        elif reason == "missing item_id":
+            item_id[row] = None
+        elif reason == "impossible position":
+            impression[row], position[row] = True, max_position + 5
+        elif reason == "click without an impression":
+            impression[row], position[row], click[row], conversion[row] = False, 0, True, False
+        elif reason == "conversion without a click":
+            click[row], conversion[row] = False, True
+        elif reason == "item_id not in the catalog":
+            item_id[row] = f"unknown-{item_id[row]}"
+        elif reason == "duplicate event_id":
+            event_id[row] = event_id[row - 1]
+        else:
+            timestamp[row] -= 400 * SECONDS_PER_DAY * 1_000_000
+    return malformed
+
+
+def _request_columns(world: World, date: dt.date, requests: _Requests) -> dict[str, np.ndarray]:
+    """Per request: its id, user id, session id, user agent and query."""
+    users, bots = requests.user.tolist(), requests.bot.tolist()
+    return {
+        "request_id": np.array([f"{date.isoformat()}-{i:07d}" for i in range(len(requests.query))], dtype=object),
+        "user_id": np.array(
+            [f"b{u:03d}" if b else f"u{u:05d}" for u, b in zip(users, bots, strict=False)], dtype=object
+        ),
+        "session_id": np.array([f"{date.isoformat()}-s{s:06d}" for s in requests.session.tolist()], dtype=object),
+        "user_agent": np.array(
+            [
+                BOT_AGENTS[u % 2] if b else HUMAN_AGENTS[u % len(HUMAN_AGENTS)]
+                for u, b in zip(users, bots, strict=False)
+            ],
+            dtype=object,
+        ),
+        "query": np.array(world.queries, dtype=object)[requests.query],
+    }
 
 
 def _day_table(
@@ -512,80 +641,40 @@ def _day_table(
     rng: np.random.Generator,
     max_position: int,
 ) -> tuple[pa.Table, dict[str, int]]:
+    """The day's raw-log table (one row per request and candidate), with malformed rows mixed in."""
     n = len(rows["request"])
     req = rows["request"].astype(np.int64)
-    request_ids = [f"{date.isoformat()}-{i:07d}" for i in range(len(requests.query))]
+    per_request = _request_columns(world, date, requests)
     within = np.arange(n) - np.searchsorted(req, req)  # index of the row within its request
-    event_id: list[str | None] = [
-        f"{request_ids[r]}-{j:03d}" for r, j in zip(req.tolist(), within.tolist(), strict=False)
-    ]
-    item_id: list[str | None] = [world.item_ids[i] for i in rows["item"].tolist()]
+    request_ids = per_request["request_id"].tolist()
     position = rows["position"].astype(np.int16)
-    impression = position > 0
-    click = rows["click"].astype(bool)
-    conversion = rows["conversion"].astype(bool)
-    timestamp = requests.timestamp_us[req].copy()
-
-    malformed = {reason: 0 for reason in MALFORMED}
-    if cfg.malformed_rate > 0 and n > 1:
-        hit = np.flatnonzero(rng.random(n) < cfg.malformed_rate)
-        hit = hit[(hit > 0) & ~np.isin(hit - 1, hit)]  # a duplicate copies a clean previous row
-        for row, kind in zip(hit.tolist(), rng.integers(0, len(MALFORMED), size=len(hit)).tolist(), strict=False):
-            reason = MALFORMED[kind]
-            malformed[reason] += 1
-            if reason == "missing event_id":
-                event_id[row] = None
-            elif reason == "missing item_id":
-                item_id[row] = None
-            elif reason == "impossible position":
-                impression[row], position[row] = True, max_position + 5
-            elif reason == "click without an impression":
-                impression[row], position[row], click[row], conversion[row] = False, 0, True, False
-            elif reason == "conversion without a click":
-                click[row], conversion[row] = False, True
-            elif reason == "item_id not in the catalog":
-                item_id[row] = f"unknown-{item_id[row]}"
-            elif reason == "duplicate event_id":
-                event_id[row] = event_id[row - 1]
-            else:
-                timestamp[row] -= 400 * SECONDS_PER_DAY * 1_000_000
-    user_ids = np.array(
-        [
-            f"b{u:03d}" if b else f"u{u:05d}"
-            for u, b in zip(requests.user.tolist(), requests.bot.tolist(), strict=False)
-        ],
-        dtype=object,
-    )
-    agents = np.array(
-        [
-            BOT_AGENTS[u % 2] if b else HUMAN_AGENTS[u % len(HUMAN_AGENTS)]
-            for u, b in zip(requests.user.tolist(), requests.bot.tolist(), strict=False)
-        ],
-        dtype=object,
-    )
-    sessions = np.array([f"{date.isoformat()}-s{s:06d}" for s in requests.session.tolist()], dtype=object)
-    queries = np.array(world.queries, dtype=object)[requests.query]
     columns = {
-        "event_id": pa.array(event_id, pa.string()),
-        "request_id": pa.array(np.array(request_ids, dtype=object)[req], pa.string()),
-        "timestamp": pa.array(timestamp, pa.timestamp("us", tz="UTC")),
-        "user_id": pa.array(user_ids[req], pa.string()),
-        "session_id": pa.array(sessions[req], pa.string()),
-        "user_agent": pa.array(agents[req], pa.string()),
-        "query": pa.array(queries[req], pa.string()),
-        "item_id": pa.array(item_id, pa.string()),
-        "position": pa.array(position, pa.int16(), mask=~impression),
-        "impression": pa.array(impression),
-        "click": pa.array(click),
-        "conversion": pa.array(conversion),
+        "event_id": [f"{request_ids[r]}-{j:03d}" for r, j in zip(req.tolist(), within.tolist(), strict=False)],
+        "item_id": [world.item_ids[i] for i in rows["item"].tolist()],
+        "position": position,
+        "impression": position > 0,
+        "click": rows["click"].astype(bool),
+        "conversion": rows["conversion"].astype(bool),
+        "timestamp": requests.timestamp_us[req].copy(),
+    }
+    malformed = _malform(columns, max_position, cfg, rng)
+    arrays = {
+        "event_id": pa.array(columns["event_id"], pa.string()),
+        "timestamp": pa.array(columns["timestamp"], pa.timestamp("us", tz="UTC")),
+        **{key: pa.array(per_request[key][req], pa.string()) for key in per_request},
+        "item_id": pa.array(columns["item_id"], pa.string()),
+        "position": pa.array(columns["position"], pa.int16(), mask=~columns["impression"]),
+        "impression": pa.array(columns["impression"]),
+        "click": pa.array(columns["click"]),
+        "conversion": pa.array(columns["conversion"]),
         "price": pa.array(world.price[rows["item"]], pa.float64()),
         "bid": pa.array(np.round(world.bid[rows["item"]], 4), pa.float64()),
     }
     ranks = rows["ranks"].reshape(n, len(CHANNELS)) if n else np.zeros((0, len(CHANNELS)), np.int32)
     for c, name in enumerate(CHANNELS):
-        columns[f"rank_{name}"] = pa.array(ranks[:, c].astype(np.int32), pa.int32(), mask=ranks[:, c] == 0)
+        arrays[f"rank_{name}"] = pa.array(ranks[:, c].astype(np.int32), pa.int32(), mask=ranks[:, c] == 0)
     schema = RAW_LOGS.arrow_schema([f"rank_{c}" for c in CHANNELS])
-    return pa.Table.from_pydict(columns, schema=schema), malformed
+    return pa.Table.from_pydict(arrays, schema=schema), malformed
 
 
 # ---------------------------------------------------------------- the whole run
@@ -678,6 +767,21 @@ def simulate_logs(
         params_uri, json.dumps({"fingerprint": fingerprint, "parameters": parameters, "summary": summary}, indent=1)
     )
     return summary
+
+
+def simulate_configured_logs(cfg: Config, out_uri: str | None = None, progress: bool = False) -> dict:
+    """:func:`simulate_logs` over the dataset, channels and grades of ``cfg``, its simulator settings
+    checked before the catalog is loaded and embedded."""
+    check_settings(cfg.simulator)
+    return simulate_logs(
+        load_dataset(cfg.data),
+        cfg.simulator,
+        cfg.channels,
+        cfg.data.num_grades,
+        cfg.data.relevance_threshold,
+        out_uri=out_uri,
+        progress=progress,
+    )
 
 
 def bias_report(

@@ -10,7 +10,7 @@ from unisup.data.catalog import item_records, item_texts
 from unisup.data.sample import load_dataset
 from unisup.teachers.features import FEATURE_NAMES, FeatureTeacher, featurizer_for
 from unisup.teachers.model import OrdinalCrossEncoder, load_teacher
-from unisup.teachers.training import class_weights, judged_pairs, stage_item_texts
+from unisup.teachers.training import class_weights, judged_pairs
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +101,3 @@ def test_feature_teacher_round_trips_and_a_stacked_teacher_starts_as_it(
     np.testing.assert_allclose(
         reloaded.cumulative_logits(queries, items), stacked.cumulative_logits(queries, items), atol=1e-5
     )
-
-
-def test_feature_and_stacked_stages_read_item_records(dataset, teacher_config):
-    stages = {s.name: s for s in teacher_config.teachers.stages}
-    ids = dataset.catalog["product_id"].to_pylist()[:3]
-    for name in ("features", "precise"):
-        assert all(json.loads(t)["title"] for t in stage_item_texts(dataset.catalog, stages[name], ids).values())
-    assert not stage_item_texts(dataset.catalog, stages["fast"], ids)[ids[0]].startswith("{")

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 from unisup.config import TeacherStageConfig, load_config
-from unisup.teachers.model import grade_probabilities
+from unisup.teachers.ordinal import grade_probabilities
 from unisup.teachers.training import (
     check_distillation,
     class_weights,
     distillation_loss,
     fit_temperature,
-    ordinal_loss,
     train_teachers,
 )
 
@@ -25,12 +24,6 @@ def test_class_weights_favour_rare_grades():
     assert weights[1] == weights[2] > weights[3] > weights[0]
     assert abs(weights[grades].mean() - 1.0) < 1e-9
     assert np.allclose(class_weights(grades, 4, power=0.0), 1.0)
-
-
-def test_ordinal_loss_prefers_the_right_side_of_each_threshold():
-    grades = torch.tensor([0, 3])
-    right = torch.tensor([[-5.0, -6.0, -7.0], [7.0, 6.0, 5.0]])
-    assert ordinal_loss(right, grades, torch.ones(2)) < ordinal_loss(-right, grades, torch.ones(2))
 
 
 def test_distillation_loss_is_the_mean_kl_to_the_target_probabilities():

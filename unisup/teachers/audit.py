@@ -23,61 +23,23 @@ import json
 from dataclasses import asdict
 
 import numpy as np
-from sklearn.metrics import cohen_kappa_score
 
 from unisup import storage
 from unisup.config import Config
 from unisup.data.sample import load_dataset
+from unisup.teachers.agreement import agreement, condensed_ndcg
 from unisup.teachers.backends import Backend
 from unisup.teachers.cascade import EscalationRule, decide
+from unisup.teachers.features import FEATURE_NAMES, featurizer_for
 from unisup.teachers.labeling import cascade_stages, escalation_rule
-from unisup.teachers.training import FEATURES_KIND, stage_item_texts
+from unisup.teachers.stages import FEATURES_KIND, stage_item_texts
 
 RATERS = ("rater_1", "rater_2", "rater_3")
 BASELINE = "features_baseline"
-RANK_K = 10
-
-
-def agreement(predicted: np.ndarray, truth: np.ndarray, num_grades: int) -> dict:
-    """Exact and within-one agreement and quadratic-weighted kappa of two grade vectors."""
-    predicted, truth = np.asarray(predicted, dtype=np.int64), np.asarray(truth, dtype=np.int64)
-    if len(predicted) != len(truth):
-        raise ValueError(f"{len(predicted)} predicted grades for {len(truth)} true grades")
-    if len(truth) == 0:
-        return {"n": 0, "exact": None, "within_one": None, "qwk": None}
-    kappa = cohen_kappa_score(truth, predicted, weights="quadratic", labels=list(range(num_grades)))
-    return {
-        "n": int(len(truth)),
-        "exact": float(np.mean(predicted == truth)),
-        "within_one": float(np.mean(np.abs(predicted - truth) <= 1)),
-        "qwk": None if np.isnan(kappa) else float(kappa),
-    }
-
-
-def condensed_ndcg(judgments, probs: np.ndarray, k: int = RANK_K) -> float | None:
-    """Mean nDCG@k of ranking each query's judged items by expected grade, over the queries with an
-    item above grade 0."""
-    from unisup.metrics import per_query_metrics
-
-    queries, items = judgments["query"].to_pylist(), judgments["product_id"].to_pylist()
-    grades = judgments["rating"].to_pylist()
-    expected = probs @ np.arange(probs.shape[1])
-    qrels: dict[str, dict[str, int]] = {}
-    scored: dict[str, list[tuple[float, str]]] = {}
-    for q, item, g, e in zip(queries, items, grades, expected):
-        qrels.setdefault(q, {})[item] = int(g)
-        scored.setdefault(q, []).append((-float(e), item))
-    qrels = {q: rel for q, rel in qrels.items() if max(rel.values()) > 0}
-    if not qrels:
-        return None
-    rankings = {q: [item for _, item in sorted(scored[q])] for q in qrels}
-    return float(np.mean(list(per_query_metrics(rankings, qrels, k)[f"condensed_ndcg@{k}"].values())))
 
 
 def _baseline_inputs(judgments, featurizer, records: dict[str, str]) -> np.ndarray:
     """BM25 and cosine of each judged pair, raw and z-scored within the query's judged items."""
-    from unisup.teachers.features import FEATURE_NAMES
-
     queries, items = judgments["query"].to_pylist(), judgments["product_id"].to_pylist()
     raw = featurizer.features(queries, [records[i] for i in items])[
         :, [FEATURE_NAMES.index("bm25"), FEATURE_NAMES.index("cosine")]
@@ -224,8 +186,6 @@ def audit_scores(
 def quality_audit(cfg: Config, backend: Backend, split: str | None = None, repository: str | None = None) -> dict:
     """Audit every cascade stage and the cascade (its rule as labeling resolves it from the teachers
     ``repository``) on a held-out split's judged pairs."""
-    from unisup.teachers.features import featurizer_for
-
     split = split or cfg.teachers.audit_split
     dataset = load_dataset(cfg.data)
     judgments, names, stage_probs = held_out_scores(cfg, backend, split, dataset)

@@ -17,6 +17,7 @@ from unisup.config import ConfigError
 from unisup.teachers.backends import Backend
 
 RULES = ("max_prob", "boundary", "either")
+ESCALATION_FILE = "escalation.json"  # in a teachers repository: the thresholds calibrated on validation
 
 
 @dataclass(frozen=True)

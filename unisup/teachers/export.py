@@ -36,6 +36,7 @@ from unisup.model_card import (
     model_index,
 )
 from unisup.serving import TEACHER_TEMPLATE, template
+from unisup.teachers.audit import BASELINE, format_audit
 
 VERSION = "1"
 MODEL_CARD = "README.md"
@@ -170,8 +171,6 @@ def teachers_card(stages: dict[str, dict], cfg, data: dict, escalation: dict | N
         ("Escalation", f"Calibrated on validation: `{json.dumps(escalation)}`" if escalation else ""),
     ]
     if audit:
-        from unisup.teachers.audit import BASELINE, format_audit
-
         labelers = [*audit["stages"].items(), ("cascade", audit["cascade"])]
         labelers += [(BASELINE, audit[BASELINE])] if BASELINE in audit else []
         front["model-index"] = model_index(

@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unisup.channels import bm25_tokenizer
-from unisup.data.catalog import DEFAULT_FIELDS, parse_record, row_text
+from unisup.channels import DenseEncoder, bm25_tokenizer, cached_encode
+from unisup.data.catalog import DEFAULT_FIELDS, item_texts, parse_record, row_text
 from unisup.errors import ArtifactMismatch
+from unisup.teachers.ordinal import OrdinalHead, grade_probabilities, ordinal_loss
 
 FEATURE_NAMES = (
     "cosine",
@@ -100,9 +101,6 @@ class PairFeaturizer:
     def fit(cls, catalog, encoder, cache_dir: str | None = None, k1: float = 1.5, b: float = 0.75) -> PairFeaturizer:
         """Statistics and item embeddings of a catalog (pyarrow table), with a
         :class:`~unisup.channels.DenseEncoder`; ``cache_dir`` is the embedding cache."""
-        from unisup.channels import cached_encode
-        from unisup.data.catalog import item_texts
-
         texts = item_texts(catalog)
         tokenizer = bm25_tokenizer()
         lengths, df = [], Counter()
@@ -140,8 +138,6 @@ class PairFeaturizer:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> PairFeaturizer:
-        from unisup.channels import DenseEncoder
-
         path = Path(path)
         stats = json.loads((path / "statistics.json").read_text())
         encoder = DenseEncoder(path / "encoder", max_length=stats["max_length"], device=device or "cpu")
@@ -247,8 +243,6 @@ def _tokenize(tokenizer, texts: Sequence[str]) -> list[list[str]]:
 
 def featurizer_for(catalog, channels_cfg) -> PairFeaturizer:
     """The featurizer of a catalog with the dense channel's encoder settings and cache."""
-    from unisup.channels import DenseEncoder
-
     encoder = DenseEncoder(
         channels_cfg.dense_model or None, channels_cfg.dense_max_length, channels_cfg.dense_batch_size, device="cpu"
     )
@@ -296,9 +290,6 @@ class FeatureTeacher:
         max_iterations: int = 500,
     ) -> FeatureTeacher:
         """Fit the score and thresholds by L-BFGS (a fixed iteration budget) on weighted ordinal loss + L2."""
-        from unisup.teachers.model import OrdinalHead
-        from unisup.teachers.training import ordinal_loss
-
         torch.manual_seed(seed)
         mean = features.mean(0)
         scale = np.where(features.std(0) > 1e-6, features.std(0), 1.0)
@@ -332,8 +323,6 @@ class FeatureTeacher:
         return self.logits_of_features(self.featurizer.features(list(queries), list(items)))
 
     def predict_probs(self, queries: Sequence[str], items: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        from unisup.teachers.model import grade_probabilities
-
         logits = torch.from_numpy(self.cumulative_logits(queries, items))
         return grade_probabilities(logits, self.temperature).numpy().astype(np.float32)
 
@@ -362,8 +351,6 @@ class FeatureTeacher:
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> FeatureTeacher:
         from safetensors.torch import load_file
-
-        from unisup.teachers.model import OrdinalHead
 
         path = Path(path)
         config = json.loads((path / FEATURE_TEACHER_CONFIG).read_text())

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from unisup import storage
-from unisup.config import Config, ConfigError, TeacherStageConfig
+from unisup.config import Config, ConfigError, LabelingConfig, TeacherStageConfig
 from unisup.data.sample import load_catalog
 from unisup.data.tables import parse_csv, read_table, write_table
 from unisup.errors import InputError, ServingError
@@ -42,8 +42,8 @@ from unisup.schemas import (
     validate,
 )
 from unisup.teachers.backends import Backend, InProcessBackend, TritonBackend
-from unisup.teachers.cascade import EscalationRule, calibrated_rule, run_cascade
-from unisup.teachers.training import ESCALATION_FILE, stage_item_texts
+from unisup.teachers.cascade import ESCALATION_FILE, EscalationRule, calibrated_rule, run_cascade
+from unisup.teachers.stages import stage_item_texts
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +83,18 @@ def escalation_rule(cfg: Config, repository: str | None = None) -> EscalationRul
     return calibrated_rule(json.loads(storage.read_text(uri)), cfg.data.relevance_threshold)
 
 
+def triton_backend(lab: LabelingConfig, url: str) -> TritonBackend:
+    """A backend on the Triton server at ``url`` with the labeling batch, concurrency, timeout and retry settings."""
+    return TritonBackend(
+        url, lab.batch_size, lab.concurrency, lab.timeout_s, lab.retries, lab.backoff_s, lab.ready_timeout_s
+    )
+
+
 def make_backend(cfg: Config, repository: str | None = None) -> Backend:
     """The configured backend; in-process teachers come from ``repository`` (default: teachers.repository_uri)."""
     lab = cfg.labeling
     if lab.backend == "triton":
-        return TritonBackend(
-            lab.triton_url,
-            lab.batch_size,
-            lab.concurrency,
-            lab.timeout_s,
-            lab.retries,
-            lab.backoff_s,
-            lab.ready_timeout_s,
-        )
+        return triton_backend(lab, lab.triton_url)
     if lab.backend == "inprocess":
         return InProcessBackend(repository or cfg.teachers.repository_uri, lab.batch_size)
     raise ConfigError(f"labeling.backend must be inprocess, triton or triton_local, got {lab.backend!r}")
@@ -140,15 +139,7 @@ def serving_backend(cfg: Config, repository: str | None = None) -> Iterator[Back
         yield fallback
         return
     try:
-        backend = TritonBackend(
-            running.grpc_url,
-            lab.batch_size,
-            lab.concurrency,
-            lab.timeout_s,
-            lab.retries,
-            lab.backoff_s,
-            lab.ready_timeout_s,
-        )
+        backend = triton_backend(lab, running.grpc_url)
         backend.name = f"triton_local (tritonserver at {running.grpc_url})"
         yield backend
     finally:
@@ -209,6 +200,16 @@ def check_pairs(table: pa.Table, source: str, known_items: set[str]) -> tuple[pa
     return accepted, quarantined
 
 
+def labeling_settings(stages: list[TeacherStageConfig], rule: EscalationRule, cfg: Config) -> dict:
+    """What the labels depend on besides the pairs: the stages, the rule, the shard size, the grades."""
+    return {
+        "stages": [asdict(s) for s in stages],
+        "rule": asdict(rule),
+        "shard_size": cfg.labeling.shard_size,
+        "num_grades": cfg.data.num_grades,
+    }
+
+
 def _fingerprint(pairs: pa.Table, settings: dict) -> str:
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     sink = io.BytesIO()
@@ -234,6 +235,77 @@ def _shard_table(queries: list[str], items: list[str], result, stage_names: list
         },
         schema=LABELS.arrow_schema(),
     )
+
+
+def open_manifest(
+    manifest_uri: str, fingerprint: str, num_pairs: int, num_shards: int, shard_size: int, names: list[str]
+) -> tuple[dict, int]:
+    """The shard manifest at ``manifest_uri`` (a new one when there is none) and its generation;
+    raises when it records other pairs or settings."""
+    generation = storage.generation(manifest_uri)
+    if not generation:
+        manifest = {
+            "fingerprint": fingerprint,
+            "num_pairs": num_pairs,
+            "num_shards": num_shards,
+            "shard_size": shard_size,
+            "stages": names,
+            "shards": {},
+        }
+        return manifest, generation
+    manifest = json.loads(storage.read_text(manifest_uri))
+    if manifest["fingerprint"] != fingerprint:
+        raise InputError(
+            f"{manifest_uri}: holds shards of other pairs or settings (fingerprint "
+            f"{manifest['fingerprint'][:12]} != {fingerprint[:12]}); use another folder or remove it"
+        )
+    return manifest, generation
+
+
+def label_shard(
+    index: int,
+    queries: list[str],
+    items: list[str],
+    texts: list[dict[str, str]],
+    names: list[str],
+    backend: Backend,
+    rule: EscalationRule,
+    cfg: Config,
+    work: str,
+) -> dict:
+    """Label shard ``index`` of the pairs with the cascade and write it under ``work``; returns its
+    manifest entry."""
+    shard_size = cfg.labeling.shard_size
+    lo, hi = index * shard_size, min((index + 1) * shard_size, len(queries))
+    result = run_cascade(queries[lo:hi], items[lo:hi], texts, names, backend, rule, cfg.data.num_grades)
+    file = f"shards/part-{index:05d}.parquet"
+    write_table(_shard_table(queries[lo:hi], items[lo:hi], result, names), storage.join(work, file))
+    return {
+        "file": file,
+        "rows": hi - lo,
+        "pairs_per_stage": result.pairs_per_stage,
+        "seconds_per_stage": [round(s, 4) for s in result.seconds_per_stage],
+        "decided_per_stage": np.bincount(result.decided_by, minlength=len(names)).tolist(),
+    }
+
+
+def stage_totals(names: list[str], shards: list[dict]) -> dict:
+    """Per stage, the pairs that reached it, the pairs it decided and its seconds, over the shards."""
+    return {
+        "pairs_per_stage": dict(zip(names, np.sum([s["pairs_per_stage"] for s in shards], axis=0).tolist())),
+        "decided_per_stage": dict(zip(names, np.sum([s["decided_per_stage"] for s in shards], axis=0).tolist())),
+        "seconds_per_stage": dict(
+            zip(names, np.round(np.sum([s["seconds_per_stage"] for s in shards], axis=0), 3).tolist())
+        ),
+    }
+
+
+def quarantine_counts(quarantined: pa.Table) -> dict[str, int]:
+    """How many rows each quarantine reason holds."""
+    if not quarantined.num_rows:
+        return {}
+    reasons, counts = np.unique(quarantined[QUARANTINE_REASON].to_pylist(), return_counts=True)
+    return {str(reason): int(count) for reason, count in zip(reasons, counts)}
 
 
 def label_pairs(
@@ -264,33 +336,11 @@ def label_pairs(
     queries, items = accepted["query"].to_pylist(), accepted["item_id"].to_pylist()
     texts = [stage_item_texts(catalog, stage, items) for stage in stages]
     shard_size = cfg.labeling.shard_size
-    settings = {
-        "stages": [asdict(s) for s in stages],
-        "rule": asdict(rule),
-        "shard_size": shard_size,
-        "num_grades": cfg.data.num_grades,
-    }
-    fingerprint = _fingerprint(accepted, settings)
+    fingerprint = _fingerprint(accepted, labeling_settings(stages, rule, cfg))
     work = storage.join(cfg.labeling.work_uri, fingerprint[:16]) if cfg.labeling.work_uri else out_uri
     manifest_uri = storage.join(work, MANIFEST)
     num_shards = -(-accepted.num_rows // shard_size)
-    generation = storage.generation(manifest_uri)
-    if generation:
-        manifest = json.loads(storage.read_text(manifest_uri))
-        if manifest["fingerprint"] != fingerprint:
-            raise InputError(
-                f"{manifest_uri}: holds shards of other pairs or settings (fingerprint "
-                f"{manifest['fingerprint'][:12]} != {fingerprint[:12]}); use another folder or remove it"
-            )
-    else:
-        manifest = {
-            "fingerprint": fingerprint,
-            "num_pairs": accepted.num_rows,
-            "num_shards": num_shards,
-            "shard_size": shard_size,
-            "stages": names,
-            "shards": {},
-        }
+    manifest, generation = open_manifest(manifest_uri, fingerprint, accepted.num_rows, num_shards, shard_size, names)
     done_before = {int(k) for k, v in manifest["shards"].items() if storage.exists(storage.join(work, v["file"]))}
     if backend is None:
         backend = make_backend(cfg, repository)
@@ -298,50 +348,31 @@ def label_pairs(
     if todo:
         backend.wait_ready(names)
     for index in tqdm(todo, desc="labeling shards", unit="shard"):
-        lo, hi = index * shard_size, min((index + 1) * shard_size, accepted.num_rows)
-        result = run_cascade(queries[lo:hi], items[lo:hi], texts, names, backend, rule, cfg.data.num_grades)
-        file = f"shards/part-{index:05d}.parquet"
-        write_table(_shard_table(queries[lo:hi], items[lo:hi], result, names), storage.join(work, file))
-        manifest["shards"][str(index)] = {
-            "file": file,
-            "rows": hi - lo,
-            "pairs_per_stage": result.pairs_per_stage,
-            "seconds_per_stage": [round(s, 4) for s in result.seconds_per_stage],
-            "decided_per_stage": np.bincount(result.decided_by, minlength=len(names)).tolist(),
-        }
+        manifest["shards"][str(index)] = label_shard(index, queries, items, texts, names, backend, rule, cfg, work)
         generation = storage.write_text(manifest_uri, json.dumps(manifest, indent=1), if_generation_match=generation)
         if on_shard is not None:
             on_shard(index)
-    labels = pa.concat_tables(
-        [read_table(storage.join(work, manifest["shards"][str(i)]["file"])) for i in range(num_shards)]
-    )
+    shards = [manifest["shards"][str(i)] for i in range(num_shards)]
+    labels = pa.concat_tables([read_table(storage.join(work, shard["file"])) for shard in shards])
     checked = validate(labels, LABELS, storage.join(work, "shards"), RuleContext(num_grades=cfg.data.num_grades))
     write_table(checked.accepted, storage.join(out_uri, LABELS_FILE))
     write_table(quarantined, storage.join(out_uri, QUARANTINE_FILE))
-    shards = [manifest["shards"][str(i)] for i in range(num_shards)]
     report = {
         "rows_in": table.num_rows,
         "labeled": checked.accepted.num_rows,
         "quarantined": quarantined.num_rows,
-        "quarantine_reasons": dict(zip(*np.unique(quarantined[QUARANTINE_REASON].to_pylist(), return_counts=True)))
-        if quarantined.num_rows
-        else {},
+        "quarantine_reasons": quarantine_counts(quarantined),
         "shards": num_shards,
         "shards_resumed": len(done_before),
         "shards_labeled_now": len(todo),
         "backend": getattr(backend, "name", type(backend).__name__),
         "fallback": getattr(backend, "fallback", ""),  # why the configured backend did not label, if so
         "stages": names,
-        "pairs_per_stage": dict(zip(names, np.sum([s["pairs_per_stage"] for s in shards], axis=0).tolist())),
-        "decided_per_stage": dict(zip(names, np.sum([s["decided_per_stage"] for s in shards], axis=0).tolist())),
-        "seconds_per_stage": dict(
-            zip(names, np.round(np.sum([s["seconds_per_stage"] for s in shards], axis=0), 3).tolist())
-        ),
+        **stage_totals(names, shards),
         "grade_counts": np.bincount(checked.accepted["grade"].to_numpy(), minlength=cfg.data.num_grades).tolist(),
         "seconds": round(time.perf_counter() - started, 2),
         "settings": {"labeling": asdict(cfg.labeling), "rule": asdict(rule), "fingerprint": fingerprint},
     }
-    report["quarantine_reasons"] = {str(k): int(v) for k, v in report["quarantine_reasons"].items()}
     if report["rows_in"] != report["labeled"] + report["quarantined"]:
         raise AssertionError(
             f"{source}: rows in {report['rows_in']} != labeled {report['labeled']} + "

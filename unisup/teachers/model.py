@@ -1,11 +1,10 @@
 """The ordinal cross-encoder teacher and its on-disk folder.
 
 A teacher reads a (query, item text) pair through a transformer encoder, mean-pools
-it into one relevance score ``s`` and compares it with K-1 ordered thresholds: the
-cumulative logits ``s - theta_k`` model P(grade > k). Thresholds are increasing by
-construction (first threshold + cumulative softplus gaps), so P(grade > k) never
-increases with k and the per-grade probabilities are never negative. A calibration
-temperature divides the cumulative logits.
+it into one relevance score ``s`` and compares it with K-1 ordered thresholds
+(:class:`~unisup.teachers.ordinal.OrdinalHead`): the cumulative logits
+``s - theta_k`` model P(grade > k). A calibration temperature divides the cumulative
+logits.
 
 A teacher may be **stacked** on a :class:`~unisup.teachers.features.FeatureTeacher`:
 its score is then the feature teacher's linear score of the pair's features plus the
@@ -34,41 +33,12 @@ from torch import nn
 
 from unisup.channels import mean_pool
 from unisup.data.catalog import parse_record, row_text
+from unisup.teachers.features import FeatureTeacher
+from unisup.teachers.ordinal import OrdinalHead, grade_probabilities
 
 TEACHER_CONFIG = "teacher.json"
 HEAD_FILE = "ordinal_head.safetensors"
 FEATURES_DIR = "features"
-
-
-def grade_probabilities(cumulative_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-grade probabilities (n, K) from cumulative logits (n, K-1) of P(grade > k)."""
-    if cumulative_logits.ndim != 2 or cumulative_logits.shape[1] < 1:
-        raise ValueError(f"expected cumulative logits of shape (n, K-1), got {tuple(cumulative_logits.shape)}")
-    above = torch.sigmoid(cumulative_logits / temperature)
-    ones = torch.ones_like(above[:, :1])
-    zeros = torch.zeros_like(above[:, :1])
-    upper = torch.cat([ones, above], dim=1)
-    lower = torch.cat([above, zeros], dim=1)
-    return (upper - lower).clamp_min(0.0)
-
-
-class OrdinalHead(nn.Module):
-    """Score + K-1 ordered thresholds -> K-1 cumulative logits."""
-
-    def __init__(self, hidden_size: int, num_grades: int):
-        super().__init__()
-        if num_grades < 2:
-            raise ValueError(f"an ordinal head needs at least 2 grades, got {num_grades}")
-        self.score = nn.Linear(hidden_size, 1)
-        self.first_threshold = nn.Parameter(torch.zeros(1))
-        self.threshold_gaps = nn.Parameter(torch.zeros(num_grades - 2))
-
-    def thresholds(self) -> torch.Tensor:
-        gaps = nn.functional.softplus(self.threshold_gaps)
-        return torch.cat([self.first_threshold, self.first_threshold + torch.cumsum(gaps, 0)])
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.score(pooled) - self.thresholds()
 
 
 class OrdinalCrossEncoder(nn.Module):
@@ -246,8 +216,6 @@ class OrdinalCrossEncoder(nn.Module):
         config = json.loads(config_path.read_text())
         features = None
         if config.get("stacked_on_features"):
-            from unisup.teachers.features import FeatureTeacher
-
             features = FeatureTeacher.load(path / FEATURES_DIR, device)
         teacher = cls(
             AutoModel.from_pretrained(str(path)),
@@ -273,8 +241,6 @@ def load_teacher(path: str | Path, device: str | None = None):
     config_path = path / TEACHER_CONFIG
     if not config_path.exists():
         raise FileNotFoundError(f"{path}: not a teacher folder ({TEACHER_CONFIG} missing)")
-    if json.loads(config_path.read_text()).get("kind") == "ordinal_features":
-        from unisup.teachers.features import FeatureTeacher
-
+    if json.loads(config_path.read_text()).get("kind") == FeatureTeacher.kind:
         return FeatureTeacher.load(path, device)
     return OrdinalCrossEncoder.load(path, device)

@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,42 +38,22 @@ from scipy.optimize import minimize_scalar
 
 from unisup import storage
 from unisup.config import ChannelsConfig, ConfigError, DataConfig, TeachersConfig, TeacherStageConfig
-from unisup.data.catalog import item_records, item_texts
+from unisup.data.catalog import item_texts
 from unisup.data.sample import Dataset, load_dataset
 from unisup.errors import InputError
+from unisup.schedules import warmup_linear_decay
+from unisup.teachers.agreement import agreement, condensed_ndcg
 from unisup.teachers.backends import Backend, InProcessBackend
-from unisup.teachers.cascade import calibrate_escalation
+from unisup.teachers.cascade import ESCALATION_FILE, calibrate_escalation
 from unisup.teachers.export import export_repository, write_model_card
 from unisup.teachers.features import FeatureTeacher, PairFeaturizer, featurizer_for
-from unisup.teachers.model import OrdinalCrossEncoder, grade_probabilities
+from unisup.teachers.model import OrdinalCrossEncoder
+from unisup.teachers.ordinal import grade_probabilities, ordinal_loss
+from unisup.teachers.stages import FEATURES_KIND, KINDS, stage_item_texts
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-7
-ESCALATION_FILE = "escalation.json"  # in the repository: the thresholds calibrated on validation
-FEATURES_KIND = "ordinal_features"
-KINDS = ("ordinal_cross_encoder", FEATURES_KIND, "served")
-
-
-def reads_records(stage: TeacherStageConfig) -> bool:
-    """Whether the stage reads JSON item records (feature stages and stacked cross-encoders)."""
-    return stage.kind == FEATURES_KIND or bool(stage.stack_on)
-
-
-def stage_item_texts(catalog: pa.Table, stage: TeacherStageConfig, item_ids: list[str] | None = None) -> dict[str, str]:
-    """{item_id: what the stage reads} for the catalog rows (or only ``item_ids``): the item text,
-    or the JSON item record for a stage that :func:`reads_records`."""
-    if item_ids is not None:
-        import pyarrow.compute as pc
-
-        catalog = catalog.filter(
-            pc.is_in(catalog["product_id"], value_set=pa.array(sorted(set(item_ids)), pa.string()))
-        )
-    if reads_records(stage):
-        texts = item_records(catalog, attributes=stage.attributes)
-    else:
-        texts = item_texts(catalog, fields=tuple(stage.item_fields), attributes=stage.attributes)
-    return dict(zip(catalog["product_id"].to_pylist(), texts))
 
 
 def judged_pairs(dataset: Dataset, split: str, limit: int = 0, seed: int = 0):
@@ -111,14 +91,6 @@ def class_weights(grades: np.ndarray, num_grades: int, power: float) -> np.ndarr
     counts = np.bincount(grades, minlength=num_grades).astype(np.float64)
     weights = np.where(counts > 0, (len(grades) / (num_grades * np.maximum(counts, 1))) ** power, 0.0)
     return weights / (weights[grades].mean() if len(grades) else 1.0)
-
-
-def ordinal_loss(cumulative_logits: torch.Tensor, grades: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted binary cross-entropy of the K-1 cumulative targets [grade > k]."""
-    ks = torch.arange(cumulative_logits.shape[1], device=grades.device)
-    targets = (grades[:, None] > ks[None, :]).float()
-    per_pair = torch.nn.functional.binary_cross_entropy_with_logits(cumulative_logits, targets, reduction="none").sum(1)
-    return (per_pair * weights).sum() / weights.sum()
 
 
 def distillation_loss(cumulative_logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -205,6 +177,252 @@ def soft_targets(source: TeacherStageConfig, cfg: TeachersConfig, dataset: Datas
     )
 
 
+@dataclass
+class StagePairs:
+    """The pairs a stage trains and is validated on, as its teacher reads them."""
+
+    train_queries: list[str]
+    train_texts: list[str]
+    train_grades: np.ndarray  # human grade, -1 where unlabeled (a distilled stage's candidates)
+    val_queries: list[str]
+    val_items: list[str]
+    val_texts: list[str]
+    val_grades: np.ndarray
+    train_features: np.ndarray | None = None  # the pairs' features, for a stacked teacher
+    val_features: np.ndarray | None = None
+
+    @property
+    def labeled(self) -> np.ndarray:
+        return self.train_grades >= 0
+
+
+def stage_pairs(
+    stage: TeacherStageConfig, cfg: TeachersConfig, dataset: Dataset, targets: SoftTargets | None
+) -> StagePairs:
+    """The training pairs (the judged ones, or those of the distillation ``targets``) and the
+    validation judged pairs of a stage, with the item texts it reads."""
+    texts = stage_item_texts(dataset.catalog, stage)
+    if targets is None:
+        train_q, train_i, train_y = judged_pairs(dataset, "train", cfg.max_train_pairs, cfg.seed)
+    else:
+        train_q, train_i, train_y = targets.queries, targets.items, targets.grades
+    val_q, val_i, val_y = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
+    pairs = StagePairs(train_q, [texts[i] for i in train_i], train_y, val_q, val_i, [texts[i] for i in val_i], val_y)
+    if not pairs.labeled.any() or len(val_y) == 0:
+        raise InputError(
+            f"stage {stage.name}: the training and validation splits need judged pairs "
+            f"(got {int(pairs.labeled.sum())} and {len(val_y)})"
+        )
+    return pairs
+
+
+def stacked_pairs(teacher: OrdinalCrossEncoder, pairs: StagePairs) -> StagePairs:
+    """The pairs as a stacked teacher reads them: the records' features, and the texts it builds from them."""
+    return replace(
+        pairs,
+        train_features=teacher.pair_features(pairs.train_queries, pairs.train_texts),
+        val_features=teacher.pair_features(pairs.val_queries, pairs.val_texts),
+        train_texts=[teacher.item_text(t) for t in pairs.train_texts],
+        val_texts=[teacher.item_text(t) for t in pairs.val_texts],
+    )
+
+
+class StageObjective:
+    """What a stage minimizes: per batch, the class-weighted ordinal loss on the human grades, or the
+    distillation loss mixed with it; on validation, the NLL, the KL to the distilled stage, or for a
+    stacked stage minus the audit's figures."""
+
+    def __init__(
+        self,
+        stage: TeacherStageConfig,
+        pairs: StagePairs,
+        weights: np.ndarray,
+        num_grades: int,
+        targets: SoftTargets | None,
+        stacked: bool,
+    ):
+        self.stage, self.pairs, self.num_grades, self.targets, self.stacked = stage, pairs, num_grades, targets, stacked
+        grades = np.maximum(pairs.train_grades, 0)
+        self.pair_weights = torch.from_numpy(np.where(pairs.labeled, weights[grades], 0.0)).float()
+        self.grades = torch.from_numpy(grades)
+        self.criterion = "validation_kl" if targets is not None else "validation_nll"
+        if targets is None and stacked:
+            self.criterion = "validation_minus_qwk_plus_condensed_ndcg"
+
+    def batch_loss(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        if self.targets is None:
+            return ordinal_loss(logits, self.grades[idx], self.pair_weights[idx])
+        weight = self.stage.distill_weight
+        loss = weight * distillation_loss(logits, torch.from_numpy(self.targets.probs[idx]))
+        human = torch.from_numpy(self.pairs.labeled[idx])
+        if weight < 1 and human.any():
+            loss = loss + (1 - weight) * ordinal_loss(
+                logits[human], self.grades[idx][human], self.pair_weights[idx][human]
+            )
+        return loss
+
+    def validation_loss(self, logits: np.ndarray) -> float:
+        pairs = self.pairs
+        if self.targets is not None:
+            return kl_to_targets(logits, self.targets.validation_probs)
+        if self.stacked:
+            return -audit_figures(pairs.val_queries, pairs.val_items, pairs.val_grades, logits, self.num_grades)
+        return nll(logits, pairs.val_grades)
+
+
+@dataclass
+class StageFit:
+    """How a stage's fine-tuning went."""
+
+    best_state: dict
+    best_epoch: int
+    history: list[dict]
+    steps: int
+    planned_steps: int
+    stop_reason: str
+
+
+class StageTrainer:
+    """The fine-tuning loop of one stage: AdamW (encoder and head learning rates) with clipped
+    gradients under a warmup/linear-decay schedule, validated after each epoch."""
+
+    def __init__(
+        self,
+        teacher: OrdinalCrossEncoder,
+        pairs: StagePairs,
+        objective: StageObjective,
+        stage: TeacherStageConfig,
+        cfg: TeachersConfig,
+        started: float,
+    ):
+        self.teacher, self.pairs, self.objective, self.stage, self.seed = teacher, pairs, objective, stage, cfg.seed
+        self.started = started
+        head_params = list(teacher.head.parameters())
+        if teacher.feature_score is not None:
+            head_params += list(teacher.feature_score.linear.parameters())
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in teacher.encoder.parameters() if p.requires_grad], "lr": stage.learning_rate},
+                {"params": head_params, "lr": cfg.head_learning_rate},
+            ],
+            weight_decay=cfg.weight_decay,
+        )
+        self.total_steps = stage.epochs * math.ceil(len(pairs.train_grades) / stage.batch_size)
+        if stage.max_steps:
+            self.total_steps = min(self.total_steps, stage.max_steps)
+        warmup = max(1, int(cfg.warmup_fraction * self.total_steps))
+        self.scheduler = warmup_linear_decay(self.optimizer, warmup, self.total_steps)
+        self.steps = 0
+
+    def validation_logits(self) -> np.ndarray:
+        pairs = self.pairs
+        return self.teacher.text_logits(pairs.val_queries, pairs.val_texts, pairs.val_features)
+
+    def train_epoch(self, order: np.ndarray, epoch: int) -> tuple[list[float], str]:
+        """One pass over the training pairs in ``order``: the batch losses, and ``epochs``, or
+        ``max_steps`` / ``max_seconds`` when that budget ran out during it."""
+        from tqdm.auto import tqdm
+
+        teacher, pairs, size = self.teacher, self.pairs, self.stage.batch_size
+        losses = []
+        for start in tqdm(
+            range(0, len(order), size), desc=f"{self.stage.name} epoch {epoch}", unit="batch", leave=False
+        ):
+            idx = order[start : start + size]
+            batch = teacher.tokenize([pairs.train_queries[i] for i in idx], [pairs.train_texts[i] for i in idx])
+            if pairs.train_features is not None:
+                batch["features"] = torch.from_numpy(pairs.train_features[idx])
+            loss = self.objective.batch_loss(teacher(**batch), idx)
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(loss.item())
+            self.steps += 1
+            if self.steps >= self.total_steps:
+                return losses, "max_steps"
+            if self.stage.max_seconds and time.perf_counter() - self.started > self.stage.max_seconds:
+                return losses, "max_seconds"
+        return losses, "epochs"
+
+    def fit(self) -> StageFit:
+        """Epochs until the step or time budget, or ``patience`` epochs without a better validation
+        loss; keeps the best state (a stacked teacher's start is a candidate)."""
+        criterion, stage = self.objective.criterion, self.stage
+        rng = np.random.default_rng(self.seed)
+        best = {"loss": math.inf, "state": None, "epoch": 0}
+        history, bad_epochs, stop_reason = [], 0, "epochs"
+        if self.objective.stacked:
+            start_loss = self.objective.validation_loss(self.validation_logits())
+            history.append({"epoch": 0, "steps": 0, criterion: start_loss})
+            best = {"loss": start_loss, "state": copy.deepcopy(self.teacher.state_dict()), "epoch": 0}
+        self.teacher.train()
+        for epoch in range(1, stage.epochs + 1):
+            losses, stop_reason = self.train_epoch(rng.permutation(len(self.pairs.train_grades)), epoch)
+            val_loss = self.objective.validation_loss(self.validation_logits())
+            history.append(
+                {"epoch": epoch, "steps": self.steps, "train_loss": float(np.mean(losses)), criterion: val_loss}
+            )
+            log.info(
+                "stage %s epoch %d: train loss %.4f, %s %.4f", stage.name, epoch, np.mean(losses), criterion, val_loss
+            )
+            if val_loss < best["loss"]:
+                best = {"loss": val_loss, "state": copy.deepcopy(self.teacher.state_dict()), "epoch": epoch}
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            if stop_reason != "epochs":
+                break
+            if bad_epochs >= stage.patience:
+                stop_reason = "early_stopping"
+                break
+        return StageFit(best["state"], best["epoch"], history, self.steps, self.total_steps, stop_reason)
+
+
+def stage_record(
+    stage: TeacherStageConfig,
+    cfg: TeachersConfig,
+    pairs: StagePairs,
+    weights: np.ndarray,
+    fit: StageFit,
+    val_logits: np.ndarray,
+    temperature: float,
+    targets: SoftTargets | None,
+    started: float,
+) -> dict:
+    """The training record of a fine-tuned stage (saved in its teacher folder)."""
+    record = {
+        "stage": asdict(stage),
+        "train_pairs": int(len(pairs.train_grades)),
+        "labeled_train_pairs": int(pairs.labeled.sum()),
+        "validation_pairs": int(len(pairs.val_grades)),
+        "class_weights": weights.round(4).tolist(),
+        "class_weight_power": cfg.class_weight_power,
+        "freeze_embeddings": cfg.freeze_embeddings,
+        "torch_threads": torch.get_num_threads(),
+        "steps": fit.steps,
+        "planned_steps": fit.planned_steps,
+        "best_epoch": fit.best_epoch,
+        "stop_reason": fit.stop_reason,
+        "cut_by_time": fit.stop_reason == "max_seconds",
+        "stacked_on": stage.stack_on or None,
+        "history": fit.history,
+        "validation_nll_uncalibrated": nll(val_logits, pairs.val_grades),
+        "validation_nll_calibrated": nll(val_logits, pairs.val_grades, temperature),
+        "temperature": temperature,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    if targets is not None:
+        record["distillation"] = {
+            "source": targets.source,
+            "validation_kl": kl_to_targets(val_logits, targets.validation_probs),
+            "target_seconds": targets.seconds,
+        }
+        record["seconds"] = round(record["seconds"] + targets.seconds, 2)
+    return record
+
+
 def train_stage(
     stage: TeacherStageConfig,
     cfg: TeachersConfig,
@@ -216,25 +434,10 @@ def train_stage(
 ) -> dict:
     """Fine-tune (on human grades, or distilled from ``targets``; from the feature teacher ``stack_on``
     when given), early-stop, calibrate and save one teacher; returns its training record."""
-    from tqdm.auto import tqdm
-
     from unisup.channels import packaged_minilm_path
 
     started = time.perf_counter()
-    texts = stage_item_texts(dataset.catalog, stage)
-    if targets is None:
-        train_q, train_i, train_y = judged_pairs(dataset, "train", cfg.max_train_pairs, cfg.seed)
-    else:
-        train_q, train_i, train_y = targets.queries, targets.items, targets.grades
-    val_q, val_i, val_y = judged_pairs(dataset, "validation", cfg.max_validation_pairs, cfg.seed)
-    train_t, val_t = [texts[i] for i in train_i], [texts[i] for i in val_i]
-    train_f = val_f = None
-    labeled = train_y >= 0
-    if not labeled.any() or len(val_y) == 0:
-        raise InputError(
-            f"stage {stage.name}: the training and validation splits need judged pairs "
-            f"(got {int(labeled.sum())} and {len(val_y)})"
-        )
+    pairs = stage_pairs(stage, cfg, dataset, targets)
     teacher = OrdinalCrossEncoder.from_encoder(
         stage.base_model or packaged_minilm_path(),
         num_grades,
@@ -246,144 +449,26 @@ def train_stage(
     )
     if stack_on is not None:
         teacher.stack_on(stack_on)
-        train_f, val_f = teacher.pair_features(train_q, train_t), teacher.pair_features(val_q, val_t)
-        train_t, val_t = [teacher.item_text(t) for t in train_t], [teacher.item_text(t) for t in val_t]
+        pairs = stacked_pairs(teacher, pairs)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     if cfg.freeze_embeddings:
         teacher.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    weights = class_weights(train_y[labeled], num_grades, cfg.class_weight_power)
-    pair_weights = torch.from_numpy(np.where(labeled, weights[np.maximum(train_y, 0)], 0.0)).float()
-    grades = torch.from_numpy(np.maximum(train_y, 0))
-    head_params = list(teacher.head.parameters())
-    if teacher.feature_score is not None:
-        head_params += list(teacher.feature_score.linear.parameters())
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in teacher.encoder.parameters() if p.requires_grad], "lr": stage.learning_rate},
-            {"params": head_params, "lr": cfg.head_learning_rate},
-        ],
-        weight_decay=cfg.weight_decay,
-    )
-    steps_per_epoch = math.ceil(len(train_y) / stage.batch_size)
-    total_steps = stage.epochs * steps_per_epoch
-    if stage.max_steps:
-        total_steps = min(total_steps, stage.max_steps)
-    warmup = max(1, int(cfg.warmup_fraction * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    )
-
-    def batch_loss(logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
-        if targets is None:
-            return ordinal_loss(logits, grades[idx], pair_weights[idx])
-        loss = stage.distill_weight * distillation_loss(logits, torch.from_numpy(targets.probs[idx]))
-        human = torch.from_numpy(labeled[idx])
-        if stage.distill_weight < 1 and human.any():
-            loss = loss + (1 - stage.distill_weight) * ordinal_loss(
-                logits[human], grades[idx][human], pair_weights[idx][human]
-            )
-        return loss
-
-    def validation_loss(logits: np.ndarray) -> float:
-        if targets is not None:
-            return kl_to_targets(logits, targets.validation_probs)
-        if stack_on is not None:
-            return -audit_figures(val_q, val_i, val_y, logits, num_grades)
-        return nll(logits, val_y)
-
-    def validation_logits() -> np.ndarray:
-        return teacher.text_logits(val_q, val_t, val_f)
-
-    criterion = "validation_kl" if targets is not None else "validation_nll"
-    if targets is None and stack_on is not None:
-        criterion = "validation_minus_qwk_plus_condensed_ndcg"
-    rng = np.random.default_rng(cfg.seed)
-    best = {"loss": math.inf, "state": None, "epoch": 0}
-    history, step, bad_epochs, stop_reason = [], 0, 0, "epochs"
-    if stack_on is not None:  # the start (the feature teacher itself) is a candidate
-        start_loss = validation_loss(validation_logits())
-        history.append({"epoch": 0, "steps": 0, criterion: start_loss})
-        best = {"loss": start_loss, "state": copy.deepcopy(teacher.state_dict()), "epoch": 0}
-    teacher.train()
-    for epoch in range(1, stage.epochs + 1):
-        order = rng.permutation(len(train_y))
-        losses = []
-        for start in tqdm(
-            range(0, len(order), stage.batch_size), desc=f"{stage.name} epoch {epoch}", unit="batch", leave=False
-        ):
-            idx = order[start : start + stage.batch_size]
-            batch = teacher.tokenize([train_q[i] for i in idx], [train_t[i] for i in idx])
-            if train_f is not None:
-                batch["features"] = torch.from_numpy(train_f[idx])
-            loss = batch_loss(teacher(**batch), idx)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            step += 1
-            if step >= total_steps:
-                stop_reason = "max_steps"
-                break
-            if stage.max_seconds and time.perf_counter() - started > stage.max_seconds:
-                stop_reason = "max_seconds"
-                break
-        val_loss = validation_loss(validation_logits())
-        history.append({"epoch": epoch, "steps": step, "train_loss": float(np.mean(losses)), criterion: val_loss})
-        log.info("stage %s epoch %d: train loss %.4f, %s %.4f", stage.name, epoch, np.mean(losses), criterion, val_loss)
-        if val_loss < best["loss"]:
-            best = {"loss": val_loss, "state": copy.deepcopy(teacher.state_dict()), "epoch": epoch}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-        if stop_reason != "epochs":
-            break
-        if bad_epochs >= stage.patience:
-            stop_reason = "early_stopping"
-            break
-    teacher.load_state_dict(best["state"])
-    val_logits = validation_logits()
-    teacher.temperature = fit_temperature(val_logits, val_y)
-    record = {
-        "stage": asdict(stage),
-        "train_pairs": int(len(train_y)),
-        "labeled_train_pairs": int(labeled.sum()),
-        "validation_pairs": int(len(val_y)),
-        "class_weights": weights.round(4).tolist(),
-        "class_weight_power": cfg.class_weight_power,
-        "freeze_embeddings": cfg.freeze_embeddings,
-        "torch_threads": torch.get_num_threads(),
-        "steps": step,
-        "planned_steps": total_steps,
-        "best_epoch": best["epoch"],
-        "stop_reason": stop_reason,
-        "cut_by_time": stop_reason == "max_seconds",
-        "stacked_on": stage.stack_on or None,
-        "history": history,
-        "validation_nll_uncalibrated": nll(val_logits, val_y),
-        "validation_nll_calibrated": nll(val_logits, val_y, teacher.temperature),
-        "temperature": teacher.temperature,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    if targets is not None:
-        record["distillation"] = {
-            "source": targets.source,
-            "validation_kl": kl_to_targets(val_logits, targets.validation_probs),
-            "target_seconds": targets.seconds,
-        }
-        record["seconds"] = round(record["seconds"] + targets.seconds, 2)
-    teacher.record = record
+    weights = class_weights(pairs.train_grades[pairs.labeled], num_grades, cfg.class_weight_power)
+    objective = StageObjective(stage, pairs, weights, num_grades, targets, stacked=stack_on is not None)
+    trainer = StageTrainer(teacher, pairs, objective, stage, cfg, started)
+    fit = trainer.fit()
+    teacher.load_state_dict(fit.best_state)
+    val_logits = trainer.validation_logits()
+    teacher.temperature = fit_temperature(val_logits, pairs.val_grades)
+    teacher.record = stage_record(stage, cfg, pairs, weights, fit, val_logits, teacher.temperature, targets, started)
     teacher.save(out_dir)
-    return record
+    return teacher.record
 
 
 def audit_figures(queries, items, grades: np.ndarray, cumulative_logits: np.ndarray, num_grades: int) -> float:
     """QWK + condensed nDCG@10 of the grades the logits give: the audit's two figures, which select
     the epoch of a stacked stage on validation."""
-    from unisup.teachers.audit import agreement, condensed_ndcg
-
     probs = grade_probabilities(torch.from_numpy(cumulative_logits)).numpy()
     judged = pa.table({"query": list(queries), "product_id": list(items), "rating": grades.tolist()})
     qwk = agreement(probs.argmax(axis=1), grades, num_grades)["qwk"] or 0.0
