@@ -108,6 +108,15 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def tritonserver_available() -> None:
+    """Skips the test when the tritonserver binary of nvidia-pytriton is not installed."""
+    from unisup.serving.triton_server import pytriton_server_dir
+
+    if pytriton_server_dir() is None:
+        pytest.skip("tritonserver binary absent: nvidia-pytriton is not installed")
+
+
 @pytest.fixture
 def kfp_local(tmp_path) -> Path:
     """``kfp.local`` started with the subprocess runner in this environment (no venv per task);

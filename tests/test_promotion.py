@@ -586,7 +586,9 @@ def _repository_index(server) -> list[dict]:
 
 
 @pytest.mark.triton
-def test_a_polling_tritonserver_never_sees_a_version_before_it_is_complete(tmp_path, artifacts, monkeypatch):
+def test_a_polling_tritonserver_never_sees_a_version_before_it_is_complete(
+    tmp_path, artifacts, monkeypatch, tritonserver_available
+):
     """The serving deployment's mode (poll) on a real tritonserver: while a push writes version 2
     file by file, held before its last file until Triton has rescanned the model folder, every
     repository index shows version 1 ready and no failed version, and version 2 is served, and
@@ -597,10 +599,8 @@ def test_a_polling_tritonserver_never_sees_a_version_before_it_is_complete(tmp_p
     import tritonclient.http as httpclient
 
     from unisup import promotion
-    from unisup.teachers.triton_server import current_environment, pytriton_server_dir, triton_server
+    from unisup.serving.triton_server import current_environment, triton_server
 
-    if pytriton_server_dir() is None:
-        pytest.skip("tritonserver binary absent: nvidia-pytriton is not installed")
     environment = current_environment()
     config = promotion.triton_config
     if environment:  # this machine's stub runs in this virtual environment, as serving_view arranges

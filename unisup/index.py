@@ -242,6 +242,30 @@ def _recall_queries(
     return vectors[take], f"{len(take)} catalog vectors used as queries"
 
 
+def _catalog_vectors(
+    model_dir: Path, item_tower, texts: list[str], fingerprint: str, cfg: IndexConfig, cache_dir, progress: bool
+) -> tuple[np.ndarray, str]:
+    """The item tower's catalog vectors and where they came from: a frozen start-encoder tower's
+    through the embedding cache (and its adapter), any other tower's embedded in resumable shards."""
+    from unisup.biencoder.tower import frozen_item_encoder
+    from unisup.channels import embedding_cache_path
+
+    frozen = frozen_item_encoder(model_dir, item_tower)
+    if frozen is not None:
+        cached = bool(cache_dir) and embedding_cache_path(frozen.fingerprint, texts, cache_dir).exists()
+        source = f"frozen start encoder: {'from the embedding cache' if cached else 'embedded'}"
+        return frozen.catalog_vectors(texts, cache_dir, progress), source
+    shard_dir = Path(cfg.work_dir) / f"{fingerprint[:16]}-{_texts_digest(texts)}-{cfg.shard_size}"
+    vectors = embed_in_shards(
+        lambda chunk: item_tower.encode(chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"),
+        texts,
+        shard_dir,
+        cfg.shard_size,
+        progress,
+    )
+    return vectors, "embedded by the item tower"
+
+
 def build_index(
     model_path: str,
     catalog: pa.Table,
@@ -258,8 +282,7 @@ def build_index(
     ``query_texts`` encoded by the query tower, or else on a sample of catalog vectors),
     and write the index folder to ``out_uri`` (local or gs://). The index settings are
     checked before anything is embedded."""
-    from unisup.biencoder.tower import frozen_item_encoder, item_fields, load_biencoder
-    from unisup.channels import embedding_cache_path
+    from unisup.biencoder.tower import item_fields, load_biencoder
     from unisup.data.catalog import item_texts
 
     fingerprint = storage.content_digest(model_path)
@@ -268,27 +291,10 @@ def build_index(
         check_index_settings(cfg, item_tower.dim)
         item_ids = catalog["product_id"].to_pylist()
         texts = item_texts(catalog, item_fields(local_model))  # the text the item tower was trained on
-        frozen = frozen_item_encoder(local_model, item_tower)
         start = time.perf_counter()
-        if frozen is not None:
-            cached = (
-                bool(embedding_cache_dir)
-                and embedding_cache_path(frozen.fingerprint, texts, embedding_cache_dir).exists()
-            )
-            item_embeddings = f"frozen start encoder: {'from the embedding cache' if cached else 'embedded'}"
-            vectors = frozen.catalog_vectors(texts, embedding_cache_dir, progress)
-        else:
-            item_embeddings = "embedded by the item tower"
-            shard_dir = Path(cfg.work_dir) / f"{fingerprint[:16]}-{_texts_digest(texts)}-{cfg.shard_size}"
-            vectors = embed_in_shards(
-                lambda chunk: item_tower.encode(
-                    chunk, batch_size=cfg.batch_size, progress=progress, desc="item tower batches"
-                ),
-                texts,
-                shard_dir,
-                cfg.shard_size,
-                progress,
-            )
+        vectors, item_embeddings = _catalog_vectors(
+            local_model, item_tower, texts, fingerprint, cfg, embedding_cache_dir, progress
+        )
         embed_seconds = time.perf_counter() - start
         log.info("catalog vectors: %s (%.1f s)", item_embeddings, embed_seconds)
         queries, query_source = _recall_queries(

@@ -79,12 +79,10 @@ def test_service_embeds_the_whole_dynamic_batch_in_one_pass(biencoder_dir):
 
 
 @pytest.mark.triton
-def test_real_tritonserver_serves_the_exported_query_tower(biencoder_dir, tmp_path):
-    from unisup.teachers.triton_server import pytriton_server_dir, triton_server
-
-    if pytriton_server_dir() is None:
-        pytest.skip("tritonserver binary absent: nvidia-pytriton is not installed")
+def test_real_tritonserver_serves_the_exported_query_tower(biencoder_dir, tmp_path, tritonserver_available):
     import tritonclient.http as httpclient
+
+    from unisup.serving.triton_server import triton_server
 
     export_query_encoder(biencoder_dir, tmp_path / "repo", TrainingConfig())
     expected = QueryEncoderService(biencoder_dir / "query_tower").tower.encode(QUERIES)

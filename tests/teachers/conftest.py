@@ -7,7 +7,7 @@ import json
 import pytest
 
 from unisup.config import load_config
-from unisup.teachers.triton_server import pytriton_server_dir, triton_server
+from unisup.serving.triton_server import triton_server
 
 
 def tiny_teacher_overrides(encoder_path, repository) -> list[str]:
@@ -70,12 +70,6 @@ def trained_teachers(teacher_config) -> dict:
         teacher_config.teachers.repository_uri,
         channels_cfg=teacher_config.channels,
     )
-
-
-@pytest.fixture(scope="session")
-def tritonserver_available() -> None:
-    if pytriton_server_dir() is None:
-        pytest.skip("tritonserver binary absent: nvidia-pytriton is not installed")
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,7 @@ def _triton_local(cfg, fallback: bool):
 
 def test_triton_local_without_a_server_fails_clearly(trained_teachers, teacher_config, monkeypatch):
     from unisup.errors import ServingError
-    from unisup.teachers import triton_server
+    from unisup.serving import triton_server
     from unisup.teachers.labeling import serving_backend
 
     monkeypatch.setattr(triton_server, "pytriton_server_dir", lambda: None)
@@ -146,7 +146,7 @@ def test_triton_local_without_a_server_fails_clearly(trained_teachers, teacher_c
 def test_triton_local_falls_back_in_process_only_when_allowed_and_records_it(
     trained_teachers, teacher_config, tmp_path, monkeypatch, caplog
 ):
-    from unisup.teachers import triton_server
+    from unisup.serving import triton_server
     from unisup.teachers.labeling import label_pairs, serving_backend
 
     monkeypatch.setattr(triton_server, "pytriton_server_dir", lambda: None)

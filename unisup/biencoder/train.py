@@ -66,6 +66,7 @@ from unisup.biencoder.losses import (
 from unisup.biencoder.tower import FROZEN_ITEM_TOWER, FrozenItemEncoder, Tower, project, save_biencoder
 from unisup.config import Config, ConfigError, TrainingConfig
 from unisup.errors import ArtifactMismatch, InputError
+from unisup.schedules import warmup_linear_decay
 from unisup.schemas import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -626,13 +627,6 @@ def _frozen_encoder_vectors(
         if rank > 0:
             vectors = cached_encode(frozen, texts, cache_dir)
     return vectors
-
-
-def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup: int, total_steps: int):
-    """Linear warmup over ``warmup`` steps, then linear decay to 0 at ``total_steps``."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
-    )
 
 
 class _Run:

@@ -1,4 +1,6 @@
-"""Serving on Triton: the python-backend ``model.py`` templates, shipped as package data.
+"""Serving on Triton: the python-backend ``model.py`` templates, shipped as package data, the
+BYTES text codec (``codec``) and the launcher of a local tritonserver (``triton_server``), used
+by the teachers' labeling and the query encoder's tests alike.
 
 ``templates/teacher_model.py`` serves a teacher stage and ``templates/query_encoder_model.py``
 the trained query tower; the export code copies them into each model version folder, so an

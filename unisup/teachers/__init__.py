@@ -4,7 +4,7 @@ cascade labeling in resumable shards, and the quality audit.
 Modules import only from layers below their own:
 
 1. ``ordinal`` (the ordinal head, probabilities, loss), ``stages`` (what a stage
-   reads), ``agreement`` (grade agreement, condensed nDCG), ``triton_server``
+   reads), ``agreement`` (grade agreement, condensed nDCG)
 2. ``features`` (pair features, the feature teacher), then ``model`` (the
    cross-encoder teacher, stacked on a feature teacher or not, ``load_teacher``)
 3. ``serving`` (a served teacher's batches), then ``backends`` (where stages run)

@@ -115,7 +115,7 @@ def serving_backend(cfg: Config, repository: str | None = None) -> Iterator[Back
     if lab.backend != "triton_local":
         yield make_backend(cfg, repository)
         return
-    from unisup.teachers.triton_server import triton_server
+    from unisup.serving.triton_server import triton_server
 
     repository = repository or cfg.teachers.repository_uri
     server = triton_server(repository, ready_timeout_s=max(lab.ready_timeout_s, 180.0))
