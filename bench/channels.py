@@ -6,7 +6,7 @@ products only), judged@10, and the share of grade-0 products among the judged to
 
 from unisup.baselines import build_channels, evaluate_channels
 from unisup.config import load_config
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 
 
 def run() -> dict:

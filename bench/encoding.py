@@ -9,10 +9,10 @@ import time
 import numpy as np
 import torch
 
-from unisup.channels import DenseEncoder
 from unisup.config import load_config
 from unisup.data.catalog import item_texts
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
+from unisup.encoders import DenseEncoder
 
 SUBSET = 2048
 REPEATS = 3

@@ -1,7 +1,7 @@
 """FAISS build time and QPS against recall: Flat, HNSW32 and IVF-PQ.
 
 Two vector sets: the sample catalog's real embeddings (off-the-shelf MiniLM, cached by
-``unisup.channels.cached_encode``), queried with the sample's judged queries; and a
+``unisup.encoders.cached_encode``), queried with the sample's judged queries; and a
 larger set derived from them (``BENCH_INDEX_SIZE`` vectors, 1M by default): the real
 vectors plus noise-perturbed, re-normalized copies, to show how cost grows with the
 catalog. Recall@10 is against exact (Flat) search; QPS is for one batch of every
@@ -25,10 +25,10 @@ MIN_TIMED_SECONDS = 0.3
 
 
 def _embeddings() -> tuple[np.ndarray, np.ndarray]:
-    from unisup.channels import DenseEncoder, cached_encode
     from unisup.config import load_config
     from unisup.data.catalog import item_texts
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
+    from unisup.encoders import DenseEncoder, cached_encode
 
     cfg = load_config("local")
     dataset = load_dataset(cfg.data)

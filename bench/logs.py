@@ -2,7 +2,7 @@
 DuckDB and Spark local, at 1M and 10M rows.
 
 The simulator runs on the bundled sample with the real MiniLM dense channel (item
-embeddings cached by ``unisup.channels.cached_encode``) for ``BENCH_LOGS_REQUESTS``
+embeddings cached by ``unisup.encoders.cached_encode``) for ``BENCH_LOGS_REQUESTS``
 requests (10k by default); its logs are the base. Larger logs are the base replicated
 with DuckDB (event, request, user and session ids suffixed per copy, so ids stay unique and
 users look like the base's to the bot filter; the injected malformed rows are
@@ -69,7 +69,7 @@ print(json.dumps(figures))
 
 def simulate_base(out: Path, requests: int) -> dict:
     from unisup.config import load_config
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
     from unisup.simulator import simulate_logs
 
     cfg = load_config("local", [f"simulator.num_requests={requests}", "simulator.num_days=2"])

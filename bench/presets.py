@@ -56,8 +56,8 @@ def evaluate_biencoder(
 ) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Mean metrics of a bi-encoder folder (the split's queries over the full catalog), and its top-100 rankings."""
     from unisup.biencoder.tower import frozen_item_encoder, item_fields, load_biencoder
-    from unisup.channels import top_k_inner_product
     from unisup.data.catalog import item_texts
+    from unisup.encoders import top_k_inner_product
     from unisup.metrics import mean_metrics, per_query_metrics
 
     query_tower, item_tower = load_biencoder(model_dir)
@@ -110,7 +110,7 @@ def _run() -> dict:
     from unisup.baselines import build_channels, evaluate_channels
     from unisup.biencoder.train import train
     from unisup.config import load_config
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
     from unisup.fusion import fuse
     from unisup.metrics import mean_metrics, per_query_metrics
 

@@ -14,7 +14,7 @@ def train_and_score(labels: str, engagement: str, work: str, overrides: list[str
     catalog, all with the local profile and ``overrides``."""
     from unisup.biencoder.train import train
     from unisup.config import load_config
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
     from unisup.fusion import fuse
 
     cfg = load_config("local", overrides)
@@ -34,7 +34,7 @@ def medians(runs: list[dict]) -> dict:
 def test_medians(models: list[str]) -> dict:
     """Medians and spreads of trained students' metrics on the test queries."""
     from unisup.config import load_config
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
 
     cfg = load_config("local")
     dataset = load_dataset(cfg.data)

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from unisup.config import load_config
+from unisup.serving.triton_server import triton_server
 from unisup.teachers.audit import format_audit, held_out_scores, quality_audit, write_audit
 from unisup.teachers.backends import InProcessBackend, TritonBackend
 from unisup.teachers.cascade import EscalationRule, decide
 from unisup.teachers.labeling import escalation_rule
 from unisup.teachers.stages import stage_item_texts
 from unisup.teachers.training import train_teachers
-from unisup.teachers.triton_server import triton_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONCURRENCY = (1, 8, 32)
@@ -81,7 +81,7 @@ def run() -> dict:
     write_audit(audit, str(RESULTS / "teachers_audit.json"))
     print(format_audit(audit))
 
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
 
     dataset = load_dataset(cfg.data)
     queries, item_ids = judgments["query"].to_pylist(), judgments["product_id"].to_pylist()

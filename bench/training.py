@@ -61,7 +61,7 @@ def run() -> dict:
     from bench.harness import machine
     from unisup.biencoder.train import train_biencoder
     from unisup.config import load_config
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
 
     cfg = load_config("local")
     dataset = load_dataset(cfg.data)

@@ -33,7 +33,7 @@ def tiny_encoder_path(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from unisup.channels import packaged_minilm_path
+    from unisup.encoders import packaged_minilm_path
 
     path = tmp_path_factory.mktemp("tiny_encoder")
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def tiny_encoder_path(tmp_path_factory) -> Path:
 def tiny_sample(tmp_path_factory) -> dict[str, Path]:
     """A deterministic subsample of the bundled sample: 12 judged queries (6 train,
     3 validation, 3 test), their judged products, and 300 other products."""
-    from unisup.data.sample import write_split
+    from unisup.data.dataset import write_split
 
     out = tmp_path_factory.mktemp("tiny_sample")
     judgments = pacsv.read_csv(

@@ -1,4 +1,3 @@
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -6,15 +5,13 @@ from unisup.channels import (
     AttributeChannel,
     BM25Channel,
     DenseChannel,
-    DenseEncoder,
     FusedChannel,
-    cached_encode,
     catalog_facets,
     facet_tokens,
     mine_product_types,
     reciprocal_rank_fusion,
-    top_k_inner_product,
 )
+from unisup.encoders import DenseEncoder
 
 IDS = ["tv", "hub", "toner", "laptop"]
 TEXTS = [
@@ -25,6 +22,14 @@ TEXTS = [
 ]
 
 
+def test_dense_channel_ranks_by_cosine_through_the_cache(tiny_encoder_path, tmp_path):
+    encoder = DenseEncoder(tiny_encoder_path, max_length=16, batch_size=3)
+    channel = DenseChannel(IDS, TEXTS, encoder, cache_dir=tmp_path)
+    (ranking,) = channel.search([TEXTS[2]], k=4)
+    assert ranking[0][0] == "toner" and len(ranking) == 4
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
 def test_bm25_ranks_lexical_matches():
     channel = BM25Channel(IDS, TEXTS)
     (hub_ranking,), (none,) = channel.search(["usb hub"], k=3), channel.search(["zzzz"], k=3)
@@ -32,32 +37,6 @@ def test_bm25_ranks_lexical_matches():
     assert none == []  # no term in the vocabulary: nothing retrieved rather than arbitrary items
     laptop = [item for item, _ in channel.search(["laptops"], k=4)[0]]
     assert sorted(laptop) == ["hub", "laptop"]  # stemming: "laptops" matches "laptop"
-
-
-def test_top_k_inner_product_matches_argsort():
-    rng = np.random.default_rng(0)
-    queries, items = rng.normal(size=(5, 8)), rng.normal(size=(50, 8))
-    idx, scores = top_k_inner_product(queries, items, 7)
-    expected = np.argsort(-(queries @ items.T), axis=1)[:, :7]
-    assert (idx == expected).all() and (np.diff(scores, axis=1) <= 0).all()
-
-
-def test_dense_channel_with_cache(tiny_encoder_path, tmp_path):
-    encoder = DenseEncoder(tiny_encoder_path, max_length=16, batch_size=3)
-    vectors = cached_encode(encoder, TEXTS, tmp_path)
-    assert vectors.shape == (4, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-    cached = list(tmp_path.glob("*.npy"))
-    assert len(cached) == 1
-    np.testing.assert_array_equal(cached_encode(encoder, TEXTS, tmp_path), vectors)
-    cached_encode(encoder, TEXTS[:2], tmp_path)
-    assert len(list(tmp_path.glob("*.npy"))) == 2  # other content, other key
-    # batching and length-sorting do not change the embeddings
-    np.testing.assert_allclose(
-        DenseEncoder(tiny_encoder_path, max_length=16, batch_size=1).encode(TEXTS), vectors, atol=1e-5
-    )
-    channel = DenseChannel(IDS, TEXTS, encoder, cache_dir=tmp_path)
-    (ranking,) = channel.search([TEXTS[2]], k=4)
-    assert ranking[0][0] == "toner" and len(ranking) == 4
 
 
 def test_reciprocal_rank_fusion_by_hand():
@@ -74,16 +53,6 @@ def test_fused_channel_depth():
     fused = FusedChannel([bm25, bm25], k=60)
     (ranking,) = fused.search(["laptop hub"], k=1)
     assert len(ranking) == 1
-
-
-@pytest.mark.slow
-def test_packaged_minilm_embeds_meaningfully():
-    encoder = DenseEncoder(max_length=32)
-    vectors = encoder.encode(
-        ["wireless bluetooth headphones", "bluetooth headset with microphone", "black toner cartridge"]
-    )
-    assert vectors.shape == (3, 384)
-    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
 
 
 # ---------------------------------------------------------------- attribute match

@@ -95,12 +95,12 @@ def test_a_missing_file_names_the_file(tmp_path, capsys):
 
 
 def test_bad_simulator_settings_fail_before_the_catalog_is_read(monkeypatch, tmp_path, capsys):
-    import unisup.data.sample
+    import unisup.data.dataset
 
     def must_not_load(*_args, **_kwargs):
         raise AssertionError("the catalog was loaded before the settings were checked")
 
-    monkeypatch.setattr(unisup.data.sample, "load_dataset", must_not_load)
+    monkeypatch.setattr(unisup.data.dataset, "load_dataset", must_not_load)
     out = tmp_path / "logs"
     assert main(["data", "simulate-logs", "--out", str(out), "-o", "simulator.num_days=-1"]) == 2
     assert "simulator.num_days=-1" in capsys.readouterr().err

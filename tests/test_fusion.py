@@ -214,7 +214,7 @@ def test_unknown_preset_is_a_clear_error(inputs):
 
 
 def test_fuse_stage_files_quarantine_and_report(inputs, tiny_sample, tmp_path):
-    from unisup.data.sample import read_split
+    from unisup.data.dataset import read_split
     from unisup.data.tables import read_table, write_table
 
     labels, engagement = inputs
@@ -262,7 +262,7 @@ def test_logged_split_trains_on_logged_queries_but_never_on_held_out_ones(tiny_s
     import pyarrow as pa
 
     from unisup.config import load_config
-    from unisup.data.sample import read_split
+    from unisup.data.dataset import read_split
     from unisup.fusion import training_queries
 
     cfg = load_config("local", [f"data.split_uri={tiny_sample['split']}"])

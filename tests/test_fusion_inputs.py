@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from unisup.config import ConfigError, FusionConfig, load_config
-from unisup.data.sample import read_split
+from unisup.data.dataset import read_split
 from unisup.data.tables import read_artifact, read_table, write_table
 from unisup.fusion import PRESETS, fuse, resolve_preset
 from unisup.schemas import DataValidationError

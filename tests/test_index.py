@@ -13,7 +13,7 @@ import pytest
 
 from unisup import storage
 from unisup.config import ConfigError, load_config
-from unisup.data.sample import load_catalog
+from unisup.data.dataset import load_catalog
 from unisup.errors import ArtifactMismatch
 from unisup.index import (
     IDS_FILE,
@@ -310,8 +310,8 @@ def test_a_frozen_item_tower_reuses_the_cached_catalog_embeddings(frozen_model, 
     """The catalog embeddings training cached (under the dense channel's key for the same
     encoder) are reused, and equal those computed afresh or by the regular item-tower path."""
     from unisup.biencoder.tower import MANIFEST
-    from unisup.channels import DenseEncoder, embedding_cache_path
     from unisup.data.catalog import item_texts
+    from unisup.encoders import DenseEncoder, embedding_cache_path
 
     model, cache, config = frozen_model
     catalog = load_catalog(str(tiny_sample["catalog"])).accepted

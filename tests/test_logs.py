@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import schema_verdict
 from unisup import storage
 from unisup.config import ConfigError, load_config
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 from unisup.data.tables import read_table, write_table
 from unisup.logs import extract_logs, holdout_windows, partitions
 from unisup.schemas import RAW_LOGS, DataValidationError, validate

@@ -12,7 +12,7 @@ import pytest
 
 from unisup import storage
 from unisup.config import ConfigError, load_config
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 from unisup.schemas import RAW_LOGS, RuleContext, validate
 from unisup.simulator import (
     CHANNELS,

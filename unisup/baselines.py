@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from unisup.channels import BM25Channel, Channel, DenseChannel, DenseEncoder, FusedChannel
+from unisup.channels import BM25Channel, Channel, DenseChannel, FusedChannel
 from unisup.config import ChannelsConfig
 from unisup.data.catalog import item_texts
-from unisup.data.sample import Dataset
+from unisup.data.dataset import Dataset
+from unisup.encoders import DenseEncoder
 from unisup.metrics import mean_metrics, per_query_metrics
 
 

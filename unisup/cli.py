@@ -62,7 +62,7 @@ def add_config_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _data_split(args: argparse.Namespace) -> None:
-    from unisup.data.sample import load_catalog, load_judgments, make_split, write_split
+    from unisup.data.dataset import load_catalog, load_judgments, make_split, write_split
 
     cfg = _config(args).data
     catalog = load_catalog(cfg.catalog_uri).accepted
@@ -74,7 +74,7 @@ def _data_split(args: argparse.Namespace) -> None:
 
 
 def _data_validate(args: argparse.Namespace) -> int:
-    from unisup.data.sample import load_catalog
+    from unisup.data.dataset import load_catalog
     from unisup.data.tables import read_artifact, write_table
     from unisup.schemas import RuleContext
 
@@ -163,7 +163,7 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _channels(args: argparse.Namespace) -> None:
     from unisup.baselines import build_channels, evaluate_channels, format_table
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
 
     cfg = _config(args)
     dataset = load_dataset(cfg.data)

@@ -642,7 +642,7 @@ def run_evaluation(
     (config, overrides, run id: what the caller knows). Writes every output under ``out_uri`` when given."""
     from dataclasses import replace
 
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
     from unisup.index import catalog_record
 
     data_cfg = replace(cfg.data, judgments_uri=judgments_uri) if judgments_uri else cfg.data
@@ -695,8 +695,9 @@ def run_evaluation(
 
 
 def _channels(dataset, cfg: Config, names: Sequence[str]) -> dict:
-    from unisup.channels import BM25Channel, DenseChannel, DenseEncoder, FusedChannel
+    from unisup.channels import BM25Channel, DenseChannel, FusedChannel
     from unisup.data.catalog import item_texts
+    from unisup.encoders import DenseEncoder
 
     known = ("bm25", "minilm", "rrf")
     unknown = [n for n in names if n not in known]

@@ -453,7 +453,7 @@ def training_queries(config: Config, engagement: pa.Table) -> list[str] | None:
     """The queries that get a training list under ``fusion.split``: ``logged`` = every logged
     query except the held-out (validation and test) queries of the split, so that evaluation
     queries never train; ``all`` = no filter; else the queries of that split."""
-    from unisup.data.sample import read_split
+    from unisup.data.dataset import read_split
 
     if config.fusion.split == "all":
         return None
@@ -477,7 +477,7 @@ def fuse(
     training lists of the configured split and write them as Parquet, the quarantined rows of
     both inputs as one Parquet table (``quarantine_uri``, default beside ``out_uri``) and the
     report as JSON; returns the report."""
-    from unisup.data.sample import load_catalog
+    from unisup.data.dataset import load_catalog
     from unisup.data.tables import read_raw, write_table
 
     _, preset = resolve_preset(config.fusion, config.data.num_grades)

@@ -248,7 +248,7 @@ def _catalog_vectors(
     """The item tower's catalog vectors and where they came from: a frozen start-encoder tower's
     through the embedding cache (and its adapter), any other tower's embedded in resumable shards."""
     from unisup.biencoder.tower import frozen_item_encoder
-    from unisup.channels import embedding_cache_path
+    from unisup.encoders import embedding_cache_path
 
     frozen = frozen_item_encoder(model_dir, item_tower)
     if frozen is not None:
@@ -343,7 +343,7 @@ def build_catalog_index(model_path: str, out_uri: str, cfg: Config, progress: bo
     """:func:`build_index` over the configured catalog (``data.catalog_uri``, recorded in the
     metadata), recall measured on the configured judgments' queries (``data.judgments_uri``),
     a frozen item tower's embeddings from ``channels.cache_dir``."""
-    from unisup.data.sample import load_catalog, load_judgments
+    from unisup.data.dataset import load_catalog, load_judgments
 
     catalog = load_catalog(cfg.data.catalog_uri).accepted
     queries = sorted(

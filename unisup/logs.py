@@ -212,7 +212,7 @@ def staged(uris: list[str], engine: str = "duckdb") -> Iterator[list[str]]:
 def known_items(catalog_uri: str) -> pa.Table:
     """The catalog's product ids, validated (strictly) as by ``load_catalog``; of a Parquet
     catalog only the columns the schema requires or its rules read are loaded."""
-    from unisup.data.sample import load_catalog
+    from unisup.data.dataset import load_catalog
 
     if str(catalog_uri).endswith(".parquet"):
         with storage.local_copy(catalog_uri) as path, contextlib.suppress(pa.ArrowInvalid):  # load_catalog says why

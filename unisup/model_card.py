@@ -32,7 +32,7 @@ def front_matter(card: str) -> dict:
 
 def is_packaged_minilm(encoder_path: str | None) -> bool:
     """Whether an encoder path (empty: the default) is the packaged all-MiniLM-L6-v2."""
-    from unisup.channels import packaged_minilm_path
+    from unisup.encoders import packaged_minilm_path
 
     return not encoder_path or Path(encoder_path).resolve() == packaged_minilm_path().resolve()
 

@@ -42,7 +42,6 @@ from unisup.channels import (
     AttributeChannel,
     BM25Channel,
     DenseChannel,
-    DenseEncoder,
     Ranking,
     catalog_facets,
     facet_tokens,
@@ -50,8 +49,9 @@ from unisup.channels import (
 )
 from unisup.config import ChannelsConfig, Config, ConfigError, SimulatorConfig, to_dict
 from unisup.data.catalog import item_texts
-from unisup.data.sample import Dataset, load_dataset
+from unisup.data.dataset import Dataset, load_dataset
 from unisup.data.tables import write_table
+from unisup.encoders import DenseEncoder
 from unisup.errors import ArtifactMismatch
 from unisup.metrics import mean_metrics, per_query_metrics
 from unisup.schemas import RAW_LOGS

@@ -94,7 +94,7 @@ def test_shared_towers_are_one_folder_behind_both_routes(tiny_encoder_path, text
 
 @pytest.mark.slow
 def test_the_off_the_shelf_folder_embeds_as_the_packaged_minilm(texts, tmp_path):
-    from unisup.channels import packaged_minilm_path
+    from unisup.encoders import packaged_minilm_path
 
     off_the_shelf_biencoder(tmp_path / "model", max_length=256)
     reference = _sentence_transformer(packaged_minilm_path())

@@ -24,7 +24,7 @@ from unisup.biencoder.tower import (
 from unisup.biencoder.train import group_lists, latest_checkpoint, record_path, train, train_biencoder
 from unisup.config import ConfigError, load_config
 from unisup.data.catalog import DEFAULT_FIELDS
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 from unisup.data.tables import read_table, write_table
 from unisup.errors import ArtifactMismatch, InputError
 from unisup.schemas import DataValidationError

@@ -9,7 +9,7 @@ from kfp.dsl import Artifact, Dataset, Metrics
 
 from components.extract_logs import extract_logs
 from unisup.config import load_config
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 from unisup.data.tables import read_table
 from unisup.logs import extract_logs_with_holdout
 from unisup.schemas import validate

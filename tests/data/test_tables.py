@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unisup.data.sample import load_catalog, load_judgments
+from unisup.data.dataset import load_catalog, load_judgments
 from unisup.data.tables import read_artifact, read_table, write_table
 from unisup.schemas import DataValidationError
 

@@ -7,7 +7,7 @@ import pytest
 
 from unisup.channels import BM25Channel
 from unisup.data.catalog import item_records, item_texts
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 from unisup.teachers.features import FEATURE_NAMES, FeatureTeacher, featurizer_for
 from unisup.teachers.model import OrdinalCrossEncoder, load_teacher
 from unisup.teachers.training import class_weights, judged_pairs

@@ -184,7 +184,7 @@ def test_triton_local_fails_when_a_model_does_not_load(tritonserver_available, t
 
 
 def cfg_items(cfg, n: int) -> list[str]:
-    from unisup.data.sample import load_catalog
+    from unisup.data.dataset import load_catalog
 
     return load_catalog(cfg.data.catalog_uri).accepted["product_id"].to_pylist()[:n]
 

@@ -2,7 +2,7 @@
 
 import json
 
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 from unisup.teachers.stages import stage_item_texts
 
 

@@ -23,7 +23,7 @@ folders, so no weight is stored twice.
 With a frozen item tower (``training.freeze_item_tower``) the manifest's ``frozen_item_tower``
 records the start encoder's fingerprint and the digest of its weights: the catalog's item
 embeddings are then the start encoder's, shared through the content-keyed embedding cache
-(:func:`unisup.channels.cached_encode`) by training, the dense channel and the index. With
+(:func:`unisup.encoders.cached_encode`) by training, the dense channel and the index. With
 ``training.item_adapter`` the frozen tower has a trained square projection (its head, in
 ``2_Dense/``), which training and the index apply to the cached vectors.
 """
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unisup.channels import encoder_cache_key, mean_pool
+from unisup.encoders import encoder_cache_key, mean_pool
 from unisup.model_card import biencoder_card
 
 MANIFEST = "biencoder.json"
@@ -246,7 +246,7 @@ def encoder_digest(tower: Tower) -> str:
 
 
 class FrozenItemEncoder:
-    """The frozen encoder of an item tower as an encoder for :func:`unisup.channels.cached_encode`:
+    """The frozen encoder of an item tower as an encoder for :func:`unisup.encoders.cached_encode`:
     keyed as the start encoder it is (folder fingerprint and max tokens), the key the dense channel
     gives the same encoder, and encoded in batches of a fixed size (batch composition moves the
     last bits). Its vectors stop before the tower's head; :meth:`catalog_vectors` applies it."""
@@ -268,7 +268,7 @@ class FrozenItemEncoder:
     def catalog_vectors(self, texts: Sequence[str], cache_dir: str | Path | None, progress: bool = False) -> np.ndarray:
         """The item tower's vectors of ``texts``: the cached frozen-encoder vectors through its head
         (the item adapter when it has one)."""
-        from unisup.channels import cached_encode
+        from unisup.encoders import cached_encode
 
         return self.tower.apply_head(cached_encode(self, list(texts), cache_dir, progress))
 
@@ -362,7 +362,7 @@ def item_fields(path: str | Path) -> tuple[str, ...]:
 def off_the_shelf_biencoder(path: str | Path, encoder_path: str | Path | None = None, max_length: int = 64) -> Path:
     """Write an untrained shared-weights bi-encoder folder around an encoder (default: the
     packaged MiniLM): the off-the-shelf baseline in the bi-encoder layout."""
-    from unisup.channels import packaged_minilm_path
+    from unisup.encoders import packaged_minilm_path
 
     tower = Tower.from_pretrained(encoder_path or packaged_minilm_path(), max_length=max_length)
     return save_biencoder(tower, tower, path, {"trained": False, "encoder_path": str(encoder_path or "")})

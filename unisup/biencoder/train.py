@@ -193,7 +193,7 @@ class CachedItemTraining(nn.Module):
 
 def start_encoder_path(cfg: TrainingConfig) -> Path:
     """The encoder the towers start from: ``cfg.encoder_path``, default the packaged MiniLM."""
-    from unisup.channels import packaged_minilm_path
+    from unisup.encoders import packaged_minilm_path
 
     return Path(cfg.encoder_path) if cfg.encoder_path else packaged_minilm_path()
 
@@ -313,7 +313,7 @@ def validate_ndcg(
 ) -> float:
     """Mean nDCG@k of the validation queries, retrieving over ``candidates`` (embedded by
     the item tower, or rows of ``catalog_vectors`` through its head when it is frozen)."""
-    from unisup.channels import top_k_inner_product
+    from unisup.encoders import top_k_inner_product
     from unisup.metrics import per_query_metrics
 
     queries = sorted(qrels)
@@ -541,8 +541,8 @@ def train_biencoder(
     every optimizer step. A frozen item tower embeds the catalog in batches of
     ``embedding_batch_size`` through the cache in ``embedding_cache_dir`` (none: no cache).
     """
-    from unisup.channels import model_fingerprint
     from unisup.data.catalog import item_texts as catalog_texts
+    from unisup.encoders import model_fingerprint
 
     check_settings(cfg)
     rank, world, device = _setup_distributed(cfg)
@@ -578,8 +578,33 @@ def train_biencoder(
         run.restore(saved)
         log.info("resumed from %s (step %d)", checkpoint, run.state.step)
     resumed_from = run.state.step
+    validate = _validator(towers, catalog_ids, texts, validation_qrels, cfg, relevance_threshold, catalog_vectors)
+    run.validate_start(validate)
+    run.loop(validate, progress, on_step)
+    result = run.result(out_dir, resumed_from)
+    if rank == 0:
+        run.load_best()
+        _export(towers, out_dir, cfg, result, triton_repository, {**frozen_record, **(metadata or {})})
+    if world > 1:
+        torch.distributed.barrier()
+    return result
+
+
+def _validator(
+    towers: BiEncoder,
+    catalog_ids: list[str],
+    texts: list[str],
+    validation_qrels: dict[str, dict[str, int]],
+    cfg: TrainingConfig,
+    relevance_threshold: int,
+    catalog_vectors: np.ndarray | None,
+) -> Callable[[], float] | None:
+    """The validation nDCG of the towers as they are now, over the configured candidates; None
+    without validation judgments."""
+    if not validation_qrels:
+        return None
     candidates = validation_candidates(catalog_ids, validation_qrels, cfg.validation_distractors, cfg.seed)
-    validate = functools.partial(
+    return functools.partial(
         validate_ndcg,
         towers,
         catalog_ids,
@@ -590,17 +615,6 @@ def train_biencoder(
         relevance_threshold,
         catalog_vectors,
     )
-    if not validation_qrels:
-        validate = None
-    run.validate_start(validate)
-    run.loop(validate, progress, on_step)
-    result = run.result(out_dir, resumed_from)
-    if rank == 0:
-        run.load_best()
-        _export(towers, out_dir, cfg, result, triton_repository, {**frozen_record, **(metadata or {})})
-    if world > 1:
-        torch.distributed.barrier()
-    return result
 
 
 def _setup_distributed(cfg: TrainingConfig) -> tuple[int, int, torch.device]:
@@ -619,7 +633,7 @@ def _frozen_encoder_vectors(
 ) -> np.ndarray:
     """The frozen item encoder's catalog vectors through the embedding cache: rank 0 fills it,
     the other ranks read it."""
-    from unisup.channels import cached_encode
+    from unisup.encoders import cached_encode
 
     vectors = cached_encode(frozen, texts, cache_dir, progress) if rank == 0 else None
     if world > 1:
@@ -842,7 +856,7 @@ def train(
     are checked first; lists with an item not in the catalog are refused, naming the file and rows."""
     import tempfile
 
-    from unisup.data.sample import load_dataset
+    from unisup.data.dataset import load_dataset
     from unisup.data.tables import read_raw
     from unisup.model_card import data_uris
     from unisup.schemas import RuleContext, validate

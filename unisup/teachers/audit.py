@@ -26,7 +26,7 @@ import numpy as np
 
 from unisup import storage
 from unisup.config import Config
-from unisup.data.sample import load_dataset
+from unisup.data.dataset import load_dataset
 from unisup.teachers.agreement import agreement, condensed_ndcg
 from unisup.teachers.backends import Backend
 from unisup.teachers.cascade import EscalationRule, decide

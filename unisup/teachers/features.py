@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unisup.channels import DenseEncoder, bm25_tokenizer, cached_encode
+from unisup.channels import bm25_tokenizer
 from unisup.data.catalog import DEFAULT_FIELDS, item_texts, parse_record, row_text
+from unisup.encoders import DenseEncoder, cached_encode
 from unisup.errors import ArtifactMismatch
 from unisup.teachers.ordinal import OrdinalHead, grade_probabilities, ordinal_loss
 
@@ -100,7 +101,7 @@ class PairFeaturizer:
     @classmethod
     def fit(cls, catalog, encoder, cache_dir: str | None = None, k1: float = 1.5, b: float = 0.75) -> PairFeaturizer:
         """Statistics and item embeddings of a catalog (pyarrow table), with a
-        :class:`~unisup.channels.DenseEncoder`; ``cache_dir`` is the embedding cache."""
+        :class:`~unisup.encoders.DenseEncoder`; ``cache_dir`` is the embedding cache."""
         texts = item_texts(catalog)
         tokenizer = bm25_tokenizer()
         lengths, df = [], Counter()

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from unisup import storage
 from unisup.config import Config, ConfigError, LabelingConfig, TeacherStageConfig
-from unisup.data.sample import load_catalog
+from unisup.data.dataset import load_catalog
 from unisup.data.tables import parse_csv, read_table, write_table
 from unisup.errors import InputError, ServingError
 from unisup.schemas import (

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from unisup.channels import mean_pool
 from unisup.data.catalog import parse_record, row_text
+from unisup.encoders import mean_pool
 from unisup.teachers.features import FeatureTeacher
 from unisup.teachers.ordinal import OrdinalHead, grade_probabilities
 

@@ -39,7 +39,7 @@ from scipy.optimize import minimize_scalar
 from unisup import storage
 from unisup.config import ChannelsConfig, ConfigError, DataConfig, TeachersConfig, TeacherStageConfig
 from unisup.data.catalog import item_texts
-from unisup.data.sample import Dataset, load_dataset
+from unisup.data.dataset import Dataset, load_dataset
 from unisup.errors import InputError
 from unisup.schedules import warmup_linear_decay
 from unisup.teachers.agreement import agreement, condensed_ndcg
@@ -434,7 +434,7 @@ def train_stage(
 ) -> dict:
     """Fine-tune (on human grades, or distilled from ``targets``; from the feature teacher ``stack_on``
     when given), early-stop, calibrate and save one teacher; returns its training record."""
-    from unisup.channels import packaged_minilm_path
+    from unisup.encoders import packaged_minilm_path
 
     started = time.perf_counter()
     pairs = stage_pairs(stage, cfg, dataset, targets)

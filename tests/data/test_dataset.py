@@ -3,7 +3,7 @@ import json
 import pytest
 
 from unisup.config import load_config
-from unisup.data.sample import load_dataset, make_split, read_split
+from unisup.data.dataset import load_dataset, make_split, read_split
 from unisup.errors import InputError
 
 
