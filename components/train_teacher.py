@@ -24,15 +24,11 @@ def train_teacher(
     from dataclasses import asdict
 
     from unisup.config import load_config
-    from unisup.teachers.audit import format_audit, quality_audit
-    from unisup.teachers.backends import InProcessBackend
-    from unisup.teachers.export import write_model_card
-    from unisup.teachers.training import train_teachers
+    from unisup.teachers.audit import format_audit
+    from unisup.teachers.training import train_and_audit
 
     cfg = load_config(config, overrides)
-    report = train_teachers(cfg.teachers, cfg.data, teachers.path, channels_cfg=cfg.channels)
-    result = quality_audit(cfg, InProcessBackend(teachers.path, cfg.labeling.batch_size), repository=teachers.path)
-    write_model_card(teachers.path, report, cfg.teachers, cfg.data, result)
+    report, result = train_and_audit(cfg, teachers.path)
     with open(audit.path, "w") as handle:
         json.dump(result, handle, indent=1)
     with open(audit_report.path, "w") as handle:

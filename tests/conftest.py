@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import json
 import socket
 from pathlib import Path
 
@@ -93,6 +94,34 @@ def tiny_overrides(tiny_sample, tiny_encoder_path, tmp_path_factory) -> list[str
         f"data.split_uri={tiny_sample['split']}",
         f"channels.dense_model={tiny_encoder_path}",
         f"channels.cache_dir={cache}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_overrides(tiny_overrides, tiny_encoder_path) -> list[str]:
+    """Two tiny cross-encoder stages (2 steps each) on few pairs: teachers trained in seconds."""
+    stages = [
+        {
+            "name": "fast",
+            "base_model": str(tiny_encoder_path),
+            "num_layers": 1,
+            "max_length": 24,
+            "epochs": 1,
+            "max_steps": 2,
+        },
+        {
+            "name": "precise",
+            "base_model": str(tiny_encoder_path),
+            "max_length": 48,
+            "epochs": 1,
+            "max_steps": 2,
+            "item_fields": ["title", "brand", "description"],
+        },
+    ]
+    return tiny_overrides + [
+        f"teachers.stages={json.dumps(stages)}",
+        "teachers.max_train_pairs=32",
+        "teachers.max_validation_pairs=16",
     ]
 
 

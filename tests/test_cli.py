@@ -105,3 +105,17 @@ def test_bad_simulator_settings_fail_before_the_catalog_is_read(monkeypatch, tmp
     assert main(["data", "simulate-logs", "--out", str(out), "-o", "simulator.num_days=-1"]) == 2
     assert "simulator.num_days=-1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_train_teacher_with_audit_writes_the_audit_and_the_card(tiny_teacher_overrides, tmp_path, capsys):
+    """``unisup train-teacher --audit``: the stages, the audit file and table, and a model card
+    that carries the audit, as the component writes them."""
+    overrides = [arg for o in tiny_teacher_overrides for arg in ("-o", o)]
+    repository, audit_file = tmp_path / "teachers", tmp_path / "audit.json"
+    assert main(["train-teacher", "--out", str(repository), "--audit", str(audit_file), *overrides]) == 0
+    printed = capsys.readouterr().out
+    assert "fast: " in printed and "precise: " in printed and "cascade" in printed
+    audit = json.loads(audit_file.read_text())
+    assert set(audit["stages"]) == {"fast", "precise"} and "gate" in audit
+    card = (repository / "README.md").read_text()
+    assert "## Quality audit" in card and f"audit_passed: {str(audit['gate']['passed']).lower()}" in card

@@ -458,14 +458,15 @@ def add_rollback_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train_teacher(args: argparse.Namespace) -> None:
-    from unisup.teachers.audit import format_audit, quality_audit, write_audit
-    from unisup.teachers.backends import InProcessBackend
-    from unisup.teachers.export import write_model_card
-    from unisup.teachers.training import train_teachers
+    from unisup.teachers.audit import format_audit, write_audit
+    from unisup.teachers.training import train_and_audit, train_teachers
 
     cfg = _config(args)
     out = args.out or cfg.teachers.repository_uri
-    report = train_teachers(cfg.teachers, cfg.data, out, channels_cfg=cfg.channels)
+    if args.audit:
+        report, audit = train_and_audit(cfg, out)
+    else:
+        report, audit = train_teachers(cfg.teachers, cfg.data, out, channels_cfg=cfg.channels), None
     for name, record in report["stages"].items():
         cut = " CUT BY THE max_seconds SAFETY NET" if record["cut_by_time"] else ""
         print(
@@ -480,15 +481,8 @@ def _train_teacher(args: argparse.Namespace) -> None:
             if calibration.get(rule):
                 share = calibration["target_share"]
                 print(f"escalation calibrated on validation ({rule}, target share {share}): {calibration[rule]}")
-    if args.audit:
-        from unisup import storage
-
-        with storage.local_copy(out) as repository:
-            audit = quality_audit(
-                cfg, InProcessBackend(repository, cfg.labeling.batch_size), repository=str(repository)
-            )
+    if audit is not None:
         write_audit(audit, args.audit)
-        write_model_card(out, report, cfg.teachers, cfg.data, audit)
         print(format_audit(audit), end="")
 
 

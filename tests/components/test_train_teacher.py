@@ -17,31 +17,8 @@ from unisup.schemas import validate
 
 
 @pytest.fixture(scope="module")
-def component_overrides(tiny_overrides, tiny_encoder_path, tmp_path_factory) -> list[str]:
-    stages = [
-        {
-            "name": "fast",
-            "base_model": str(tiny_encoder_path),
-            "num_layers": 1,
-            "max_length": 24,
-            "epochs": 1,
-            "max_steps": 2,
-        },
-        {
-            "name": "precise",
-            "base_model": str(tiny_encoder_path),
-            "max_length": 48,
-            "epochs": 1,
-            "max_steps": 2,
-            "item_fields": ["title", "brand", "description"],
-        },
-    ]
-    return tiny_overrides + [
-        f"teachers.stages={json.dumps(stages)}",
-        "teachers.max_train_pairs=32",
-        "teachers.max_validation_pairs=16",
-        "labeling.shard_size=16",
-    ]
+def component_overrides(tiny_teacher_overrides) -> list[str]:
+    return tiny_teacher_overrides + ["labeling.shard_size=16"]
 
 
 @pytest.fixture(scope="module")

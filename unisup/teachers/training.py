@@ -37,12 +37,13 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from unisup import storage
-from unisup.config import ChannelsConfig, ConfigError, DataConfig, TeachersConfig, TeacherStageConfig
+from unisup.config import ChannelsConfig, Config, ConfigError, DataConfig, TeachersConfig, TeacherStageConfig
 from unisup.data.catalog import item_texts
 from unisup.data.dataset import Dataset, load_dataset
 from unisup.errors import InputError
 from unisup.schedules import warmup_linear_decay
 from unisup.teachers.agreement import agreement, condensed_ndcg
+from unisup.teachers.audit import quality_audit
 from unisup.teachers.backends import Backend, InProcessBackend
 from unisup.teachers.cascade import ESCALATION_FILE, calibrate_escalation
 from unisup.teachers.export import export_repository, write_model_card
@@ -639,3 +640,14 @@ def train_teachers(
     }
     write_model_card(out_dir, report, cfg, data_cfg)
     return report
+
+
+def train_and_audit(cfg: Config, repository: str) -> tuple[dict, dict]:
+    """The ``train-teacher`` stage: train and export every stage into ``repository`` (local or
+    gs://), audit the stages and the cascade in-process on the held-out judged pairs, and rewrite
+    the repository's model card with the audit; returns (training report, audit)."""
+    report = train_teachers(cfg.teachers, cfg.data, repository, channels_cfg=cfg.channels)
+    with storage.local_copy(repository) as local:
+        audit = quality_audit(cfg, InProcessBackend(local, cfg.labeling.batch_size), repository=str(local))
+    write_model_card(repository, report, cfg.teachers, cfg.data, audit)
+    return report, audit
