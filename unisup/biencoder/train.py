@@ -160,6 +160,10 @@ class BiEncoder(nn.Module):
         tower and the item adapter (:class:`CachedItemTraining`), else both towers."""
         return CachedItemTraining(self.query_tower, self.item_tower.projection) if self.item_frozen else self
 
+    def parameter_groups(self, cfg: TrainingConfig) -> list[dict]:
+        """AdamW groups of trained towers: one, at the learning rate."""
+        return [{"params": list(self.parameters())}]
+
     def forward(
         self, queries: dict[str, torch.Tensor], items: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -669,10 +673,9 @@ class _Run:
             self.model = nn.parallel.DistributedDataParallel(
                 trainable, device_ids=[device.index] if device.type == "cuda" else None
             )
-        groups = (
-            trainable.parameter_groups(cfg) if isinstance(trainable, CachedItemTraining) else trainable.parameters()
+        self.optimizer = torch.optim.AdamW(
+            trainable.parameter_groups(cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
         )
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.scheduler = warmup_linear_decay(
             self.optimizer, max(1, int(cfg.warmup_fraction * total_steps)), total_steps
         )
